@@ -1,0 +1,60 @@
+//! Newtypes for the numbers of the domain, so an offset is never passed where an epoch is
+//! expected. Each wraps the integer width Kafka's wire format uses for it.
+
+use std::fmt;
+
+macro_rules! newtype {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl From<$inner> for $name {
+            fn from(v: $inner) -> Self {
+                $name(v)
+            }
+        }
+    };
+}
+
+newtype!(
+    /// Position of a record in a partition's log.
+    Offset(i64)
+);
+newtype!(
+    /// A partition leader epoch (Kafka's `partitionLeaderEpoch`), or a Raft term.
+    Epoch(i32)
+);
+newtype!(
+    /// The id of a broker (node) in the cluster.
+    BrokerId(i32)
+);
+newtype!(
+    /// The index of a partition within its topic.
+    PartitionId(i32)
+);
+
+impl Offset {
+    /// The offset right after this one.
+    #[must_use]
+    pub const fn next(self) -> Offset {
+        Offset(self.0 + 1)
+    }
+
+    /// This offset moved by `delta` (which may be negative).
+    #[must_use]
+    pub const fn add(self, delta: i64) -> Offset {
+        Offset(self.0 + delta)
+    }
+}
+
+impl Epoch {
+    /// Kafka's "no epoch" value (-1), used by batches written before leader epochs existed.
+    pub const NONE: Epoch = Epoch(-1);
+}

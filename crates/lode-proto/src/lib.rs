@@ -6,4 +6,4 @@
 pub mod batch;
 pub mod types;
 
-pub use types::{BrokerId, Epoch, Offset, PartitionId};
+pub use types::{BrokerId, Epoch, Instant, Offset, PartitionId};

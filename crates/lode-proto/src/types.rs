@@ -58,3 +58,25 @@ impl Epoch {
     /// Kafka's "no epoch" value (-1), used by batches written before leader epochs existed.
     pub const NONE: Epoch = Epoch(-1);
 }
+
+/// A point on one node's monotonic clock, in nanoseconds since that clock's origin.
+///
+/// It is a plain value so that sans-IO code (lode-core) can take `now` as an input without
+/// reading a clock. Instants from different nodes' clocks are not comparable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(pub u64);
+
+impl Instant {
+    /// The time elapsed from `earlier` to `self`, or zero if `earlier` is later.
+    #[must_use]
+    pub fn saturating_since(self, earlier: Instant) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// This instant moved forward by `d`, saturating at the end of time.
+    #[must_use]
+    pub fn saturating_add(self, d: std::time::Duration) -> Instant {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_add(nanos))
+    }
+}

@@ -1,0 +1,284 @@
+//! Tests of the disk interface on both implementations, and of the simulated disk's
+//! durability model itself.
+
+use super::*;
+
+fn page(fill: u8) -> Vec<u8> {
+    vec![fill; PAGE_SIZE as usize]
+}
+
+async fn read_all(f: &File) -> Vec<u8> {
+    let len = f.len().await.unwrap();
+    let mut buf = vec![0; len as usize];
+    f.read_exact_at(0, &mut buf).await.unwrap();
+    buf
+}
+
+/// The operations every implementation must agree on.
+async fn exercise(dir: Dir) {
+    let f = dir.create("a").await.unwrap();
+    assert_eq!(dir.create("a").await.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(f.append(b"hello").await.unwrap(), 0);
+    assert_eq!(f.append(b" world").await.unwrap(), 5);
+    f.write_at(0, b"J").await.unwrap();
+    assert_eq!(read_all(&f).await, b"Jello world");
+    let mut short = [0_u8; 8];
+    assert_eq!(f.read_at(7, &mut short).await.unwrap(), 4);
+    assert_eq!(f.read_exact_at(7, &mut short).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    f.set_len(5).await.unwrap();
+    assert_eq!(read_all(&f).await, b"Jello");
+    f.write_at(8, b"!").await.unwrap();
+    assert_eq!(read_all(&f).await, b"Jello\0\0\0!");
+    f.sync_data().await.unwrap();
+
+    let sub = dir.sub_dir("p-0").await.unwrap();
+    sub.create("x").await.unwrap();
+    assert_eq!(dir.list().await.unwrap(), vec!["a".to_owned(), "p-0".to_owned()]);
+    dir.rename("a", "b").await.unwrap();
+    assert_eq!(dir.open("a").await.unwrap_err().kind(), io::ErrorKind::NotFound);
+    let g = dir.open("b").await.unwrap();
+    assert_eq!(read_all(&g).await, b"Jello\0\0\0!");
+    // Rename replaces an existing target atomically.
+    let c = dir.create("c").await.unwrap();
+    c.append(b"new").await.unwrap();
+    dir.rename("c", "b").await.unwrap();
+    assert_eq!(read_all(&dir.open("b").await.unwrap()).await, b"new");
+    dir.remove("b").await.unwrap();
+    assert_eq!(dir.remove("b").await.unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(dir.create("../x").await.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(dir.create("").await.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    dir.sync().await.unwrap();
+    assert_eq!(sub.list().await.unwrap(), vec!["x".to_owned()]);
+}
+
+#[tokio::test]
+async fn real_disk_behaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    exercise(Dir::real(tmp.path().join("d")).unwrap()).await;
+}
+
+#[tokio::test]
+async fn sim_disk_behaves() {
+    exercise(Dir::sim(&SimDisk::new("n0", 1))).await;
+}
+
+#[tokio::test]
+async fn synced_writes_always_survive_a_crash() {
+    for seed in 0..200 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("log").await.unwrap();
+        root.sync().await.unwrap();
+        f.append(&page(1)).await.unwrap();
+        f.append(&[2; 700]).await.unwrap();
+        f.sync_data().await.unwrap();
+        // Unsynced writes after the sync, including an overwrite of synced bytes' page.
+        f.append(&page(3)).await.unwrap();
+        disk.crash();
+        let f = root.open("log").await.unwrap();
+        let got = read_all(&f).await;
+        assert!(got.len() >= PAGE_SIZE as usize + 700, "seed {seed}: synced length lost");
+        assert_eq!(&got[..PAGE_SIZE as usize], &page(1)[..], "seed {seed}");
+        assert_eq!(&got[PAGE_SIZE as usize..PAGE_SIZE as usize + 700], &[2; 700][..], "seed {seed}");
+    }
+}
+
+#[tokio::test]
+async fn unsynced_writes_are_sometimes_kept_torn_or_dropped() {
+    let (mut kept, mut torn, mut dropped) = (0, 0, 0);
+    for seed in 0..300 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("log").await.unwrap();
+        root.sync().await.unwrap();
+        f.append(&page(0xAA)).await.unwrap();
+        f.sync_data().await.unwrap();
+        // Overwrite the synced page without syncing: the length does not change, so every
+        // outcome shows in the bytes.
+        f.write_at(0, &page(0x55)).await.unwrap();
+        disk.crash();
+        let got = read_all(&root.open("log").await.unwrap()).await;
+        assert_eq!(got.len(), PAGE_SIZE as usize);
+        let new_sectors = got.chunks(SECTOR_SIZE as usize).take_while(|s| s.iter().all(|&b| b == 0x55)).count();
+        let rest_old = got[new_sectors * SECTOR_SIZE as usize..].iter().all(|&b| b == 0xAA);
+        assert!(rest_old, "seed {seed}: a torn page is a prefix of new sectors then old data");
+        match new_sectors {
+            0 => dropped += 1,
+            8 => kept += 1,
+            _ => torn += 1,
+        }
+    }
+    assert!(kept > 30 && torn > 30 && dropped > 30, "kept {kept} torn {torn} dropped {dropped}");
+}
+
+#[tokio::test]
+async fn unsynced_appends_may_vanish_or_leave_zeros() {
+    let (mut whole, mut gone, mut partial) = (0, 0, 0);
+    for seed in 0..300 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("log").await.unwrap();
+        root.sync().await.unwrap();
+        f.append(&[7; 3 * PAGE_SIZE as usize]).await.unwrap();
+        disk.crash();
+        let got = read_all(&root.open("log").await.unwrap()).await;
+        assert!(got.iter().all(|&b| b == 7 || b == 0), "seed {seed}: only written bytes or zeros");
+        if got.is_empty() {
+            gone += 1;
+        } else if got.len() == 3 * PAGE_SIZE as usize && got.iter().all(|&b| b == 7) {
+            whole += 1;
+        } else {
+            partial += 1;
+        }
+    }
+    assert!(whole > 0 && gone > 0 && partial > 0, "whole {whole} gone {gone} partial {partial}");
+}
+
+#[tokio::test]
+async fn unsynced_names_may_be_lost_synced_ones_never() {
+    let (mut lost, mut kept) = (0, 0);
+    for seed in 0..200 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let a = root.create("a").await.unwrap();
+        a.append(b"A").await.unwrap();
+        a.sync_data().await.unwrap();
+        root.sync().await.unwrap();
+        let b = root.create("b").await.unwrap();
+        b.append(b"B").await.unwrap();
+        b.sync_data().await.unwrap(); // data synced, name not
+        root.rename("a", "c").await.unwrap();
+        disk.crash();
+        let names = root.list().await.unwrap();
+        // Pending operations survive as a prefix: never the rename without the create.
+        assert!(
+            names == ["a"] || names == ["a", "b"] || names == ["b", "c"],
+            "seed {seed}: {names:?}"
+        );
+        if names.contains(&"b".to_owned()) {
+            kept += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    assert!(lost > 0 && kept > 0, "lost {lost} kept {kept}");
+}
+
+#[tokio::test]
+async fn unsynced_truncation_may_come_back() {
+    let mut resurrected = 0;
+    for seed in 0..100 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("log").await.unwrap();
+        root.sync().await.unwrap();
+        f.append(&page(9)).await.unwrap();
+        f.sync_data().await.unwrap();
+        f.set_len(100).await.unwrap();
+        disk.crash();
+        let len = root.open("log").await.unwrap().len().await.unwrap();
+        assert!(len == 100 || len == PAGE_SIZE, "seed {seed}: {len}");
+        resurrected += usize::from(len == PAGE_SIZE);
+    }
+    assert!(resurrected > 0 && resurrected < 100);
+}
+
+#[tokio::test]
+async fn failed_sync_loses_unsynced_data_and_is_reported() {
+    let mut changed = 0;
+    for seed in 0..100 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("log").await.unwrap();
+        root.sync().await.unwrap();
+        f.append(&page(1)).await.unwrap();
+        f.sync_data().await.unwrap();
+        f.append(&page(2)).await.unwrap();
+        disk.set_file_faults("log", Some(Faults { sync_eio: 1.0, ..Faults::default() }));
+        let err = f.sync_data().await.unwrap_err();
+        assert_eq!(err.raw_os_error(), None, "wrapped with context");
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        let got = read_all(&f).await;
+        assert_eq!(&got[..PAGE_SIZE as usize], &page(1)[..], "synced data stays");
+        changed += usize::from(got.len() != 2 * PAGE_SIZE as usize || got[PAGE_SIZE as usize..] != page(2)[..]);
+    }
+    assert!(changed > 10, "a failed sync must lose data in some seeds: {changed}");
+}
+
+#[tokio::test]
+async fn handles_die_with_a_crash() {
+    let disk = SimDisk::new("n0", 3);
+    let root = Dir::sim(&disk);
+    let f = root.create("x").await.unwrap();
+    root.sync().await.unwrap();
+    disk.crash();
+    assert_eq!(f.append(b"late").await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+}
+
+#[tokio::test]
+async fn injected_faults_fire() {
+    let disk = SimDisk::new("n0", 4);
+    let root = Dir::sim(&disk);
+    let f = root.create("x").await.unwrap();
+    f.append(&page(0)).await.unwrap();
+
+    disk.set_faults(Faults { read_eio: 1.0, ..Faults::default() });
+    let mut buf = [0_u8; 16];
+    assert!(f.read_at(0, &mut buf).await.unwrap_err().to_string().contains("Input/output error"));
+
+    disk.set_faults(Faults { read_bitflip: 1.0, ..Faults::default() });
+    let mut buf = vec![0_u8; PAGE_SIZE as usize];
+    f.read_exact_at(0, &mut buf).await.unwrap();
+    assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1, "exactly one bit flipped");
+
+    disk.set_faults(Faults { write_eio: 1.0, ..Faults::default() });
+    assert!(f.append(b"x").await.is_err());
+    assert_eq!(f.len().await.unwrap(), PAGE_SIZE, "a failed write writes nothing");
+
+    disk.set_faults(Faults::default());
+    disk.set_capacity(Some(PAGE_SIZE + 10));
+    f.append(&[1; 10]).await.unwrap();
+    let err = f.append(b"y").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+
+    disk.set_capacity(None);
+    let before = read_all(&f).await;
+    let pos = disk.corrupt("x").unwrap();
+    let after = read_all(&f).await;
+    assert_ne!(before[pos as usize], after[pos as usize]);
+    assert_eq!(disk.corrupt("missing"), None);
+}
+
+#[tokio::test]
+async fn latency_is_injected_on_simulated_time() {
+    let disk = SimDisk::new("n0", 5);
+    let root = Dir::sim(&disk);
+    let f = root.create("x").await.unwrap();
+    disk.set_faults(Faults { latency: Some((Duration::from_millis(20), Duration::from_millis(20))), ..Faults::default() });
+    let t = tokio::time::Instant::now();
+    f.append(b"slow").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn crashes_are_deterministic_per_seed() {
+    async fn run(seed: u64) -> (Vec<u8>, CrashStats) {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let f = root.create("x").await.unwrap();
+        root.sync().await.unwrap();
+        for i in 0..20_u8 {
+            f.append(&vec![i; 1500]).await.unwrap();
+            if i % 7 == 0 {
+                f.sync_data().await.unwrap();
+            }
+        }
+        let stats = disk.crash();
+        (read_all(&root.open("x").await.unwrap()).await, stats)
+    }
+    for seed in 0..20 {
+        assert_eq!(run(seed).await, run(seed).await);
+    }
+}
+
+use std::time::Duration;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine: installs what it needs,
+# then runs formatting, lints, the workspace tests, the fuzz corpus replay and the
+# simulation build's tests. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "toolchain"
+cargo --version
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --all-features --locked
+
+step "simulation build (--cfg madsim, own target dir)"
+# The simulator and the tests that exist only under madsim. A separate target dir keeps
+# the two configurations from rebuilding each other.
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim \
+  cargo clippy -p lode-env -p lode-storage -p lode-sim --all-targets --locked -- -D warnings
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim \
+  cargo test -p lode-env -p lode-storage -p lode-sim --locked
+
+step "done in $(( $(date +%s) - started ))s"

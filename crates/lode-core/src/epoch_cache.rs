@@ -121,6 +121,13 @@ impl LeaderEpochCache {
         self.check();
     }
 
+    /// Keeps only what describes the records in `[start, end)`: the covering epoch moves
+    /// to `start`, and epochs starting at or after `end` go (an empty log has no epochs).
+    pub fn clamp(&mut self, start: Offset, end: Offset) {
+        self.truncate_from_start(start);
+        self.truncate_from_end(end);
+    }
+
     /// The epoch of the record at `offset`, if the cache knows it.
     #[must_use]
     pub fn epoch_for_offset(&self, offset: Offset) -> Option<Epoch> {

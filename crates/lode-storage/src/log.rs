@@ -591,7 +591,7 @@ impl Log {
         if expected != Some(self.log_end) {
             return Err(self.inconsistent(format!("log end {} but segments end at {expected:?}", self.log_end)));
         }
-        epochs.truncate_from_start(self.log_start);
+        epochs.clamp(self.log_start, self.log_end);
         if epochs != self.epochs {
             return Err(self.inconsistent(format!("epoch cache {:?} but the batches say {:?}", self.epochs, epochs)));
         }
@@ -695,7 +695,7 @@ impl Log {
         self.log_start = self.log_start.min(new_end);
         self.durable = self.durable.min(new_end);
         self.high_watermark = self.high_watermark.min(new_end);
-        self.epochs.truncate_from_end(new_end);
+        self.epochs.clamp(self.log_start, new_end);
         self.write_checkpoints().await?;
         let later: Vec<Offset> = self.segments.range(base.next()..).map(|(b, _)| *b).collect();
         for b in later {
@@ -740,7 +740,7 @@ impl Log {
         }
         self.log_start = new_start;
         self.high_watermark = self.high_watermark.max(new_start);
-        self.epochs.truncate_from_start(new_start);
+        self.epochs.clamp(new_start, self.log_end);
         // The new start is durable before any file goes, so a crash cannot expose a log
         // that starts at a deleted offset.
         self.write_checkpoints().await?;

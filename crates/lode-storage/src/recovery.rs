@@ -371,8 +371,7 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
 
     let log_end = segments.values().next_back().map_or(ckpt_start, |s| s.next_offset);
     let log_start = first_base.map_or(ckpt_start, |b| ckpt_start.max(b)).min(log_end);
-    epochs.truncate_from_end(log_end);
-    epochs.truncate_from_start(log_start);
+    epochs.clamp(log_start, log_end);
     let high_watermark = log_ckpt.as_ref().map_or(log_start, |c| c.high_watermark).clamp(log_start, log_end);
 
     let mut log = Log {

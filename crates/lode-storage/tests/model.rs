@@ -194,7 +194,7 @@ async fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn log_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

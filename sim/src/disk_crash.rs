@@ -81,13 +81,13 @@ pub fn params(seed: u64) -> Params {
     }
 }
 
-async fn node_main(disk: SimDisk, shared: Arc<Mutex<Shared>>, params: Params) {
-    if let Err(e) = node_run(disk, &shared, &params).await {
+async fn node_main(disk: SimDisk, shared: Arc<Mutex<Shared>>, params: Params, plant: fn(&mut LogConfig)) {
+    if let Err(e) = node_run(disk, &shared, &params, plant).await {
         lock(&shared).failures.push(format!("{e:#}"));
     }
 }
 
-async fn node_run(disk: SimDisk, shared: &Mutex<Shared>, params: &Params) -> anyhow::Result<()> {
+async fn node_run(disk: SimDisk, shared: &Mutex<Shared>, params: &Params, plant: fn(&mut LogConfig)) -> anyhow::Result<()> {
     let env = Env::simulated(&disk, Clock::system());
     let dir = env.data_dir.sub_dir("topic-0").await?;
     env.data_dir.sync().await?;
@@ -97,6 +97,8 @@ async fn node_run(disk: SimDisk, shared: &Mutex<Shared>, params: &Params) -> any
         sync: if params.sync_every_append { SyncPolicy::EveryAppend } else { SyncPolicy::GroupCommit },
         ..LogConfig::default()
     };
+    let mut config = config;
+    plant(&mut config);
     let (mut log, _report) = Log::open(dir, env.clock.clone(), config).await.context("open")?;
     check_recovered(&log, shared).await?;
     let epoch = {
@@ -173,6 +175,15 @@ async fn check_recovered(log: &Log, shared: &Mutex<Shared>) -> anyhow::Result<()
 /// # Errors
 /// When an invariant breaks: the message names it and the evidence.
 pub fn run(seed: u64) -> anyhow::Result<Outcome> {
+    run_with(seed, |_| {})
+}
+
+/// Runs the scenario with the log's configuration changed by `plant` (used to switch on a
+/// planted bug and show the scenario's checks catch it).
+///
+/// # Errors
+/// When an invariant breaks.
+pub fn run_with(seed: u64, plant: fn(&mut LogConfig)) -> anyhow::Result<Outcome> {
     let params = params(seed);
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     let p = params.clone();
@@ -187,7 +198,7 @@ pub fn run(seed: u64) -> anyhow::Result<Outcome> {
             .create_node()
             .name("node-1")
             .ip([10, 0, 0, 1].into())
-            .init(move || node_main(d.clone(), Arc::clone(&s), pp.clone()))
+            .init(move || node_main(d.clone(), Arc::clone(&s), pp.clone(), plant))
             .build();
         let mut rng = madsim::rand::thread_rng();
         let mut crashes = Vec::new();
@@ -199,15 +210,23 @@ pub fn run(seed: u64) -> anyhow::Result<Outcome> {
             crashes.push(disk.crash());
             handle.restart(node.id());
         }
-        // Let the last incarnation recover and check, then stop it.
-        madsim::time::sleep(Duration::from_millis(50)).await;
+        // Let the last incarnation recover and check (bounded), then stop it. Earlier
+        // incarnations may have been killed before they finished recovering: that is part
+        // of the test, and the next one recovers from whatever they left.
+        let recovered_before = lock(&shared).recovered_ends.len();
+        for _ in 0..1_000 {
+            if lock(&shared).recovered_ends.len() > recovered_before || !lock(&shared).failures.is_empty() {
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(10)).await;
+        }
         handle.kill(node.id());
         let s = lock(&shared);
         if let Some(f) = s.failures.first() {
             bail!("seed {seed}: {f}");
         }
-        if s.recovered_ends.len() != p.crashes + 1 {
-            bail!("seed {seed}: expected {} recoveries, saw {}", p.crashes + 1, s.recovered_ends.len());
+        if s.recovered_ends.len() <= recovered_before {
+            bail!("seed {seed}: the final incarnation did not recover within 10 s of simulated time");
         }
         Ok(Outcome {
             params: p,

@@ -111,3 +111,23 @@ fn simulated_tcp_echo_and_clogged_link() {
         assert!(ok);
     });
 }
+
+/// The scenario's checks must catch a log that does not really sync and a recovery that
+/// trusts a torn tail.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn disk_crash_scenario_catches_planted_bugs() {
+    use lode_storage::{LogConfig, PlantedBug};
+    fn skip_sync(c: &mut LogConfig) {
+        c.planted_bug = Some(PlantedBug::SyncSkipsDisk);
+    }
+    fn trust_tail(c: &mut LogConfig) {
+        c.planted_bug = Some(PlantedBug::RecoveryTrustsTail);
+    }
+    let plants: [(&str, fn(&mut LogConfig)); 2] = [("sync skips disk", skip_sync), ("recovery trusts tail", trust_tail)];
+    for (name, plant) in plants {
+        let caught = (0..50).find_map(|seed| lode_sim::disk_crash::run_with(seed, plant).err());
+        let err = caught.unwrap_or_else(|| panic!("planted bug {name:?} survived 50 seeds"));
+        eprintln!("planted bug {name:?} caught: {err:#}");
+    }
+}

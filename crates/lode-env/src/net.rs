@@ -6,9 +6,60 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A connected byte stream.
-pub type Stream = tokio::net::TcpStream;
+///
+/// Written bytes are on their way when `poll_write` returns, in both builds: madsim's TCP
+/// holds writes until a flush, which real sockets do not, so under simulation every write
+/// flushes. Code that forgot a flush would otherwise work in production and hang in the
+/// simulator.
+#[derive(Debug)]
+pub struct Stream {
+    inner: tokio::net::TcpStream,
+}
+
+impl Stream {
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// When the socket cannot tell.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        if cfg!(madsim) {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// A listening socket.
 #[derive(Debug)]
@@ -32,7 +83,7 @@ pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
 pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok(Stream { inner: stream })
 }
 
 impl Listener {
@@ -43,7 +94,7 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         let (stream, peer) = self.inner.accept().await?;
         stream.set_nodelay(true)?;
-        Ok((stream, peer))
+        Ok((Stream { inner: stream }, peer))
     }
 
     /// The address actually bound.

@@ -81,25 +81,41 @@ pub fn params(seed: u64) -> Params {
     }
 }
 
-async fn node_main(disk: SimDisk, shared: Arc<Mutex<Shared>>, params: Params, plant: fn(&mut LogConfig)) {
+async fn node_main(
+    disk: SimDisk,
+    shared: Arc<Mutex<Shared>>,
+    params: Params,
+    plant: fn(&mut LogConfig),
+) {
     if let Err(e) = node_run(disk, &shared, &params, plant).await {
         lock(&shared).failures.push(format!("{e:#}"));
     }
 }
 
-async fn node_run(disk: SimDisk, shared: &Mutex<Shared>, params: &Params, plant: fn(&mut LogConfig)) -> anyhow::Result<()> {
+async fn node_run(
+    disk: SimDisk,
+    shared: &Mutex<Shared>,
+    params: &Params,
+    plant: fn(&mut LogConfig),
+) -> anyhow::Result<()> {
     let env = Env::simulated(&disk, Clock::system());
     let dir = env.data_dir.sub_dir("topic-0").await?;
     env.data_dir.sync().await?;
     let config = LogConfig {
         segment_bytes_max: params.segment_bytes_max,
         index_interval_bytes: 4096,
-        sync: if params.sync_every_append { SyncPolicy::EveryAppend } else { SyncPolicy::GroupCommit },
+        sync: if params.sync_every_append {
+            SyncPolicy::EveryAppend
+        } else {
+            SyncPolicy::GroupCommit
+        },
         ..LogConfig::default()
     };
     let mut config = config;
     plant(&mut config);
-    let (mut log, _report) = Log::open(dir, env.clock.clone(), config).await.context("open")?;
+    let (mut log, _report) = Log::open(dir, env.clock.clone(), config)
+        .await
+        .context("open")?;
     check_recovered(&log, shared).await?;
     let epoch = {
         let mut s = lock(shared);
@@ -131,7 +147,9 @@ async fn node_run(disk: SimDisk, shared: &Mutex<Shared>, params: &Params, plant:
             lock(shared).durable = d;
         }
         if rng.gen_bool(0.1) {
-            env.clock.sleep(Duration::from_millis(rng.gen_range(1..20))).await;
+            env.clock
+                .sleep(Duration::from_millis(rng.gen_range(1..20)))
+                .await;
         }
     }
 }
@@ -145,7 +163,13 @@ async fn check_recovered(log: &Log, shared: &Mutex<Shared>) -> anyhow::Result<()
         let lost = (s.history.len() - keep) as u64;
         s.lost += lost;
         s.history.truncate(keep);
-        (s.durable, s.history.iter().flat_map(|(_, b)| b.iter().copied()).collect::<Vec<u8>>())
+        (
+            s.durable,
+            s.history
+                .iter()
+                .flat_map(|(_, b)| b.iter().copied())
+                .collect::<Vec<u8>>(),
+        )
     };
     if end < durable {
         bail!("synced data lost: durable offset was {durable}, recovery ended the log at {end}");
@@ -163,7 +187,11 @@ async fn check_recovered(log: &Log, shared: &Mutex<Shared>) -> anyhow::Result<()
         got.extend_from_slice(&chunk);
     }
     if got != expected {
-        bail!("recovered log ({} bytes, end {end}) is not a prefix of what was appended ({} bytes)", got.len(), expected.len());
+        bail!(
+            "recovered log ({} bytes, end {end}) is not a prefix of what was appended ({} bytes)",
+            got.len(),
+            expected.len()
+        );
     }
     log.verify().await.context("verify after recovery")?;
     lock(shared).durable = end;
@@ -191,7 +219,10 @@ pub fn run_with(seed: u64, plant: fn(&mut LogConfig)) -> anyhow::Result<Outcome>
         let handle = madsim::runtime::Handle::current();
         let disk = SimDisk::new("node-1", seed);
         let latency = Duration::from_micros(p.disk_latency_us_max);
-        disk.set_faults(Faults { latency: Some((Duration::ZERO, latency)), ..Faults::default() });
+        disk.set_faults(Faults {
+            latency: Some((Duration::ZERO, latency)),
+            ..Faults::default()
+        });
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (d, s, pp) = (disk.clone(), Arc::clone(&shared), p.clone());
         let node = handle
@@ -215,7 +246,9 @@ pub fn run_with(seed: u64, plant: fn(&mut LogConfig)) -> anyhow::Result<Outcome>
         // of the test, and the next one recovers from whatever they left.
         let recovered_before = lock(&shared).recovered_ends.len();
         for _ in 0..1_000 {
-            if lock(&shared).recovered_ends.len() > recovered_before || !lock(&shared).failures.is_empty() {
+            if lock(&shared).recovered_ends.len() > recovered_before
+                || !lock(&shared).failures.is_empty()
+            {
                 break;
             }
             madsim::time::sleep(Duration::from_millis(10)).await;
@@ -226,7 +259,9 @@ pub fn run_with(seed: u64, plant: fn(&mut LogConfig)) -> anyhow::Result<Outcome>
             bail!("seed {seed}: {f}");
         }
         if s.recovered_ends.len() <= recovered_before {
-            bail!("seed {seed}: the final incarnation did not recover within 10 s of simulated time");
+            bail!(
+                "seed {seed}: the final incarnation did not recover within 10 s of simulated time"
+            );
         }
         Ok(Outcome {
             params: p,

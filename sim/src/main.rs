@@ -10,8 +10,16 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: lode-sim disk-crash --seed N [--seeds A..B]";
     let scenario = args.first().context(usage)?;
-    anyhow::ensure!(scenario == "disk-crash", "unknown scenario {scenario:?}; {usage}");
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    anyhow::ensure!(
+        scenario == "disk-crash",
+        "unknown scenario {scenario:?}; {usage}"
+    );
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let (from, to) = match (flag("--seed"), flag("--seeds")) {
         (Some(s), _) => {
             let s: u64 = s.parse().context("--seed takes a number")?;
@@ -19,7 +27,10 @@ fn main() -> anyhow::Result<()> {
         }
         (None, Some(r)) => {
             let (a, b) = r.split_once("..").context("--seeds takes A..B")?;
-            (a.parse().context("seed range start")?, b.parse().context("seed range end")?)
+            (
+                a.parse().context("seed range start")?,
+                b.parse().context("seed range end")?,
+            )
         }
         (None, None) => anyhow::bail!("{usage}"),
     };

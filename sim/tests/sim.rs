@@ -1,5 +1,6 @@
 //! Tests that exist only in the simulation build: per-node clocks, simulated TCP, and the
 //! partition log surviving power losses in the middle of its IO.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 #![cfg(madsim)]
 
 use std::net::SocketAddr;
@@ -20,16 +21,25 @@ fn disk_crash_scenario_holds_over_many_seeds() {
         assert!(o.appended > 0, "seed {seed}: nothing appended");
     }
     assert_eq!(runs, 40);
-    assert!(lost > 0, "no run lost an unsynced batch: the crashes prove nothing");
+    assert!(
+        lost > 0,
+        "no run lost an unsynced batch: the crashes prove nothing"
+    );
     assert!(torn > 0, "no crash tore a page");
 }
 
 #[test]
 fn same_seed_same_run() {
     for seed in [3, 11] {
-        assert_eq!(lode_sim::disk_crash::run(seed).unwrap(), lode_sim::disk_crash::run(seed).unwrap());
+        assert_eq!(
+            lode_sim::disk_crash::run(seed).unwrap(),
+            lode_sim::disk_crash::run(seed).unwrap()
+        );
     }
-    assert_ne!(lode_sim::disk_crash::run(3).unwrap(), lode_sim::disk_crash::run(4).unwrap());
+    assert_ne!(
+        lode_sim::disk_crash::run(3).unwrap(),
+        lode_sim::disk_crash::run(4).unwrap()
+    );
 }
 
 #[test]
@@ -37,8 +47,14 @@ fn each_node_has_its_own_clock() {
     let rt = Runtime::with_seed_and_config(1, madsim::Config::default());
     rt.block_on(async {
         let handle = Handle::current();
-        let (fast, fast_ctl) = Clock::skewed(Skew { offset_ms: 0, drift_ppm: 100_000 });
-        let (slow, _) = Clock::skewed(Skew { offset_ms: 0, drift_ppm: -50_000 });
+        let (fast, fast_ctl) = Clock::skewed(Skew {
+            offset_ms: 0,
+            drift_ppm: 100_000,
+        });
+        let (slow, _) = Clock::skewed(Skew {
+            offset_ms: 0,
+            drift_ppm: -50_000,
+        });
         let spawn = |name: &str, clock: Clock| {
             handle.create_node().name(name).build().spawn(async move {
                 let start = tokio::time::Instant::now();
@@ -50,12 +66,21 @@ fn each_node_has_its_own_clock() {
         let s = spawn("slow", slow.clone());
         let (f, s) = (f.await.unwrap(), s.await.unwrap());
         // 10 s of a clock running 10% fast pass in about 9.09 s of true time; 5% slow: 10.53 s.
-        assert!(f > Duration::from_millis(9_080) && f < Duration::from_millis(9_100), "{f:?}");
-        assert!(s > Duration::from_millis(10_520) && s < Duration::from_millis(10_540), "{s:?}");
+        assert!(
+            f > Duration::from_millis(9_080) && f < Duration::from_millis(9_100),
+            "{f:?}"
+        );
+        assert!(
+            s > Duration::from_millis(10_520) && s < Duration::from_millis(10_540),
+            "{s:?}"
+        );
 
         // A wall-clock step backwards moves wall time, never monotonic time.
         let (m0, w0) = (fast.now(), fast.wall_ms());
-        fast_ctl.set(Skew { offset_ms: -5_000, drift_ppm: 100_000 });
+        fast_ctl.set(Skew {
+            offset_ms: -5_000,
+            drift_ppm: 100_000,
+        });
         let (m1, w1) = (fast.now(), fast.wall_ms());
         assert!(m1 >= m0);
         assert!(w1 <= w0 - 4_900, "wall {w0} -> {w1}");
@@ -68,7 +93,11 @@ fn simulated_tcp_echo_and_clogged_link() {
     rt.block_on(async {
         let handle = Handle::current();
         let addr: SocketAddr = "10.0.0.1:9092".parse().unwrap();
-        let server = handle.create_node().name("server").ip([10, 0, 0, 1].into()).build();
+        let server = handle
+            .create_node()
+            .name("server")
+            .ip([10, 0, 0, 1].into())
+            .build();
         server.spawn(async move {
             let l = net::listen(addr).await.unwrap();
             loop {
@@ -83,7 +112,11 @@ fn simulated_tcp_echo_and_clogged_link() {
                 });
             }
         });
-        let client = handle.create_node().name("client").ip([10, 0, 0, 2].into()).build();
+        let client = handle
+            .create_node()
+            .name("client")
+            .ip([10, 0, 0, 2].into())
+            .build();
         let server_id = server.id();
         let client_id = client.id();
         let ok = client
@@ -98,10 +131,14 @@ fn simulated_tcp_echo_and_clogged_link() {
                 // Cut the link: the echo cannot arrive within the timeout.
                 madsim::net::NetSim::current().clog_link(client_id, server_id);
                 s.write_all(b"again").await.unwrap();
-                let r = clock.timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await;
+                let r = clock
+                    .timeout(Duration::from_secs(1), s.read_exact(&mut buf))
+                    .await;
                 assert!(r.is_err(), "a clogged link delivered data");
                 madsim::net::NetSim::current().unclog_link(client_id, server_id);
-                let r = clock.timeout(Duration::from_secs(30), s.read_exact(&mut buf)).await;
+                let r = clock
+                    .timeout(Duration::from_secs(30), s.read_exact(&mut buf))
+                    .await;
                 assert!(r.is_ok(), "data did not arrive after the link healed");
                 assert_eq!(&buf, b"again");
                 true
@@ -124,7 +161,11 @@ fn disk_crash_scenario_catches_planted_bugs() {
     fn trust_tail(c: &mut LogConfig) {
         c.planted_bug = Some(PlantedBug::RecoveryTrustsTail);
     }
-    let plants: [(&str, fn(&mut LogConfig)); 2] = [("sync skips disk", skip_sync), ("recovery trusts tail", trust_tail)];
+    type Plant = fn(&mut LogConfig);
+    let plants: [(&str, Plant); 2] = [
+        ("sync skips disk", skip_sync),
+        ("recovery trusts tail", trust_tail),
+    ];
     for (name, plant) in plants {
         let caught = (0..50).find_map(|seed| lode_sim::disk_crash::run_with(seed, plant).err());
         let err = caught.unwrap_or_else(|| panic!("planted bug {name:?} survived 50 seeds"));

@@ -3,6 +3,7 @@
 //! sans-IO core reaches none of them at all.
 //!
 //! A violation names the file, the line and the rule, so the fix is obvious.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,28 +20,53 @@ const BYPASS: &[(&str, &str)] = &[
     ("tokio::time", "time goes through lode_env::Clock"),
     ("std::thread::sleep", "time goes through lode_env::Clock"),
     ("tokio::net", "the network goes through lode_env::net"),
-    ("std::net::TcpStream", "the network goes through lode_env::net"),
-    ("std::net::TcpListener", "the network goes through lode_env::net"),
-    ("std::net::UdpSocket", "the network goes through lode_env::net"),
+    (
+        "std::net::TcpStream",
+        "the network goes through lode_env::net",
+    ),
+    (
+        "std::net::TcpListener",
+        "the network goes through lode_env::net",
+    ),
+    (
+        "std::net::UdpSocket",
+        "the network goes through lode_env::net",
+    ),
     ("tokio::spawn", "tasks go through lode_env::task"),
     ("tokio::task::spawn", "tasks go through lode_env::task"),
     ("std::thread::spawn", "tasks go through lode_env::task"),
     ("thread_rng(", "randomness goes through lode_env::rng"),
     ("rand::", "randomness goes through lode_env::rng"),
     ("getrandom", "randomness goes through lode_env::rng"),
-    ("RandomState", "hash seeds are randomness: use BTreeMap or a fixed hasher"),
+    (
+        "RandomState",
+        "hash seeds are randomness: use BTreeMap or a fixed hasher",
+    ),
     ("madsim::", "only lode-env and lode-sim know about madsim"),
 ];
 
 /// What the sans-IO core may not mention at all.
 const CORE_EXTRA: &[(&str, &str)] = &[
-    ("lode_env", "lode-core does no IO: take inputs and return decisions"),
+    (
+        "lode_env",
+        "lode-core does no IO: take inputs and return decisions",
+    ),
     ("tokio", "lode-core has no runtime"),
-    ("async fn", "lode-core is synchronous: IO completions come in as inputs"),
+    (
+        "async fn",
+        "lode-core is synchronous: IO completions come in as inputs",
+    ),
 ];
 
 /// Dependencies a crate's manifest may not name.
-const CORE_DEPS: &[&str] = &["tokio", "madsim-tokio", "madsim", "rand", "lode-env", "getrandom"];
+const CORE_DEPS: &[&str] = &[
+    "tokio",
+    "madsim-tokio",
+    "madsim",
+    "rand",
+    "lode-env",
+    "getrandom",
+];
 const SIM_DEPS: &[&str] = &["madsim", "rand", "getrandom"];
 
 /// One rule broken at one place.
@@ -80,7 +106,7 @@ fn normalise(src: &str) -> Vec<(usize, String)> {
         let compact: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut expanded = compact.clone();
         if let Some(open) = compact.find("::{") {
-            let prefix_start = compact[..open].rfind(|c: char| c == ' ' || c == '(').map_or(0, |p| p + 1);
+            let prefix_start = compact[..open].rfind([' ', '(']).map_or(0, |p| p + 1);
             let prefix = &compact[prefix_start..open];
             if let Some(close) = compact[open..].find('}') {
                 for item in compact[open + 3..open + close].split(',') {
@@ -99,7 +125,12 @@ fn check_source(file: &str, src: &str, rules: &[&[(&str, &str)]]) -> Vec<Violati
         for rule_set in rules {
             for (pattern, why) in *rule_set {
                 if text.contains(pattern) {
-                    found.push(Violation { file: file.to_owned(), line, pattern: (*pattern).to_owned(), why: (*why).to_owned() });
+                    found.push(Violation {
+                        file: file.to_owned(),
+                        line,
+                        pattern: (*pattern).to_owned(),
+                        why: (*why).to_owned(),
+                    });
                 }
             }
         }
@@ -117,7 +148,10 @@ fn check_manifest(file: &str, toml: &str, banned: &[&str]) -> Vec<Violation> {
             continue;
         }
         // Build and dev dependencies may use anything: tests and benches are not the node.
-        if !(section.ends_with("dependencies]") && !section.contains("dev-") && !section.contains("build-")) {
+        if !(section.ends_with("dependencies]")
+            && !section.contains("dev-")
+            && !section.contains("build-"))
+        {
             continue;
         }
         let name = t.split(['=', '.', ' ']).next().unwrap_or("").trim();
@@ -134,7 +168,9 @@ fn check_manifest(file: &str, toml: &str, banned: &[&str]) -> Vec<Violation> {
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -146,37 +182,61 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 #[test]
 fn simulated_crates_reach_the_world_only_through_lode_env() {
     let root = workspace();
     let mut violations = Vec::new();
-    let crates: &[(&str, bool)] =
-        &[("lode-core", true), ("lode-proto", true), ("lode-storage", false), ("lode-broker", false)];
+    let crates: &[(&str, bool)] = &[
+        ("lode-core", true),
+        ("lode-proto", true),
+        ("lode-storage", false),
+        ("lode-broker", false),
+    ];
     let mut files_checked = 0;
     for (krate, is_core) in crates {
         let dir = root.join("crates").join(krate);
         let mut files = Vec::new();
         rust_files(&dir.join("src"), &mut files);
-        assert!(!files.is_empty(), "{krate} has no sources: is the layout still crates/{krate}/src?");
+        assert!(
+            !files.is_empty(),
+            "{krate} has no sources: is the layout still crates/{krate}/src?"
+        );
         for f in files {
             let src = fs::read_to_string(&f).unwrap();
             let rel = f.strip_prefix(&root).unwrap().display().to_string();
-            let rules: Vec<&[(&str, &str)]> = if *is_core { vec![BYPASS, CORE_EXTRA] } else { vec![BYPASS] };
+            let rules: Vec<&[(&str, &str)]> = if *is_core {
+                vec![BYPASS, CORE_EXTRA]
+            } else {
+                vec![BYPASS]
+            };
             violations.extend(check_source(&rel, &src, &rules));
             files_checked += 1;
         }
         let manifest = dir.join("Cargo.toml");
         let toml = fs::read_to_string(&manifest).unwrap();
         let banned = if *is_core { CORE_DEPS } else { SIM_DEPS };
-        violations.extend(check_manifest(&format!("crates/{krate}/Cargo.toml"), &toml, banned));
+        violations.extend(check_manifest(
+            &format!("crates/{krate}/Cargo.toml"),
+            &toml,
+            banned,
+        ));
     }
     assert!(files_checked >= 10, "only {files_checked} files checked");
-    let report: Vec<String> =
-        violations.iter().map(|v| format!("{}:{}: `{}`: {}", v.file, v.line, v.pattern, v.why)).collect();
-    assert!(violations.is_empty(), "environment bypasses:\n{}", report.join("\n"));
+    let report: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}:{}: `{}`: {}", v.file, v.line, v.pattern, v.why))
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "environment bypasses:\n{}",
+        report.join("\n")
+    );
 }
 
 // The checker itself must catch planted violations, or the test above proves nothing.
@@ -202,7 +262,11 @@ fn ignores_comments_but_not_code_after_them() {
 
 #[test]
 fn core_may_not_use_the_environment_or_a_runtime() {
-    let v = check_source("core.rs", "use lode_env::Clock;\nasync fn step() {}\n", &[BYPASS, CORE_EXTRA]);
+    let v = check_source(
+        "core.rs",
+        "use lode_env::Clock;\nasync fn step() {}\n",
+        &[BYPASS, CORE_EXTRA],
+    );
     assert_eq!(v.len(), 2, "{v:?}");
 }
 

@@ -21,7 +21,9 @@ usage:
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,7 +47,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             print!("{USAGE}");
             Ok(())
         }
-        ["dev", ..] => bail!("`lode dev` arrives with the broker (issue: step 2); nothing to run yet"),
+        ["dev", ..] => {
+            bail!("`lode dev` arrives with the broker (issue: step 2); nothing to run yet")
+        }
         ["log", "recover", dir] => recover(dir),
         _ => bail!("unknown command {:?}\n\n{USAGE}", words.join(" ")),
     }
@@ -56,13 +60,19 @@ fn recover(dir: &str) -> anyhow::Result<()> {
     if !path.is_dir() {
         bail!("{dir} is not a directory");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
     rt.block_on(async {
         let (log, report) = Log::open(Dir::real(path)?, Clock::system(), LogConfig::default())
             .await
             .with_context(|| format!("opening {dir}"))?;
         println!("clean shutdown: {}", report.clean_shutdown);
-        println!("scanned: {} bytes, cut: {} bytes", report.scanned_bytes, report.truncated_bytes);
+        println!(
+            "scanned: {} bytes, cut: {} bytes",
+            report.scanned_bytes, report.truncated_bytes
+        );
         for f in &report.fallbacks {
             println!("fallback: {f}");
         }

@@ -50,8 +50,12 @@ impl LeaderEpochCache {
     /// or foreign checkpoint: the caller rebuilds from the log).
     #[must_use]
     pub fn from_entries(entries: Vec<EpochEntry>) -> Option<LeaderEpochCache> {
-        let ok = entries.windows(2).all(|w| w[0].epoch < w[1].epoch && w[0].start_offset < w[1].start_offset)
-            && entries.iter().all(|e| e.epoch.0 >= 0 && e.start_offset.0 >= 0);
+        let ok = entries
+            .windows(2)
+            .all(|w| w[0].epoch < w[1].epoch && w[0].start_offset < w[1].start_offset)
+            && entries
+                .iter()
+                .all(|e| e.epoch.0 >= 0 && e.start_offset.0 >= 0);
         ok.then_some(LeaderEpochCache { entries })
     }
 
@@ -69,7 +73,11 @@ impl LeaderEpochCache {
 
     fn check(&self) {
         for w in self.entries.windows(2) {
-            assert!(w[0].epoch < w[1].epoch, "epoch cache epochs must strictly increase: {:?}", self.entries);
+            assert!(
+                w[0].epoch < w[1].epoch,
+                "epoch cache epochs must strictly increase: {:?}",
+                self.entries
+            );
             assert!(
                 w[0].start_offset < w[1].start_offset,
                 "epoch cache start offsets must strictly increase: {:?}",
@@ -98,7 +106,10 @@ impl LeaderEpochCache {
             }
         }
         self.entries.retain(|e| e.start_offset < start_offset);
-        self.entries.push(EpochEntry { epoch, start_offset });
+        self.entries.push(EpochEntry {
+            epoch,
+            start_offset,
+        });
         self.check();
         Assigned::Added
     }
@@ -113,7 +124,10 @@ impl LeaderEpochCache {
     /// Removes what lies wholly below `start_offset` (retention deleted it). The epoch that
     /// covers `start_offset` is kept and now starts there.
     pub fn truncate_from_start(&mut self, start_offset: Offset) {
-        let covering = self.entries.iter().rposition(|e| e.start_offset <= start_offset);
+        let covering = self
+            .entries
+            .iter()
+            .rposition(|e| e.start_offset <= start_offset);
         if let Some(i) = covering {
             self.entries.drain(..i);
             self.entries[0].start_offset = start_offset;
@@ -131,7 +145,11 @@ impl LeaderEpochCache {
     /// The epoch of the record at `offset`, if the cache knows it.
     #[must_use]
     pub fn epoch_for_offset(&self, offset: Offset) -> Option<Epoch> {
-        self.entries.iter().rev().find(|e| e.start_offset <= offset).map(|e| e.epoch)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.start_offset <= offset)
+            .map(|e| e.epoch)
     }
 
     /// KIP-279's end offset for `requested`: the largest epoch `<= requested` this log
@@ -140,7 +158,10 @@ impl LeaderEpochCache {
     #[must_use]
     pub fn end_offset_for(&self, requested: Epoch, log_end: Offset) -> Option<(Epoch, Offset)> {
         let i = self.entries.iter().rposition(|e| e.epoch <= requested)?;
-        let end = self.entries.get(i + 1).map_or(log_end, |next| next.start_offset);
+        let end = self
+            .entries
+            .get(i + 1)
+            .map_or(log_end, |next| next.start_offset);
         Some((self.entries[i].epoch, end))
     }
 }
@@ -151,7 +172,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn e(epoch: i32, start: i64) -> EpochEntry {
-        EpochEntry { epoch: Epoch(epoch), start_offset: Offset(start) }
+        EpochEntry {
+            epoch: Epoch(epoch),
+            start_offset: Offset(start),
+        }
     }
 
     #[test]
@@ -162,10 +186,22 @@ mod tests {
         assert_eq!(c.assign(Epoch(3), Offset(10)), Assigned::Added);
         assert_eq!(c.assign(Epoch(2), Offset(12)), Assigned::Stale);
         assert_eq!(c.entries(), &[e(1, 0), e(3, 10)]);
-        assert_eq!(c.end_offset_for(Epoch(1), Offset(20)), Some((Epoch(1), Offset(10))));
-        assert_eq!(c.end_offset_for(Epoch(2), Offset(20)), Some((Epoch(1), Offset(10))));
-        assert_eq!(c.end_offset_for(Epoch(3), Offset(20)), Some((Epoch(3), Offset(20))));
-        assert_eq!(c.end_offset_for(Epoch(9), Offset(20)), Some((Epoch(3), Offset(20))));
+        assert_eq!(
+            c.end_offset_for(Epoch(1), Offset(20)),
+            Some((Epoch(1), Offset(10)))
+        );
+        assert_eq!(
+            c.end_offset_for(Epoch(2), Offset(20)),
+            Some((Epoch(1), Offset(10)))
+        );
+        assert_eq!(
+            c.end_offset_for(Epoch(3), Offset(20)),
+            Some((Epoch(3), Offset(20)))
+        );
+        assert_eq!(
+            c.end_offset_for(Epoch(9), Offset(20)),
+            Some((Epoch(3), Offset(20)))
+        );
         assert_eq!(c.end_offset_for(Epoch(0), Offset(20)), None);
         assert_eq!(c.epoch_for_offset(Offset(9)), Some(Epoch(1)));
         assert_eq!(c.epoch_for_offset(Offset(10)), Some(Epoch(3)));

@@ -49,7 +49,8 @@ struct SkewState {
 impl SkewState {
     fn local_ns(&self, global_ns: u64) -> u64 {
         let since = global_ns.saturating_sub(self.anchor_global_ns);
-        self.anchor_local_ns.saturating_add(scale(since, self.skew.drift_ppm))
+        self.anchor_local_ns
+            .saturating_add(scale(since, self.skew.drift_ppm))
     }
 }
 
@@ -84,14 +85,24 @@ impl Clock {
     /// The host's clock, without skew. Its origin is the moment of this call.
     #[must_use]
     pub fn system() -> Clock {
-        Clock { origin: tokio::time::Instant::now(), skew: None }
+        Clock {
+            origin: tokio::time::Instant::now(),
+            skew: None,
+        }
     }
 
     /// A clock whose skew can be set and changed at run time through the returned control.
     #[must_use]
     pub fn skewed(skew: Skew) -> (Clock, SkewControl) {
-        let state = SkewState { skew, anchor_global_ns: 0, anchor_local_ns: 0 };
-        let clock = Clock { origin: tokio::time::Instant::now(), skew: Some(Arc::new(Mutex::new(state))) };
+        let state = SkewState {
+            skew,
+            anchor_global_ns: 0,
+            anchor_local_ns: 0,
+        };
+        let clock = Clock {
+            origin: tokio::time::Instant::now(),
+            skew: Some(Arc::new(Mutex::new(state))),
+        };
         (clock.clone(), SkewControl { clock })
     }
 
@@ -103,7 +114,9 @@ impl Clock {
     fn state(&self) -> Option<MutexGuard<'_, SkewState>> {
         // A poisoned lock only means a panic elsewhere; the state itself stays consistent
         // because every update is a single assignment.
-        self.skew.as_ref().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        self.skew
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Monotonic now on this node.
@@ -127,7 +140,9 @@ impl Clock {
             Some(s) => {
                 let drift_ms = (i128::from(s.local_ns(global)) - i128::from(global)) / 1_000_000;
                 let drift_ms = i64::try_from(drift_ms).unwrap_or(0);
-                global_wall_ms.saturating_add(s.skew.offset_ms).saturating_add(drift_ms)
+                global_wall_ms
+                    .saturating_add(s.skew.offset_ms)
+                    .saturating_add(drift_ms)
             }
             None => global_wall_ms,
         }
@@ -160,7 +175,9 @@ impl Clock {
     /// # Errors
     /// [`Elapsed`] if `d` passed before `fut` finished; `fut` is then dropped.
     pub async fn timeout<F: Future>(&self, d: Duration, fut: F) -> Result<F::Output, Elapsed> {
-        tokio::time::timeout(self.to_global(d), fut).await.map_err(|_| Elapsed(d))
+        tokio::time::timeout(self.to_global(d), fut)
+            .await
+            .map_err(|_| Elapsed(d))
     }
 }
 
@@ -174,7 +191,10 @@ impl SkewControl {
     /// Sets the skew from now on. Monotonic time keeps its reading at this instant and only
     /// changes rate; wall time may jump by the change of offset.
     pub fn set(&self, skew: Skew) {
-        assert!(skew.drift_ppm > -1_000_000, "a clock cannot stop or run backwards");
+        assert!(
+            skew.drift_ppm > -1_000_000,
+            "a clock cannot stop or run backwards"
+        );
         let global = self.clock.global_ns();
         if let Some(mut s) = self.clock.state() {
             let local = s.local_ns(global);
@@ -202,14 +222,24 @@ mod tests {
         for ppm in [-999_000, -500, 0, 1, 500, 100_000] {
             for ns in [0_u64, 1_000, 1_000_000_000, 86_400_000_000_000] {
                 let back = unscale(scale(ns, ppm), ppm);
-                assert!(back.abs_diff(ns) <= 1 + ns / 1_000_000_000, "ppm {ppm} ns {ns} back {back}");
+                assert!(
+                    back.abs_diff(ns) <= 1 + ns / 1_000_000_000,
+                    "ppm {ppm} ns {ns} back {back}"
+                );
             }
         }
     }
 
     #[test]
     fn drift_changes_rate_and_keeps_monotonic() {
-        let mut s = SkewState { skew: Skew { offset_ms: 0, drift_ppm: 1_000 }, anchor_global_ns: 0, anchor_local_ns: 0 };
+        let mut s = SkewState {
+            skew: Skew {
+                offset_ms: 0,
+                drift_ppm: 1_000,
+            },
+            anchor_global_ns: 0,
+            anchor_local_ns: 0,
+        };
         assert_eq!(s.local_ns(1_000_000_000), 1_001_000_000);
         // Re-anchor as SkewControl::set does, then run slow: still never below the reading.
         let local = s.local_ns(2_000_000_000);
@@ -228,7 +258,9 @@ mod tests {
         let b = clock.now();
         assert!(b.saturating_since(a) >= Duration::from_millis(5));
         assert!(clock.wall_ms() > 1_600_000_000_000);
-        let r = clock.timeout(Duration::from_millis(1), std::future::pending::<()>()).await;
+        let r = clock
+            .timeout(Duration::from_millis(1), std::future::pending::<()>())
+            .await;
         assert_eq!(r, Err(Elapsed(Duration::from_millis(1))));
     }
 }

@@ -38,12 +38,18 @@ impl Env {
     /// # Errors
     /// When the data directory cannot be created.
     pub fn host(data_dir: impl Into<std::path::PathBuf>) -> std::io::Result<Env> {
-        Ok(Env { clock: Clock::system(), data_dir: Dir::real(data_dir)? })
+        Ok(Env {
+            clock: Clock::system(),
+            data_dir: Dir::real(data_dir)?,
+        })
     }
 
     /// A simulated node's environment: a skewable clock and a simulated disk.
     #[must_use]
     pub fn simulated(disk: &SimDisk, clock: Clock) -> Env {
-        Env { clock, data_dir: Dir::sim(disk) }
+        Env {
+            clock,
+            data_dir: Dir::sim(disk),
+        }
     }
 }

@@ -33,13 +33,21 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let n = match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => n,
             other => return other,
@@ -72,7 +80,9 @@ pub struct Listener {
 /// # Errors
 /// When the address cannot be bound.
 pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
-    Ok(Listener { inner: tokio::net::TcpListener::bind(addr).await? })
+    Ok(Listener {
+        inner: tokio::net::TcpListener::bind(addr).await?,
+    })
 }
 
 /// Connects to `addr`, with Nagle's algorithm off: the protocols on top batch for

@@ -143,7 +143,10 @@ pub fn peek_size(buf: &[u8]) -> Result<Option<usize>, BatchError> {
 /// # Errors
 /// [`BatchError::TooShort`] if `buf` cannot hold a header.
 pub fn set_base_offset(buf: &mut [u8], offset: Offset) -> Result<(), BatchError> {
-    let slot = buf.get_mut(0..8).ok_or(BatchError::TooShort { needed: HEADER_SIZE, available: 0 })?;
+    let slot = buf.get_mut(0..8).ok_or(BatchError::TooShort {
+        needed: HEADER_SIZE,
+        available: 0,
+    })?;
     slot.copy_from_slice(&offset.0.to_be_bytes());
     Ok(())
 }
@@ -155,7 +158,10 @@ pub fn set_base_offset(buf: &mut [u8], offset: Offset) -> Result<(), BatchError>
 /// [`BatchError::TooShort`] if `buf` cannot hold a header.
 pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: Epoch) -> Result<(), BatchError> {
     let available = buf.len();
-    let slot = buf.get_mut(12..16).ok_or(BatchError::TooShort { needed: HEADER_SIZE, available })?;
+    let slot = buf.get_mut(12..16).ok_or(BatchError::TooShort {
+        needed: HEADER_SIZE,
+        available,
+    })?;
     slot.copy_from_slice(&epoch.0.to_be_bytes());
     Ok(())
 }
@@ -176,7 +182,10 @@ impl<'a> RecordBatch<'a> {
         let (b, rest) = Self::parse_unchecked_crc(buf)?;
         let computed = b.compute_crc();
         if computed != b.crc() {
-            return Err(BatchError::BadCrc { stored: b.crc(), computed });
+            return Err(BatchError::BadCrc {
+                stored: b.crc(),
+                computed,
+            });
         }
         Ok((b, rest))
     }
@@ -186,9 +195,15 @@ impl<'a> RecordBatch<'a> {
     /// # Errors
     /// Any structural [`BatchError`].
     pub fn parse_unchecked_crc(buf: &'a [u8]) -> Result<(RecordBatch<'a>, &'a [u8]), BatchError> {
-        let size = peek_size(buf)?.ok_or(BatchError::TooShort { needed: LOG_OVERHEAD, available: buf.len() })?;
+        let size = peek_size(buf)?.ok_or(BatchError::TooShort {
+            needed: LOG_OVERHEAD,
+            available: buf.len(),
+        })?;
         if buf.len() < size {
-            return Err(BatchError::TooShort { needed: size, available: buf.len() });
+            return Err(BatchError::TooShort {
+                needed: size,
+                available: buf.len(),
+            });
         }
         let (bytes, rest) = buf.split_at(size);
         let magic = bytes[16] as i8;
@@ -251,7 +266,12 @@ impl<'a> RecordBatch<'a> {
     /// The stored CRC.
     #[must_use]
     pub fn crc(&self) -> u32 {
-        u32::from_be_bytes([self.bytes[CRC_AT], self.bytes[CRC_AT + 1], self.bytes[CRC_AT + 2], self.bytes[CRC_AT + 3]])
+        u32::from_be_bytes([
+            self.bytes[CRC_AT],
+            self.bytes[CRC_AT + 1],
+            self.bytes[CRC_AT + 2],
+            self.bytes[CRC_AT + 3],
+        ])
     }
     /// The CRC-32C of the bytes it covers.
     #[must_use]
@@ -333,11 +353,17 @@ impl<'a> RecordBatch<'a> {
     pub fn validate(&self) -> Result<(), BatchError> {
         let computed = self.compute_crc();
         if computed != self.crc() {
-            return Err(BatchError::BadCrc { stored: self.crc(), computed });
+            return Err(BatchError::BadCrc {
+                stored: self.crc(),
+                computed,
+            });
         }
         let (count, delta) = (self.record_count(), self.last_offset_delta());
         if count < 1 || delta < 0 || i64::from(delta) + 1 != i64::from(count) {
-            return Err(BatchError::BadRecordCount { count, last_offset_delta: delta });
+            return Err(BatchError::BadRecordCount {
+                count,
+                last_offset_delta: delta,
+            });
         }
         Ok(())
     }
@@ -348,13 +374,14 @@ impl<'a> RecordBatch<'a> {
     /// # Errors
     /// The first malformed record, [`BatchError::Compressed`], or a count mismatch.
     pub fn validate_records(&self) -> Result<(), BatchError> {
-        let mut n = 0;
-        for r in self.records()? {
+        for (n, r) in (0_i32..).zip(self.records()?) {
             let r = r?;
             if r.offset_delta != n {
-                return Err(BatchError::BadOffsetDelta { index: n, delta: r.offset_delta });
+                return Err(BatchError::BadOffsetDelta {
+                    index: n,
+                    delta: r.offset_delta,
+                });
             }
-            n += 1;
         }
         Ok(())
     }
@@ -365,7 +392,12 @@ impl<'a> RecordBatch<'a> {
     /// [`BatchError::Compressed`] for a compressed batch.
     pub fn records(&self) -> Result<Records<'a>, BatchError> {
         match self.compression() {
-            Compression::None => Ok(Records { rest: self.records_bytes(), index: 0, count: self.record_count(), done: false }),
+            Compression::None => Ok(Records {
+                rest: self.records_bytes(),
+                index: 0,
+                count: self.record_count(),
+                done: false,
+            }),
             c => Err(BatchError::Compressed(c)),
         }
     }
@@ -462,14 +494,23 @@ fn parse_record<'a>(body: &'a [u8]) -> Result<Record<'a>, &'static str> {
     }
     let mut headers = Vec::with_capacity(n);
     for _ in 0..n {
-        let key = bytes_field(&mut b).ok_or("bad header key")?.ok_or("null header key")?;
+        let key = bytes_field(&mut b)
+            .ok_or("bad header key")?
+            .ok_or("null header key")?;
         let value = bytes_field(&mut b).ok_or("bad header value")?;
         headers.push(Header { key, value });
     }
     if !b.is_empty() {
         return Err("bytes left inside the record");
     }
-    Ok(Record { attributes: attributes as i8, timestamp_delta, offset_delta, key, value, headers })
+    Ok(Record {
+        attributes: attributes as i8,
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers,
+    })
 }
 
 impl<'a> Iterator for Records<'a> {
@@ -487,13 +528,20 @@ impl<'a> Iterator for Records<'a> {
         if self.index >= self.count {
             self.done = true;
             if !self.rest.is_empty() {
-                return Some(Err(BatchError::BadRecord { index, reason: "bytes after the last record" }));
+                return Some(Err(BatchError::BadRecord {
+                    index,
+                    reason: "bytes after the last record",
+                }));
             }
             return None;
         }
         let mut b = self.rest;
-        let Some(len) = varint32(&mut b) else { return fail(self, "bad record length") };
-        let Ok(len) = usize::try_from(len) else { return fail(self, "negative record length") };
+        let Some(len) = varint32(&mut b) else {
+            return fail(self, "bad record length");
+        };
+        let Ok(len) = usize::try_from(len) else {
+            return fail(self, "negative record length");
+        };
         if len > b.len() {
             return fail(self, "record length exceeds the batch");
         }
@@ -581,22 +629,41 @@ impl RecordBatchBuilder {
     }
     /// Marks the batch transactional.
     pub fn transactional(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on { self.attributes | 0x10 } else { self.attributes & !0x10 };
+        self.attributes = if on {
+            self.attributes | 0x10
+        } else {
+            self.attributes & !0x10
+        };
         self
     }
     /// Marks the batch a control batch.
     pub fn control(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on { self.attributes | 0x20 } else { self.attributes & !0x20 };
+        self.attributes = if on {
+            self.attributes | 0x20
+        } else {
+            self.attributes & !0x20
+        };
         self
     }
     /// Marks timestamps as log-append time.
     pub fn log_append_time(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on { self.attributes | 0x8 } else { self.attributes & !0x8 };
+        self.attributes = if on {
+            self.attributes | 0x8
+        } else {
+            self.attributes & !0x8
+        };
         self
     }
     /// Adds a record.
-    pub fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&[u8], Option<&[u8]>)], timestamp_delta: i64) -> &mut Self {
-        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+    pub fn push(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+        timestamp_delta: i64,
+    ) -> &mut Self {
+        let mut body =
+            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         body.push(0);
         put_varint(&mut body, timestamp_delta);
         put_varint(&mut body, i64::from(self.count));
@@ -627,7 +694,12 @@ impl RecordBatchBuilder {
         out.extend_from_slice(&self.attributes.to_be_bytes());
         out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
         out.extend_from_slice(&self.base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.unwrap_or(self.base_timestamp).to_be_bytes());
+        out.extend_from_slice(
+            &self
+                .max_timestamp
+                .unwrap_or(self.base_timestamp)
+                .to_be_bytes(),
+        );
         out.extend_from_slice(&self.producer_id.to_be_bytes());
         out.extend_from_slice(&self.producer_epoch.to_be_bytes());
         out.extend_from_slice(&self.base_sequence.to_be_bytes());

@@ -7,6 +7,7 @@
 //! cargo bench -p lode-storage --bench log            # full run
 //! LODE_BENCH_MB=16 cargo bench -p lode-storage --bench log   # quicker
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,12 @@ fn batch(bytes: usize) -> Vec<u8> {
     let mut n = 0;
     // Fill up to the target size: each record costs about its value plus a few bytes.
     while (n + 1) * RECORD_BYTES <= bytes {
-        b.push(Some(format!("key-{n:08}").as_bytes()), Some(&value), &[], n as i64);
+        b.push(
+            Some(format!("key-{n:08}").as_bytes()),
+            Some(&value),
+            &[],
+            n as i64,
+        );
         n += 1;
     }
     b.build()
@@ -37,11 +43,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn append_run(batch_bytes: usize, policy: SyncPolicy, total: usize) -> (f64, std::path::PathBuf, tempfile::TempDir) {
+async fn append_run(
+    batch_bytes: usize,
+    policy: SyncPolicy,
+    total: usize,
+) -> (f64, std::path::PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let path = tmp.path().join("bench-0");
-    let config = LogConfig { sync: policy, segment_bytes_max: 256 << 20, ..LogConfig::default() };
-    let (mut log, _) = Log::open(Dir::real(&path).expect("dir"), Clock::system(), config).await.expect("open");
+    let config = LogConfig {
+        sync: policy,
+        segment_bytes_max: 256 << 20,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(Dir::real(&path).expect("dir"), Clock::system(), config)
+        .await
+        .expect("open");
     let mut b = batch(batch_bytes);
     let n = total / b.len();
     let mut since_sync = 0;
@@ -63,7 +79,13 @@ async fn append_run(batch_bytes: usize, policy: SyncPolicy, total: usize) -> (f6
 }
 
 async fn read_run(path: &std::path::Path) -> f64 {
-    let (log, _) = Log::open(Dir::real(path).expect("dir"), Clock::system(), LogConfig::default()).await.expect("open");
+    let (log, _) = Log::open(
+        Dir::real(path).expect("dir"),
+        Clock::system(),
+        LogConfig::default(),
+    )
+    .await
+    .expect("open");
     let mut at = log.log_start_offset();
     let mut bytes = 0;
     let start = Instant::now();
@@ -83,13 +105,23 @@ async fn read_run(path: &std::path::Path) -> f64 {
 fn main() {
     // `cargo test --benches` runs this with --bench absent; do a tiny smoke run then.
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let mb: usize = std::env::var("LODE_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(if smoke { 1 } else { 64 });
+    let mb: usize = std::env::var("LODE_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 64 });
     let total = mb << 20;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     println!("lode-storage log bench: {mb} MiB per run, median of {RUNS} runs, 1 KiB records");
     println!("{:<34} {:>10} {:>10}", "case", "MB/s", "spread");
     for batch_kib in [16, 256] {
-        for (policy, label) in [(SyncPolicy::EveryAppend, "sync per append"), (SyncPolicy::GroupCommit, "group commit (1 MiB)")] {
+        for (policy, label) in [
+            (SyncPolicy::EveryAppend, "sync per append"),
+            (SyncPolicy::GroupCommit, "group commit (1 MiB)"),
+        ] {
             let mut append = Vec::new();
             let mut read = Vec::new();
             for _ in 0..RUNS {
@@ -100,12 +132,24 @@ fn main() {
                 }
             }
             let spread = |v: &[f64]| {
-                let (lo, hi) = v.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::MAX, 0.0_f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                 format!("{lo:.0}-{hi:.0}")
             };
-            println!("{:<34} {:>10.0} {:>10}", format!("append {batch_kib} KiB, {label}"), median(append.clone()), spread(&append));
+            println!(
+                "{:<34} {:>10.0} {:>10}",
+                format!("append {batch_kib} KiB, {label}"),
+                median(append.clone()),
+                spread(&append)
+            );
             if !read.is_empty() {
-                println!("{:<34} {:>10.0} {:>10}", format!("read (1 MiB fetches) after {batch_kib} KiB"), median(read.clone()), spread(&read));
+                println!(
+                    "{:<34} {:>10.0} {:>10}",
+                    format!("read (1 MiB fetches) after {batch_kib} KiB"),
+                    median(read.clone()),
+                    spread(&read)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

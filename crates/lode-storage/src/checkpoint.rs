@@ -29,7 +29,11 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
@@ -41,7 +45,10 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 /// # Errors
 /// [`CheckpointError::Corrupt`] for anything but an intact checkpoint.
 pub fn unframe<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointError> {
-    let corrupt = |reason| CheckpointError::Corrupt { name: name.to_owned(), reason };
+    let corrupt = |reason| CheckpointError::Corrupt {
+        name: name.to_owned(),
+        reason,
+    };
     if bytes.len() < HEADER + 4 {
         return Err(corrupt("too short"));
     }
@@ -74,11 +81,20 @@ pub async fn write(dir: &Dir, name: &str, payload: &[u8]) -> Result<(), LogError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(LogError::io("remove", &tmp)(e)),
     }
-    let file = dir.create(&tmp).await.map_err(LogError::io("create", &tmp))?;
-    file.write_at(0, &frame(payload)).await.map_err(LogError::io("write", &tmp))?;
+    let file = dir
+        .create(&tmp)
+        .await
+        .map_err(LogError::io("create", &tmp))?;
+    file.write_at(0, &frame(payload))
+        .await
+        .map_err(LogError::io("write", &tmp))?;
     file.sync_data().await.map_err(LogError::io("sync", &tmp))?;
-    dir.rename(&tmp, name).await.map_err(LogError::io("rename", &tmp))?;
-    dir.sync().await.map_err(LogError::io("sync directory", dir.display()))?;
+    dir.rename(&tmp, name)
+        .await
+        .map_err(LogError::io("rename", &tmp))?;
+    dir.sync()
+        .await
+        .map_err(LogError::io("sync directory", dir.display()))?;
     Ok(())
 }
 
@@ -87,7 +103,10 @@ pub async fn write(dir: &Dir, name: &str, payload: &[u8]) -> Result<(), LogError
 ///
 /// # Errors
 /// [`LogError::Io`] when reading fails.
-pub async fn read(dir: &Dir, name: &str) -> Result<Option<Result<Vec<u8>, CheckpointError>>, LogError> {
+pub async fn read(
+    dir: &Dir,
+    name: &str,
+) -> Result<Option<Result<Vec<u8>, CheckpointError>>, LogError> {
     let file = match dir.open(name).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -95,10 +114,15 @@ pub async fn read(dir: &Dir, name: &str) -> Result<Option<Result<Vec<u8>, Checkp
     };
     let len = file.len().await.map_err(LogError::io("stat", name))?;
     if len > 64 << 20 {
-        return Ok(Some(Err(CheckpointError::Corrupt { name: name.to_owned(), reason: "implausibly large" })));
+        return Ok(Some(Err(CheckpointError::Corrupt {
+            name: name.to_owned(),
+            reason: "implausibly large",
+        })));
     }
     let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(0, &mut buf).await.map_err(LogError::io("read", name))?;
+    file.read_exact_at(0, &mut buf)
+        .await
+        .map_err(LogError::io("read", name))?;
     Ok(Some(unframe(name, &buf).map(<[u8]>::to_vec)))
 }
 

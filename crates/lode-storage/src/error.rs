@@ -73,7 +73,10 @@ pub enum LogError {
 }
 
 impl LogError {
-    pub(crate) fn io(op: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> LogError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<String>,
+    ) -> impl FnOnce(io::Error) -> LogError {
         let path = path.into();
         move |source| LogError::Io { op, path, source }
     }

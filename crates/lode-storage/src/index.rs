@@ -58,13 +58,23 @@ pub struct SegmentIndex {
 impl SegmentIndex {
     /// Records a batch appended at `position` and maybe adds entries, every `interval`
     /// bytes. The first batch of a segment always gets an entry.
-    pub fn on_batch(&mut self, offset: Offset, position: u32, size: u32, max_timestamp_ms: i64, interval: u64) {
+    pub fn on_batch(
+        &mut self,
+        offset: Offset,
+        position: u32,
+        size: u32,
+        max_timestamp_ms: i64,
+        interval: u64,
+    ) {
         let first = self.offsets.is_empty();
         if first || self.bytes_since_entry >= interval {
             self.offsets.push(OffsetEntry { offset, position });
             self.bytes_since_entry = 0;
             if self.last_time.is_none_or(|t| max_timestamp_ms > t) {
-                self.times.push(TimeEntry { timestamp_ms: max_timestamp_ms, offset });
+                self.times.push(TimeEntry {
+                    timestamp_ms: max_timestamp_ms,
+                    offset,
+                });
             }
         }
         if self.last_time.is_none_or(|t| max_timestamp_ms > t) {
@@ -114,37 +124,69 @@ impl SegmentIndex {
     /// Decodes both index files of a segment of `segment_size` bytes, or `None` if either
     /// is damaged, was built for another size, or breaks the ordering invariants.
     #[must_use]
-    pub fn decode(base: Offset, offsets: &[u8], times: &[u8], segment_size: u64) -> Option<(SegmentIndex, IndexMeta)> {
+    pub fn decode(
+        base: Offset,
+        offsets: &[u8],
+        times: &[u8],
+        segment_size: u64,
+    ) -> Option<(SegmentIndex, IndexMeta)> {
         let (body, n, meta) = check_trailer(offsets)?;
         let (tbody, tn, tmeta) = check_trailer(times)?;
-        if meta != tmeta || meta.segment_size != segment_size || body.len() != n * 8 || tbody.len() != tn * 12 {
+        if meta != tmeta
+            || meta.segment_size != segment_size
+            || body.len() != n * 8
+            || tbody.len() != tn * 12
+        {
             return None;
         }
         let mut index = SegmentIndex::default();
         for c in body.chunks_exact(8) {
             let rel = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             let position = u32::from_be_bytes([c[4], c[5], c[6], c[7]]);
-            index.offsets.push(OffsetEntry { offset: base.add(i64::from(rel)), position });
+            index.offsets.push(OffsetEntry {
+                offset: base.add(i64::from(rel)),
+                position,
+            });
         }
         for c in tbody.chunks_exact(12) {
             let ts = i64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             let rel = u32::from_be_bytes([c[8], c[9], c[10], c[11]]);
-            index.times.push(TimeEntry { timestamp_ms: ts, offset: base.add(i64::from(rel)) });
+            index.times.push(TimeEntry {
+                timestamp_ms: ts,
+                offset: base.add(i64::from(rel)),
+            });
         }
-        let ordered = index.offsets.windows(2).all(|w| w[0].offset < w[1].offset && w[0].position < w[1].position)
-            && index.times.windows(2).all(|w| w[0].timestamp_ms < w[1].timestamp_ms && w[0].offset < w[1].offset)
-            && index.offsets.iter().all(|e| u64::from(e.position) < meta.segment_size && e.offset < meta.next_offset)
-            && index.times.iter().all(|e| e.offset < meta.next_offset && e.timestamp_ms <= meta.max_timestamp_ms)
-            && meta.next_offset >= base
-            && (segment_size == 0) == index.offsets.is_empty()
-            && index.offsets.first().is_none_or(|e| e.position == 0 && e.offset == base);
+        let ordered =
+            index
+                .offsets
+                .windows(2)
+                .all(|w| w[0].offset < w[1].offset && w[0].position < w[1].position)
+                && index
+                    .times
+                    .windows(2)
+                    .all(|w| w[0].timestamp_ms < w[1].timestamp_ms && w[0].offset < w[1].offset)
+                && index.offsets.iter().all(|e| {
+                    u64::from(e.position) < meta.segment_size && e.offset < meta.next_offset
+                })
+                && index.times.iter().all(|e| {
+                    e.offset < meta.next_offset && e.timestamp_ms <= meta.max_timestamp_ms
+                })
+                && meta.next_offset >= base
+                && (segment_size == 0) == index.offsets.is_empty()
+                && index
+                    .offsets
+                    .first()
+                    .is_none_or(|e| e.position == 0 && e.offset == base);
         if !ordered {
             return None;
         }
         // Resume exactly where an incremental build would be, so that appends after a reopen
         // index the same batches a full scan would.
         index.last_time = (segment_size > 0).then_some(meta.max_timestamp_ms);
-        index.bytes_since_entry = index.offsets.last().map_or(0, |e| segment_size - u64::from(e.position));
+        index.bytes_since_entry = index
+            .offsets
+            .last()
+            .map_or(0, |e| segment_size - u64::from(e.position));
         Some((index, meta))
     }
 }
@@ -175,7 +217,11 @@ fn check_trailer(bytes: &[u8]) -> Option<(&[u8], usize, IndexMeta)> {
     if r.u32()? != TRAILER_MAGIC {
         return None;
     }
-    let meta = IndexMeta { segment_size: r.u64()?, next_offset: Offset(r.i64()?), max_timestamp_ms: r.i64()? };
+    let meta = IndexMeta {
+        segment_size: r.u64()?,
+        next_offset: Offset(r.i64()?),
+        max_timestamp_ms: r.i64()?,
+    };
     let count = r.u32()? as usize;
     Some((body, count, meta))
 }
@@ -204,10 +250,23 @@ mod tests {
     fn file_round_trip_and_mismatch_detection() {
         let mut ix = SegmentIndex::default();
         for i in 0..50_u32 {
-            ix.on_batch(Offset(10 + i64::from(i)), i * 100, 100, i64::from(i) * 3, 300);
+            ix.on_batch(
+                Offset(10 + i64::from(i)),
+                i * 100,
+                100,
+                i64::from(i) * 3,
+                300,
+            );
         }
-        let meta = IndexMeta { segment_size: 5000, next_offset: Offset(60), max_timestamp_ms: 147 };
-        let (o, t) = (ix.encode_offsets(Offset(10), meta), ix.encode_times(Offset(10), meta));
+        let meta = IndexMeta {
+            segment_size: 5000,
+            next_offset: Offset(60),
+            max_timestamp_ms: 147,
+        };
+        let (o, t) = (
+            ix.encode_offsets(Offset(10), meta),
+            ix.encode_times(Offset(10), meta),
+        );
         let (back, back_meta) = SegmentIndex::decode(Offset(10), &o, &t, 5000).unwrap();
         assert_eq!(back.offsets, ix.offsets);
         assert_eq!(back.times, ix.times);
@@ -216,7 +275,10 @@ mod tests {
         for i in 0..o.len() {
             let mut bad = o.clone();
             bad[i] ^= 0x10;
-            assert!(SegmentIndex::decode(Offset(10), &bad, &t, 5000).is_none(), "flip at {i}");
+            assert!(
+                SegmentIndex::decode(Offset(10), &bad, &t, 5000).is_none(),
+                "flip at {i}"
+            );
         }
         assert!(SegmentIndex::decode(Offset(10), &o[..o.len() - 1], &t, 5000).is_none());
     }

@@ -117,7 +117,11 @@ pub(crate) struct Segment {
 
 impl Segment {
     pub(crate) fn meta(&self) -> IndexMeta {
-        IndexMeta { segment_size: self.size, next_offset: self.next_offset, max_timestamp_ms: self.max_timestamp_ms }
+        IndexMeta {
+            segment_size: self.size,
+            next_offset: self.next_offset,
+            max_timestamp_ms: self.max_timestamp_ms,
+        }
     }
 }
 
@@ -192,7 +196,11 @@ pub(crate) fn peek_header(b: &[u8]) -> Option<Header> {
     let size = batch::peek_size(b).ok()??;
     let base = i64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
     let delta = i32::from_be_bytes(b.get(23..27)?.try_into().ok()?);
-    Some(Header { base: Offset(base), size: size as u64, last: Offset(base + i64::from(delta)) })
+    Some(Header {
+        base: Offset(base),
+        size: size as u64,
+        last: Offset(base + i64::from(delta)),
+    })
 }
 
 impl Log {
@@ -202,7 +210,11 @@ impl Log {
     /// # Errors
     /// [`LogError::Io`] when the disk fails during recovery. Damaged data is not an error:
     /// it is cut off and reported in the [`RecoveryReport`].
-    pub async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
+    pub async fn open(
+        dir: Dir,
+        clock: Clock,
+        config: LogConfig,
+    ) -> Result<(Log, RecoveryReport), LogError> {
         recovery::open(dir, clock, config).await
     }
 
@@ -272,10 +284,17 @@ impl Log {
     /// # Errors
     /// [`LogError::InvalidBatch`], [`LogError::BatchTooLarge`], or an IO error (which
     /// fails the log).
-    pub async fn append_leader(&mut self, batch_bytes: &mut [u8], epoch: Epoch) -> Result<AppendInfo, LogError> {
+    pub async fn append_leader(
+        &mut self,
+        batch_bytes: &mut [u8],
+        epoch: Epoch,
+    ) -> Result<AppendInfo, LogError> {
         self.check_ok()?;
         if batch_bytes.len() > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge { size: batch_bytes.len(), max: self.config.batch_bytes_max });
+            return Err(LogError::BatchTooLarge {
+                size: batch_bytes.len(),
+                max: self.config.batch_bytes_max,
+            });
         }
         let (count, max_ts) = {
             let (b, rest) = RecordBatch::parse(batch_bytes)?;
@@ -289,11 +308,16 @@ impl Log {
         batch::set_base_offset(batch_bytes, base)?;
         batch::set_partition_leader_epoch(batch_bytes, epoch)?;
         let last = base.add(count);
-        self.write_batch(batch_bytes, base, last, epoch, max_ts).await?;
+        self.write_batch(batch_bytes, base, last, epoch, max_ts)
+            .await?;
         if self.config.sync == SyncPolicy::EveryAppend {
             self.sync().await?;
         }
-        Ok(AppendInfo { base_offset: base, last_offset: last, max_timestamp_ms: max_ts })
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp_ms: max_ts,
+        })
     }
 
     /// Appends batches fetched from a leader, keeping their offsets and epochs. The first
@@ -310,22 +334,40 @@ impl Log {
             let (b, tail) = RecordBatch::parse(rest)?;
             b.validate()?;
             if b.size() > self.config.batch_bytes_max {
-                return Err(LogError::BatchTooLarge { size: b.size(), max: self.config.batch_bytes_max });
+                return Err(LogError::BatchTooLarge {
+                    size: b.size(),
+                    max: self.config.batch_bytes_max,
+                });
             }
             if b.base_offset() != self.log_end {
-                return Err(LogError::NonContiguous { got: b.base_offset(), expected: self.log_end });
+                return Err(LogError::NonContiguous {
+                    got: b.base_offset(),
+                    expected: self.log_end,
+                });
             }
             let epoch = b.partition_leader_epoch();
             if let Some(latest) = self.epochs.latest() {
                 if epoch < latest.epoch {
-                    return Err(LogError::StaleEpoch { got: epoch.0, latest: latest.epoch.0 });
+                    return Err(LogError::StaleEpoch {
+                        got: epoch.0,
+                        latest: latest.epoch.0,
+                    });
                 }
             }
             let (base, last, ts) = (b.base_offset(), b.last_offset(), b.max_timestamp());
-            self.write_batch(b.as_bytes(), base, last, epoch, ts).await?;
+            self.write_batch(b.as_bytes(), base, last, epoch, ts)
+                .await?;
             info = Some(match info {
-                None => AppendInfo { base_offset: base, last_offset: last, max_timestamp_ms: ts },
-                Some(i) => AppendInfo { last_offset: last, max_timestamp_ms: i.max_timestamp_ms.max(ts), ..i },
+                None => AppendInfo {
+                    base_offset: base,
+                    last_offset: last,
+                    max_timestamp_ms: ts,
+                },
+                Some(i) => AppendInfo {
+                    last_offset: last,
+                    max_timestamp_ms: i.max_timestamp_ms.max(ts),
+                    ..i
+                },
             });
             rest = tail;
         }
@@ -336,13 +378,23 @@ impl Log {
     }
 
     fn active(&self) -> Result<&Segment, LogError> {
-        self.segments.values().next_back().ok_or_else(|| LogError::Inconsistent {
-            dir: self.dir.display(),
-            reason: "no segment".into(),
-        })
+        self.segments
+            .values()
+            .next_back()
+            .ok_or_else(|| LogError::Inconsistent {
+                dir: self.dir.display(),
+                reason: "no segment".into(),
+            })
     }
 
-    async fn write_batch(&mut self, bytes: &[u8], base: Offset, last: Offset, epoch: Epoch, max_ts: i64) -> Result<(), LogError> {
+    async fn write_batch(
+        &mut self,
+        bytes: &[u8],
+        base: Offset,
+        last: Offset,
+        epoch: Epoch,
+        max_ts: i64,
+    ) -> Result<(), LogError> {
         assert_eq!(base, self.log_end, "batches are written at the log end");
         let size = bytes.len() as u64;
         let now = self.clock.now();
@@ -357,10 +409,14 @@ impl Log {
             self.roll().await?;
         }
         let interval = self.config.index_interval_bytes;
-        let active = self.segments.values_mut().next_back().ok_or_else(|| LogError::Inconsistent {
-            dir: String::new(),
-            reason: "no segment".into(),
-        })?;
+        let active =
+            self.segments
+                .values_mut()
+                .next_back()
+                .ok_or_else(|| LogError::Inconsistent {
+                    dir: String::new(),
+                    reason: "no segment".into(),
+                })?;
         let pos = active.size;
         let position = u32::try_from(pos).map_err(|_| LogError::Inconsistent {
             dir: String::new(),
@@ -374,7 +430,13 @@ impl Log {
         active.size += size;
         active.next_offset = last.next();
         active.max_timestamp_ms = active.max_timestamp_ms.max(max_ts);
-        active.index.on_batch(base, position, u32::try_from(size).unwrap_or(u32::MAX), max_ts, interval);
+        active.index.on_batch(
+            base,
+            position,
+            u32::try_from(size).unwrap_or(u32::MAX),
+            max_ts,
+            interval,
+        );
         self.epochs.assign(epoch, base);
         self.log_end = last.next();
         self.dirty.insert(seg_base);
@@ -401,7 +463,9 @@ impl Log {
             let a = self.active()?;
             (a.base, a.file.clone(), a.meta())
         };
-        file.sync_data().await.map_err(LogError::io("sync", log_name(base)))?;
+        file.sync_data()
+            .await
+            .map_err(LogError::io("sync", log_name(base)))?;
         self.dirty.remove(&base);
         self.write_indexes(base).await?;
         debug_assert_eq!(meta.next_offset, self.log_end);
@@ -414,15 +478,23 @@ impl Log {
     }
 
     pub(crate) async fn write_indexes(&self, base: Offset) -> Result<(), LogError> {
-        let Some(seg) = self.segments.get(&base) else { return Ok(()) };
+        let Some(seg) = self.segments.get(&base) else {
+            return Ok(());
+        };
         let meta = seg.meta();
         for (name, bytes) in [
             (index_name(base), seg.index.encode_offsets(base, meta)),
             (time_index_name(base), seg.index.encode_times(base, meta)),
         ] {
             checkpoint::remove(&self.dir, &name).await?;
-            let f = self.dir.create(&name).await.map_err(LogError::io("create", &name))?;
-            f.write_at(0, &bytes).await.map_err(LogError::io("write", &name))?;
+            let f = self
+                .dir
+                .create(&name)
+                .await
+                .map_err(LogError::io("create", &name))?;
+            f.write_at(0, &bytes)
+                .await
+                .map_err(LogError::io("write", &name))?;
             f.sync_data().await.map_err(LogError::io("sync", &name))?;
         }
         Ok(())
@@ -431,8 +503,15 @@ impl Log {
     /// Creates an empty segment at `base` and syncs the directory so its name is durable.
     pub(crate) async fn create_segment(&mut self, base: Offset) -> Result<(), LogError> {
         let name = log_name(base);
-        let file = self.dir.create(&name).await.map_err(LogError::io("create", &name))?;
-        self.dir.sync().await.map_err(LogError::io("sync directory", self.dir.display()))?;
+        let file = self
+            .dir
+            .create(&name)
+            .await
+            .map_err(LogError::io("create", &name))?;
+        self.dir
+            .sync()
+            .await
+            .map_err(LogError::io("sync directory", self.dir.display()))?;
         let seg = Segment {
             base,
             file,
@@ -466,7 +545,11 @@ impl Log {
     ///
     /// # Errors
     /// The job's error, or [`LogError::Failed`] if the log failed meanwhile.
-    pub fn sync_finish(&mut self, job: SyncJob, result: Result<(), LogError>) -> Result<Offset, LogError> {
+    pub fn sync_finish(
+        &mut self,
+        job: SyncJob,
+        result: Result<(), LogError>,
+    ) -> Result<Offset, LogError> {
         self.check_ok()?;
         match result {
             Ok(()) => {
@@ -507,7 +590,11 @@ impl Log {
         checkpoint::write(&self.dir, LOG_CHECKPOINT, &p).await?;
         let entries = self.epochs.entries();
         let mut p = Vec::with_capacity(4 + entries.len() * 12);
-        p.extend_from_slice(&u32::try_from(entries.len()).unwrap_or(u32::MAX).to_be_bytes());
+        p.extend_from_slice(
+            &u32::try_from(entries.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         for e in entries {
             p.extend_from_slice(&e.epoch.0.to_be_bytes());
             p.extend_from_slice(&e.start_offset.0.to_be_bytes());
@@ -523,10 +610,19 @@ impl Log {
     /// # Errors
     /// [`LogError::OffsetOutOfRange`] outside `[log start, log end]`; an IO error; or
     /// [`LogError::Inconsistent`] if stored bytes fail their check.
-    pub async fn read(&self, offset: Offset, max_bytes: usize, upper: Offset) -> Result<Vec<u8>, LogError> {
+    pub async fn read(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<Vec<u8>, LogError> {
         self.check_ok()?;
         if offset < self.log_start || offset > self.log_end {
-            return Err(LogError::OffsetOutOfRange { offset, start: self.log_start, end: self.log_end });
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start,
+                end: self.log_end,
+            });
         }
         let upper = upper.min(self.log_end);
         if offset >= upper {
@@ -542,7 +638,10 @@ impl Log {
         let want = (max_bytes as u64).max(first.size).min(seg.size - pos);
         let mut buf = vec![0; usize::try_from(want).unwrap_or(0)];
         let name = log_name(seg.base);
-        seg.file.read_exact_at(pos, &mut buf).await.map_err(LogError::io("read", &name))?;
+        seg.file
+            .read_exact_at(pos, &mut buf)
+            .await
+            .map_err(LogError::io("read", &name))?;
         let mut end = 0_usize;
         let mut rest = &buf[..];
         while let Some(h) = peek_header(rest) {
@@ -550,8 +649,9 @@ impl Log {
             if size > rest.len() || h.last >= upper {
                 break;
             }
-            let (b, _) = RecordBatch::parse(&rest[..size])
-                .map_err(|e| self.inconsistent(format!("{name} at {}: stored batch {e}", pos + end as u64)))?;
+            let (b, _) = RecordBatch::parse(&rest[..size]).map_err(|e| {
+                self.inconsistent(format!("{name} at {}: stored batch {e}", pos + end as u64))
+            })?;
             debug_assert_eq!(b.base_offset(), h.base);
             end += size;
             rest = &rest[size..];
@@ -573,15 +673,30 @@ impl Log {
         for seg in self.segments.values() {
             let name = log_name(seg.base);
             if expected != Some(seg.base) {
-                return Err(self.inconsistent(format!("{name}: expected a segment at {expected:?}")));
+                return Err(
+                    self.inconsistent(format!("{name}: expected a segment at {expected:?}"))
+                );
             }
-            let s = recovery::scan(&seg.file, &name, seg.base, seg.size, true, Some(&mut epochs), self.config.index_interval_bytes)
-                .await?;
+            let s = recovery::scan(
+                &seg.file,
+                &name,
+                seg.base,
+                seg.size,
+                true,
+                Some(&mut epochs),
+                self.config.index_interval_bytes,
+            )
+            .await?;
             if let Some(why) = s.stopped {
                 return Err(self.inconsistent(format!("{name}: {why}")));
             }
-            if s.next_offset != seg.next_offset || s.valid_size != seg.size || s.max_timestamp_ms != seg.max_timestamp_ms {
-                return Err(self.inconsistent(format!("{name}: end, size or max timestamp differ from a scan")));
+            if s.next_offset != seg.next_offset
+                || s.valid_size != seg.size
+                || s.max_timestamp_ms != seg.max_timestamp_ms
+            {
+                return Err(self.inconsistent(format!(
+                    "{name}: end, size or max timestamp differ from a scan"
+                )));
             }
             if s.index.offsets != seg.index.offsets || s.index.times != seg.index.times {
                 return Err(self.inconsistent(format!("{name}: index differs from a scan")));
@@ -589,33 +704,56 @@ impl Log {
             expected = Some(seg.next_offset);
         }
         if expected != Some(self.log_end) {
-            return Err(self.inconsistent(format!("log end {} but segments end at {expected:?}", self.log_end)));
+            return Err(self.inconsistent(format!(
+                "log end {} but segments end at {expected:?}",
+                self.log_end
+            )));
         }
         epochs.clamp(self.log_start, self.log_end);
         if epochs != self.epochs {
-            return Err(self.inconsistent(format!("epoch cache {:?} but the batches say {:?}", self.epochs, epochs)));
+            return Err(self.inconsistent(format!(
+                "epoch cache {:?} but the batches say {:?}",
+                self.epochs, epochs
+            )));
         }
         Ok(())
     }
 
     fn inconsistent(&self, reason: String) -> LogError {
-        LogError::Inconsistent { dir: self.dir.display(), reason }
+        LogError::Inconsistent {
+            dir: self.dir.display(),
+            reason,
+        }
     }
 
     /// The position and header of the batch in `seg` that contains `offset`.
-    pub(crate) async fn find_batch(&self, seg: &Segment, offset: Offset) -> Result<(u64, Header), LogError> {
-        let mut pos = seg.index.lookup(offset).map_or(0, |e| u64::from(e.position));
+    pub(crate) async fn find_batch(
+        &self,
+        seg: &Segment,
+        offset: Offset,
+    ) -> Result<(u64, Header), LogError> {
+        let mut pos = seg
+            .index
+            .lookup(offset)
+            .map_or(0, |e| u64::from(e.position));
         let mut hdr = [0_u8; HEADER_PEEK];
         let name = log_name(seg.base);
         while pos < seg.size {
-            seg.file.read_exact_at(pos, &mut hdr).await.map_err(LogError::io("read", &name))?;
-            let h = peek_header(&hdr).ok_or_else(|| self.inconsistent(format!("{name}: bad batch header at {pos}")))?;
+            seg.file
+                .read_exact_at(pos, &mut hdr)
+                .await
+                .map_err(LogError::io("read", &name))?;
+            let h = peek_header(&hdr)
+                .ok_or_else(|| self.inconsistent(format!("{name}: bad batch header at {pos}")))?;
             if h.last >= offset {
                 return Ok((pos, h));
             }
             pos += h.size;
         }
-        Err(self.inconsistent(format!("{name}: offset {offset} not found below size {}", seg.size)))
+        Err(self.inconsistent(format!(
+            "{name}: offset {offset} not found below size {}",
+            seg.size
+        )))
     }
 
     /// The first offset whose record has a timestamp at or after `ts`, or `None` if no
@@ -630,7 +768,11 @@ impl Log {
             if seg.size == 0 || seg.max_timestamp_ms < ts {
                 continue;
             }
-            let start = seg.index.lookup_time(ts).unwrap_or(seg.base).max(self.log_start);
+            let start = seg
+                .index
+                .lookup_time(ts)
+                .unwrap_or(seg.base)
+                .max(self.log_start);
             if start >= seg.next_offset {
                 continue;
             }
@@ -638,18 +780,30 @@ impl Log {
             let name = log_name(seg.base);
             while pos < seg.size {
                 let mut hdr = [0_u8; HEADER_PEEK];
-                seg.file.read_exact_at(pos, &mut hdr).await.map_err(LogError::io("read", &name))?;
-                let h = peek_header(&hdr).ok_or_else(|| self.inconsistent(format!("{name}: bad header at {pos}")))?;
+                seg.file
+                    .read_exact_at(pos, &mut hdr)
+                    .await
+                    .map_err(LogError::io("read", &name))?;
+                let h = peek_header(&hdr)
+                    .ok_or_else(|| self.inconsistent(format!("{name}: bad header at {pos}")))?;
                 let mut buf = vec![0; usize::try_from(h.size).unwrap_or(0)];
-                seg.file.read_exact_at(pos, &mut buf).await.map_err(LogError::io("read", &name))?;
-                let (b, _) = RecordBatch::parse(&buf).map_err(|e| self.inconsistent(format!("{name} at {pos}: {e}")))?;
+                seg.file
+                    .read_exact_at(pos, &mut buf)
+                    .await
+                    .map_err(LogError::io("read", &name))?;
+                let (b, _) = RecordBatch::parse(&buf)
+                    .map_err(|e| self.inconsistent(format!("{name} at {pos}: {e}")))?;
                 if b.max_timestamp() >= ts && b.last_offset() >= self.log_start {
                     match b.records() {
                         Ok(records) => {
                             for r in records {
-                                let r = r.map_err(|e| self.inconsistent(format!("{name} at {pos}: {e}")))?;
+                                let r = r.map_err(|e| {
+                                    self.inconsistent(format!("{name} at {pos}: {e}"))
+                                })?;
                                 let off = b.base_offset().add(i64::from(r.offset_delta));
-                                if b.base_timestamp().saturating_add(r.timestamp_delta) >= ts && off >= self.log_start {
+                                if b.base_timestamp().saturating_add(r.timestamp_delta) >= ts
+                                    && off >= self.log_start
+                                {
                                     return Ok(Some(off));
                                 }
                             }
@@ -676,7 +830,11 @@ impl Log {
             return Ok(self.log_end);
         }
         if offset < self.log_start {
-            return Err(LogError::OffsetOutOfRange { offset, start: self.log_start, end: self.log_end });
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start,
+                end: self.log_end,
+            });
         }
         let r = self.truncate_inner(offset).await;
         r.map_err(|e| self.fail(e))
@@ -697,7 +855,11 @@ impl Log {
         self.high_watermark = self.high_watermark.min(new_end);
         self.epochs.clamp(self.log_start, new_end);
         self.write_checkpoints().await?;
-        let later: Vec<Offset> = self.segments.range(base.next()..).map(|(b, _)| *b).collect();
+        let later: Vec<Offset> = self
+            .segments
+            .range(base.next()..)
+            .map(|(b, _)| *b)
+            .collect();
         for b in later {
             self.segments.remove(&b);
             self.dirty.remove(&b);
@@ -705,23 +867,44 @@ impl Log {
                 checkpoint::remove(&self.dir, &name).await?;
             }
         }
-        let seg = self.segments.get_mut(&base).ok_or_else(|| LogError::Inconsistent {
-            dir: String::new(),
-            reason: "segment vanished".into(),
-        })?;
+        let seg = self
+            .segments
+            .get_mut(&base)
+            .ok_or_else(|| LogError::Inconsistent {
+                dir: String::new(),
+                reason: "segment vanished".into(),
+            })?;
         let name = log_name(base);
-        seg.file.set_len(pos).await.map_err(LogError::io("truncate", &name))?;
-        seg.file.sync_data().await.map_err(LogError::io("sync", &name))?;
+        seg.file
+            .set_len(pos)
+            .await
+            .map_err(LogError::io("truncate", &name))?;
+        seg.file
+            .sync_data()
+            .await
+            .map_err(LogError::io("sync", &name))?;
         seg.size = pos;
         seg.next_offset = new_end;
         // Rebuild the segment's index and largest timestamp from what remains.
-        let scan = recovery::scan(&seg.file, &name, base, pos, false, None, self.config.index_interval_bytes).await?;
+        let scan = recovery::scan(
+            &seg.file,
+            &name,
+            base,
+            pos,
+            false,
+            None,
+            self.config.index_interval_bytes,
+        )
+        .await?;
         seg.index = scan.index;
         seg.max_timestamp_ms = scan.max_timestamp_ms;
         for name in [index_name(base), time_index_name(base)] {
             checkpoint::remove(&self.dir, &name).await?;
         }
-        self.dir.sync().await.map_err(LogError::io("sync directory", self.dir.display()))?;
+        self.dir
+            .sync()
+            .await
+            .map_err(LogError::io("sync directory", self.dir.display()))?;
         tracing::info!(%offset, %new_end, "log truncated");
         Ok(new_end)
     }
@@ -759,7 +942,10 @@ impl Log {
             deleted += 1;
         }
         if deleted > 0 {
-            self.dir.sync().await.map_err(LogError::io("sync directory", self.dir.display()))?;
+            self.dir
+                .sync()
+                .await
+                .map_err(LogError::io("sync directory", self.dir.display()))?;
         }
         Ok(deleted)
     }

@@ -73,12 +73,15 @@ pub(crate) async fn scan(
             let have = (buf_start + buf.len() as u64).saturating_sub(pos);
             if pos < buf_start || have < need {
                 if size - pos < need {
-                    out.stopped = Some(format!("{} bytes at {pos} cannot hold a batch", size - pos));
+                    out.stopped =
+                        Some(format!("{} bytes at {pos} cannot hold a batch", size - pos));
                     return Ok(out);
                 }
                 let len = need.max(SCAN_CHUNK as u64).min(size - pos);
                 buf.resize(usize::try_from(len).unwrap_or(0), 0);
-                file.read_exact_at(pos, &mut buf).await.map_err(LogError::io("read", name))?;
+                file.read_exact_at(pos, &mut buf)
+                    .await
+                    .map_err(LogError::io("read", name))?;
                 buf_start = pos;
                 continue;
             }
@@ -117,19 +120,31 @@ pub(crate) async fn scan(
             }
         };
         if b.base_offset() != out.next_offset {
-            out.stopped = Some(format!("batch at {pos} has offset {}, expected {}", b.base_offset(), out.next_offset));
+            out.stopped = Some(format!(
+                "batch at {pos} has offset {}, expected {}",
+                b.base_offset(),
+                out.next_offset
+            ));
             return Ok(out);
         }
         if let Some(cache) = epochs.as_deref_mut() {
             let epoch = b.partition_leader_epoch();
             if cache.latest().is_some_and(|l| epoch < l.epoch) {
-                out.stopped = Some(format!("batch at {pos} has epoch {epoch}, older than the log's"));
+                out.stopped = Some(format!(
+                    "batch at {pos} has epoch {epoch}, older than the log's"
+                ));
                 return Ok(out);
             }
             cache.assign(epoch, b.base_offset());
         }
         let position = u32::try_from(pos).unwrap_or(u32::MAX);
-        out.index.on_batch(b.base_offset(), position, u32::try_from(need).unwrap_or(u32::MAX), b.max_timestamp(), interval);
+        out.index.on_batch(
+            b.base_offset(),
+            position,
+            u32::try_from(need).unwrap_or(u32::MAX),
+            b.max_timestamp(),
+            interval,
+        );
         out.max_timestamp_ms = out.max_timestamp_ms.max(b.max_timestamp());
         out.next_offset = b.last_offset().next();
         pos += need;
@@ -152,11 +167,16 @@ struct LogCheckpoint {
     log_start: Offset,
 }
 
-async fn read_log_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result<Option<LogCheckpoint>, LogError> {
+async fn read_log_checkpoint(
+    dir: &Dir,
+    report: &mut RecoveryReport,
+) -> Result<Option<LogCheckpoint>, LogError> {
     match checkpoint::read(dir, LOG_CHECKPOINT).await? {
         None => Ok(None),
         Some(Err(e)) => {
-            report.fallbacks.push(format!("{e}: scanning the whole log"));
+            report
+                .fallbacks
+                .push(format!("{e}: scanning the whole log"));
             Ok(None)
         }
         Some(Ok(p)) => {
@@ -170,18 +190,25 @@ async fn read_log_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result<O
                 r.is_empty().then_some(c)
             })();
             if parsed.is_none() {
-                report.fallbacks.push(format!("{LOG_CHECKPOINT} has a bad payload: scanning the whole log"));
+                report.fallbacks.push(format!(
+                    "{LOG_CHECKPOINT} has a bad payload: scanning the whole log"
+                ));
             }
             Ok(parsed)
         }
     }
 }
 
-async fn read_epoch_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result<Option<LeaderEpochCache>, LogError> {
+async fn read_epoch_checkpoint(
+    dir: &Dir,
+    report: &mut RecoveryReport,
+) -> Result<Option<LeaderEpochCache>, LogError> {
     match checkpoint::read(dir, EPOCH_CHECKPOINT).await? {
         None => Ok(None),
         Some(Err(e)) => {
-            report.fallbacks.push(format!("{e}: rebuilding epochs from the whole log"));
+            report
+                .fallbacks
+                .push(format!("{e}: rebuilding epochs from the whole log"));
             Ok(None)
         }
         Some(Ok(p)) => {
@@ -190,7 +217,10 @@ async fn read_epoch_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result
                 let n = r.u32()?;
                 let mut entries = Vec::new();
                 for _ in 0..n {
-                    entries.push(EpochEntry { epoch: Epoch(r.i32()?), start_offset: Offset(r.i64()?) });
+                    entries.push(EpochEntry {
+                        epoch: Epoch(r.i32()?),
+                        start_offset: Offset(r.i64()?),
+                    });
                 }
                 if !r.is_empty() {
                     return None;
@@ -198,7 +228,9 @@ async fn read_epoch_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result
                 LeaderEpochCache::from_entries(entries)
             })();
             if parsed.is_none() {
-                report.fallbacks.push(format!("{EPOCH_CHECKPOINT} has a bad payload: rebuilding epochs"));
+                report.fallbacks.push(format!(
+                    "{EPOCH_CHECKPOINT} has a bad payload: rebuilding epochs"
+                ));
             }
             Ok(parsed)
         }
@@ -206,11 +238,16 @@ async fn read_epoch_checkpoint(dir: &Dir, report: &mut RecoveryReport) -> Result
 }
 
 /// The clean-shutdown marker: log end, active segment base and size at the clean close.
-async fn read_clean_marker(dir: &Dir, report: &mut RecoveryReport) -> Result<Option<(Offset, Offset, u64)>, LogError> {
+async fn read_clean_marker(
+    dir: &Dir,
+    report: &mut RecoveryReport,
+) -> Result<Option<(Offset, Offset, u64)>, LogError> {
     match checkpoint::read(dir, CLEAN_SHUTDOWN).await? {
         None => Ok(None),
         Some(Err(e)) => {
-            report.fallbacks.push(format!("{e}: recovering as after a crash"));
+            report
+                .fallbacks
+                .push(format!("{e}: recovering as after a crash"));
             Ok(None)
         }
         Some(Ok(p)) => {
@@ -223,7 +260,11 @@ async fn read_clean_marker(dir: &Dir, report: &mut RecoveryReport) -> Result<Opt
     }
 }
 
-async fn load_index(dir: &Dir, base: Offset, size: u64) -> Option<(SegmentIndex, crate::index::IndexMeta)> {
+async fn load_index(
+    dir: &Dir,
+    base: Offset,
+    size: u64,
+) -> Option<(SegmentIndex, crate::index::IndexMeta)> {
     async fn read_all(dir: &Dir, name: &str) -> Option<Vec<u8>> {
         let f = dir.open(name).await.ok()?;
         let len = f.len().await.ok()?;
@@ -246,9 +287,16 @@ async fn remove_segment_files(dir: &Dir, base: Offset) -> Result<(), LogError> {
     Ok(())
 }
 
-pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
+pub(crate) async fn open(
+    dir: Dir,
+    clock: Clock,
+    config: LogConfig,
+) -> Result<(Log, RecoveryReport), LogError> {
     let mut report = RecoveryReport::default();
-    let names = dir.list().await.map_err(LogError::io("list", dir.display()))?;
+    let names = dir
+        .list()
+        .await
+        .map_err(LogError::io("list", dir.display()))?;
     let mut bases: BTreeSet<Offset> = BTreeSet::new();
     for name in &names {
         if let Some(b) = parse_segment_name(name) {
@@ -259,7 +307,9 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
     }
     // Index files of segments that no longer exist are leftovers of an interrupted delete.
     for name in &names {
-        let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
+        let stem = name
+            .strip_suffix(".index")
+            .or_else(|| name.strip_suffix(".timeindex"));
         if let Some(b) = stem.and_then(|s| parse_segment_name(&format!("{s}.log"))) {
             if !bases.contains(&b) {
                 checkpoint::remove(&dir, name).await?;
@@ -271,7 +321,9 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
     let epoch_ckpt = read_epoch_checkpoint(&dir, &mut report).await?;
     let marker = read_clean_marker(&dir, &mut report).await?;
     if checkpoint::remove(&dir, CLEAN_SHUTDOWN).await? {
-        dir.sync().await.map_err(LogError::io("sync directory", dir.display()))?;
+        dir.sync()
+            .await
+            .map_err(LogError::io("sync directory", dir.display()))?;
     }
 
     let first_base = bases.first().copied();
@@ -281,12 +333,13 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
         (None, Some(_)) if bases.is_empty() => (LeaderEpochCache::new(), Offset(0)),
         (Some(_), None) | (None, _) => {
             if !bases.is_empty() && log_ckpt.is_some() {
-                report.fallbacks.push("leader-epoch checkpoint missing: scanning the whole log".into());
+                report
+                    .fallbacks
+                    .push("leader-epoch checkpoint missing: scanning the whole log".into());
             }
             (LeaderEpochCache::new(), Offset(0))
         }
     };
-
 
     // Open every segment file and learn its size.
     let mut files: BTreeMap<Offset, (File, u64)> = BTreeMap::new();
@@ -297,17 +350,26 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
         files.insert(b, (f, len));
     }
 
-    if let (Some((end, active_base, active_size)), Some((&last_base, &(_, last_size)))) = (marker, files.iter().next_back()) {
-        if active_base == last_base && active_size == last_size && log_ckpt.as_ref().is_some_and(|c| c.recovery_point == end) {
+    if let (Some((end, active_base, active_size)), Some((&last_base, &(_, last_size)))) =
+        (marker, files.iter().next_back())
+    {
+        if active_base == last_base
+            && active_size == last_size
+            && log_ckpt.as_ref().is_some_and(|c| c.recovery_point == end)
+        {
             report.clean_shutdown = true;
             scan_from = end;
         } else {
-            report.fallbacks.push("clean-shutdown marker does not match the files: recovering as after a crash".into());
+            report.fallbacks.push(
+                "clean-shutdown marker does not match the files: recovering as after a crash"
+                    .into(),
+            );
         }
     }
 
     #[cfg(feature = "planted-bugs")]
-    let trust_all = report.clean_shutdown || config.planted_bug == Some(crate::log::PlantedBug::RecoveryTrustsTail);
+    let trust_all = report.clean_shutdown
+        || config.planted_bug == Some(crate::log::PlantedBug::RecoveryTrustsTail);
     #[cfg(not(feature = "planted-bugs"))]
     let trust_all = report.clean_shutdown;
     let mut segments: BTreeMap<Offset, Segment> = BTreeMap::new();
@@ -319,14 +381,18 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
         let name = log_name(base);
         if cut || expected.is_some_and(|e| e != base) {
             if !cut {
-                report.fallbacks.push(format!("gap before segment {base}: removing it and later segments"));
+                report.fallbacks.push(format!(
+                    "gap before segment {base}: removing it and later segments"
+                ));
             }
             cut = true;
             remove_segment_files(&dir, base).await?;
             report.removed_segments.push(base);
             continue;
         }
-        let Some((file, size)) = files.remove(&base) else { continue };
+        let Some((file, size)) = files.remove(&base) else {
+            continue;
+        };
         let next_base = bases_vec.get(i + 1).copied();
         // Trusted: synced and checkpointed before the recovery point moved past it.
         let trusted = trust_all || next_base.is_some_and(|n| n <= scan_from);
@@ -336,9 +402,20 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
                     (index, meta.next_offset, meta.max_timestamp_ms, size)
                 }
                 _ => {
-                    let s = scan(&file, &name, base, size, false, None, config.index_interval_bytes).await?;
+                    let s = scan(
+                        &file,
+                        &name,
+                        base,
+                        size,
+                        false,
+                        None,
+                        config.index_interval_bytes,
+                    )
+                    .await?;
                     if let Some(why) = &s.stopped {
-                        report.fallbacks.push(format!("trusted segment {base} is damaged ({why}): cutting it"));
+                        report.fallbacks.push(format!(
+                            "trusted segment {base} is damaged ({why}): cutting it"
+                        ));
                     }
                     (s.index, s.next_offset, s.max_timestamp_ms, s.valid_size)
                 }
@@ -349,7 +426,16 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
                 epochs.truncate_from_end(base);
                 scanning = true;
             }
-            let s = scan(&file, &name, base, size, true, Some(&mut epochs), config.index_interval_bytes).await?;
+            let s = scan(
+                &file,
+                &name,
+                base,
+                size,
+                true,
+                Some(&mut epochs),
+                config.index_interval_bytes,
+            )
+            .await?;
             report.scanned_bytes += s.valid_size;
             if let Some(why) = &s.stopped {
                 tracing::warn!(segment = %base, %why, "cutting damaged log tail");
@@ -357,22 +443,42 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
             (s.index, s.next_offset, s.max_timestamp_ms, s.valid_size)
         };
         if valid < size {
-            file.set_len(valid).await.map_err(LogError::io("truncate", &name))?;
-            file.sync_data().await.map_err(LogError::io("sync", &name))?;
+            file.set_len(valid)
+                .await
+                .map_err(LogError::io("truncate", &name))?;
+            file.sync_data()
+                .await
+                .map_err(LogError::io("sync", &name))?;
             report.truncated_bytes += size - valid;
             cut = true;
         }
         expected = Some(next_offset);
         segments.insert(
             base,
-            Segment { base, file, size: valid, next_offset, max_timestamp_ms: max_ts, index, created: clock.now() },
+            Segment {
+                base,
+                file,
+                size: valid,
+                next_offset,
+                max_timestamp_ms: max_ts,
+                index,
+                created: clock.now(),
+            },
         );
     }
 
-    let log_end = segments.values().next_back().map_or(ckpt_start, |s| s.next_offset);
-    let log_start = first_base.map_or(ckpt_start, |b| ckpt_start.max(b)).min(log_end);
+    let log_end = segments
+        .values()
+        .next_back()
+        .map_or(ckpt_start, |s| s.next_offset);
+    let log_start = first_base
+        .map_or(ckpt_start, |b| ckpt_start.max(b))
+        .min(log_end);
     epochs.clamp(log_start, log_end);
-    let high_watermark = log_ckpt.as_ref().map_or(log_start, |c| c.high_watermark).clamp(log_start, log_end);
+    let high_watermark = log_ckpt
+        .as_ref()
+        .map_or(log_start, |c| c.high_watermark)
+        .clamp(log_start, log_end);
 
     let mut log = Log {
         dir,
@@ -395,9 +501,15 @@ pub(crate) async fn open(dir: Dir, clock: Clock, config: LogConfig) -> Result<(L
         // loss): make it durable before calling it so.
         for seg in log.segments.values() {
             let name = log_name(seg.base);
-            seg.file.sync_data().await.map_err(LogError::io("sync", &name))?;
+            seg.file
+                .sync_data()
+                .await
+                .map_err(LogError::io("sync", &name))?;
         }
-        log.dir.sync().await.map_err(LogError::io("sync directory", log.dir.display()))?;
+        log.dir
+            .sync()
+            .await
+            .map_err(LogError::io("sync directory", log.dir.display()))?;
     }
     log.write_checkpoints().await?;
     tracing::info!(

@@ -4,6 +4,7 @@
 //! contain no corrupt batch, and have indexes and epochs that agree with a full scan. Each
 //! seed runs several crash rounds, appending after each recovery, so recovery's own
 //! writes are tested too.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 #![cfg(not(madsim))]
 
 mod common;
@@ -28,7 +29,11 @@ fn config(rng: &mut StdRng) -> LogConfig {
     LogConfig {
         segment_bytes_max: rng.gen_range(4..64) * 1024,
         index_interval_bytes: rng.gen_range(1..8) * 1024,
-        sync: if rng.gen_bool(0.3) { SyncPolicy::EveryAppend } else { SyncPolicy::GroupCommit },
+        sync: if rng.gen_bool(0.3) {
+            SyncPolicy::EveryAppend
+        } else {
+            SyncPolicy::GroupCommit
+        },
         ..LogConfig::default()
     }
 }
@@ -64,7 +69,9 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
     let mut tag = 0_u64;
     let (mut cut_bytes, mut lost_batches) = (0, 0);
     for round in 0..ROUNDS {
-        let (mut log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone()).await.unwrap();
+        let (mut log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone())
+            .await
+            .unwrap();
         cut_bytes += report.truncated_bytes;
         // History keeps only what recovery kept: the recovered log must be a prefix of it.
         let recovered = read_all(&log).await;
@@ -77,10 +84,15 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
             expected.extend_from_slice(&a.bytes);
             kept += 1;
         }
-        assert_eq!(recovered, expected, "seed {seed} round {round}: recovered log is not a prefix of what was appended");
+        assert_eq!(
+            recovered, expected,
+            "seed {seed} round {round}: recovered log is not a prefix of what was appended"
+        );
         lost_batches += (history.len() - kept) as u64;
         history.truncate(kept);
-        log.verify().await.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        log.verify()
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
 
         epoch = Epoch(epoch.0 + 1);
         let mut durable = log.durable_offset();
@@ -89,9 +101,17 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
             match rng.gen_range(0..100) {
                 0..=69 => {
                     tag += 1;
-                    let mut b = common::client_batch(tag, rng.gen_range(1..10), rng.gen_range(0..1500), tag as i64);
+                    let mut b = common::client_batch(
+                        tag,
+                        rng.gen_range(1..10),
+                        rng.gen_range(0..1500),
+                        tag as i64,
+                    );
                     match log.append_leader(&mut b, epoch).await {
-                        Ok(info) => history.push(Appended { base: info.base_offset, bytes: b }),
+                        Ok(info) => history.push(Appended {
+                            base: info.base_offset,
+                            bytes: b,
+                        }),
                         Err(LogError::Failed(_)) | Err(LogError::Io { .. }) => break,
                         Err(e) => panic!("seed {seed}: {e}"),
                     }
@@ -122,20 +142,34 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
                     let bases = log.segment_bases();
                     let base = bases[rng.gen_range(0..bases.len())];
                     let path = format!("p-0/{:020}.log", base.0);
-                    disk.set_file_faults(&path, Some(Faults { sync_eio: 1.0, ..Faults::default() }));
+                    disk.set_file_faults(
+                        &path,
+                        Some(Faults {
+                            sync_eio: 1.0,
+                            ..Faults::default()
+                        }),
+                    );
                     let r = log.sync().await;
                     disk.set_file_faults(&path, None);
                     if r.is_err() {
-                        assert!(log.is_failed(), "seed {seed}: a failed sync must fail the log");
+                        assert!(
+                            log.is_failed(),
+                            "seed {seed}: a failed sync must fail the log"
+                        );
                         let mut b = common::client_batch(0, 1, 1, 0);
-                        assert!(matches!(log.append_leader(&mut b, epoch).await, Err(LogError::Failed(_))));
+                        assert!(matches!(
+                            log.append_leader(&mut b, epoch).await,
+                            Err(LogError::Failed(_))
+                        ));
                         break;
                     }
                     durable = log.durable_offset();
                 }
                 _ => {
                     log.close().await.unwrap();
-                    let (l, report) = Log::open(dir.clone(), clock.clone(), cfg.clone()).await.unwrap();
+                    let (l, report) = Log::open(dir.clone(), clock.clone(), cfg.clone())
+                        .await
+                        .unwrap();
                     assert!(report.clean_shutdown, "seed {seed}: {report:?}");
                     log = l;
                     durable = log.durable_offset();
@@ -145,14 +179,18 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
         drop(log);
         disk.crash();
         // Everything synced must come back; the next round's open checks it.
-        let (log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone()).await.unwrap();
+        let (log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone())
+            .await
+            .unwrap();
         cut_bytes += report.truncated_bytes;
         assert!(
             log.log_end_offset() >= durable,
             "seed {seed} round {round}: synced data lost: durable {durable}, recovered end {}",
             log.log_end_offset()
         );
-        log.verify().await.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        log.verify()
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         drop(log);
     }
     (cut_bytes, lost_batches)
@@ -160,7 +198,10 @@ async fn run_seed(seed: u64, plant: fn(&mut LogConfig)) -> (u64, u64) {
 
 #[test]
 fn recovery_after_power_loss_keeps_a_synced_prefix() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (mut cut, mut lost) = (0, 0);
     for seed in 0..SEEDS {
         let (c, l) = rt.block_on(run_seed(seed, |_| {}));
@@ -174,17 +215,27 @@ fn recovery_after_power_loss_keeps_a_synced_prefix() {
 
 #[test]
 fn corrupt_checkpoints_fall_back_to_a_full_scan() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for name in ["log.checkpoint", "leader-epoch.checkpoint"] {
             let disk = SimDisk::new("ckpt", 1);
             let dir = Dir::sim(&disk);
             let clock = Clock::system();
-            let cfg = LogConfig { segment_bytes_max: 8 * 1024, ..LogConfig::default() };
-            let (mut log, _) = Log::open(dir.clone(), clock.clone(), cfg.clone()).await.unwrap();
+            let cfg = LogConfig {
+                segment_bytes_max: 8 * 1024,
+                ..LogConfig::default()
+            };
+            let (mut log, _) = Log::open(dir.clone(), clock.clone(), cfg.clone())
+                .await
+                .unwrap();
             for tag in 0..40 {
                 let mut b = common::client_batch(tag, 3, 300, tag as i64);
-                log.append_leader(&mut b, Epoch(1 + (tag / 10) as i32)).await.unwrap();
+                log.append_leader(&mut b, Epoch(1 + (tag / 10) as i32))
+                    .await
+                    .unwrap();
             }
             log.sync().await.unwrap();
             log.checkpoint().await.unwrap();
@@ -192,11 +243,20 @@ fn corrupt_checkpoints_fall_back_to_a_full_scan() {
             let epochs = log.epochs().clone();
             drop(log);
             assert!(disk.corrupt(name).is_some());
-            let (log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone()).await.unwrap();
-            assert!(!report.fallbacks.is_empty(), "{name}: corruption not reported");
+            let (log, report) = Log::open(dir.clone(), clock.clone(), cfg.clone())
+                .await
+                .unwrap();
+            assert!(
+                !report.fallbacks.is_empty(),
+                "{name}: corruption not reported"
+            );
             assert!(report.scanned_bytes > 0, "{name}: no full scan");
             assert_eq!(log.log_end_offset(), end);
-            assert_eq!(log.epochs(), &epochs, "{name}: epochs rebuilt from the batches");
+            assert_eq!(
+                log.epochs(),
+                &epochs,
+                "{name}: epochs rebuilt from the batches"
+            );
             log.verify().await.unwrap();
         }
     });
@@ -204,28 +264,41 @@ fn corrupt_checkpoints_fall_back_to_a_full_scan() {
 
 #[test]
 fn corruption_in_the_tail_is_cut_not_served() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut cut_seen = 0;
         for seed in 0..40 {
             let disk = SimDisk::new("tail", seed);
             let dir = Dir::sim(&disk);
             let clock = Clock::system();
-            let (mut log, _) = Log::open(dir.clone(), clock.clone(), LogConfig::default()).await.unwrap();
+            let (mut log, _) = Log::open(dir.clone(), clock.clone(), LogConfig::default())
+                .await
+                .unwrap();
             for tag in 0..20 {
                 let mut b = common::client_batch(tag, 2, 200, 0);
                 log.append_leader(&mut b, Epoch(1)).await.unwrap();
             }
             let end = log.log_end_offset();
             drop(log); // a process crash: the recovery point is still at the start
-            // Inside the last batch's records, which its CRC covers (the base offset and
-            // leader epoch fields are outside any CRC by RecordBatch v2's design).
+                       // Inside the last batch's records, which its CRC covers (the base offset and
+                       // leader epoch fields are outside any CRC by RecordBatch v2's design).
             let path = format!("{:020}.log", 0);
             let len = disk.durable_contents(&path).map_or(0, |c| c.len() as u64);
             let cur = dir.open(&path).await.unwrap().len().await.unwrap();
-            assert!(disk.corrupt_at(&path, cur - 1 - seed, 1 << (seed % 8)), "{len}");
-            let (log, report) = Log::open(dir.clone(), clock.clone(), LogConfig::default()).await.unwrap();
-            assert!(log.log_end_offset() < end, "seed {seed}: a corrupt batch must be cut");
+            assert!(
+                disk.corrupt_at(&path, cur - 1 - seed, 1 << (seed % 8)),
+                "{len}"
+            );
+            let (log, report) = Log::open(dir.clone(), clock.clone(), LogConfig::default())
+                .await
+                .unwrap();
+            assert!(
+                log.log_end_offset() < end,
+                "seed {seed}: a corrupt batch must be cut"
+            );
             cut_seen += usize::from(report.truncated_bytes > 0);
             log.verify().await.unwrap();
         }
@@ -246,13 +319,23 @@ fn planted_bugs_are_caught() {
     fn trust_tail(c: &mut LogConfig) {
         c.planted_bug = Some(PlantedBug::RecoveryTrustsTail);
     }
-    let plants: [(&str, fn(&mut LogConfig)); 2] = [("sync skips disk", skip_sync), ("recovery trusts tail", trust_tail)];
+    type Plant = fn(&mut LogConfig);
+    let plants: [(&str, Plant); 2] = [
+        ("sync skips disk", skip_sync),
+        ("recovery trusts tail", trust_tail),
+    ];
     for (name, plant) in plants {
         let caught = (0..100).find(|&seed| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             catch_unwind(AssertUnwindSafe(|| rt.block_on(run_seed(seed, plant)))).is_err()
         });
         assert!(caught.is_some(), "planted bug {name:?} survived 100 seeds");
-        eprintln!("planted bug {name:?} caught at seed {}", caught.unwrap_or_default());
+        eprintln!(
+            "planted bug {name:?} caught at seed {}",
+            caught.unwrap_or_default()
+        );
     }
 }

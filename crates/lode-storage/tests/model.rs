@@ -5,6 +5,7 @@
 //! process crash (the page cache survives): nothing may be lost, and recovery must rebuild
 //! exactly the same log. After every step the log is checked against the model, and after
 //! every reopen its files against a full scan (`Log::verify`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 #![cfg(not(madsim))]
 
 mod common;
@@ -17,14 +18,29 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { records: usize, value_len: usize, new_epoch: bool },
+    Append {
+        records: usize,
+        value_len: usize,
+        new_epoch: bool,
+    },
     Sync,
-    Truncate { frac: u8 },
+    Truncate {
+        frac: u8,
+    },
     Roll,
-    DeleteBelow { frac: u8 },
-    Read { frac: u8, max_bytes: usize },
-    ReadByTime { frac: u8 },
-    Reopen { clean: bool },
+    DeleteBelow {
+        frac: u8,
+    },
+    Read {
+        frac: u8,
+        max_bytes: usize,
+    },
+    ReadByTime {
+        frac: u8,
+    },
+    Reopen {
+        clean: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,13 +95,19 @@ async fn run(ops: Vec<Op>) {
     let disk = SimDisk::new("model", 7);
     let dir = Dir::sim(&disk).sub_dir("t-0").await.unwrap();
     let clock = Clock::system();
-    let (mut log, _) = Log::open(dir.clone(), clock.clone(), config()).await.unwrap();
+    let (mut log, _) = Log::open(dir.clone(), clock.clone(), config())
+        .await
+        .unwrap();
     let mut model = Model::default();
     let mut epoch = Epoch(1);
     let mut tag = 0_u64;
     for op in ops {
         match op {
-            Op::Append { records, value_len, new_epoch } => {
+            Op::Append {
+                records,
+                value_len,
+                new_epoch,
+            } => {
                 if new_epoch {
                     epoch = Epoch(epoch.0 + 1);
                 }
@@ -96,10 +118,23 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(info.base_offset, model.end);
                 assert_eq!(info.last_offset, model.end.add(records as i64 - 1));
                 let parsed = RecordBatch::parse(&b).unwrap().0;
-                assert_eq!(parsed.base_offset(), info.base_offset, "offset patched in place");
-                assert_eq!(parsed.partition_leader_epoch(), epoch, "epoch stamped in place");
+                assert_eq!(
+                    parsed.base_offset(),
+                    info.base_offset,
+                    "offset patched in place"
+                );
+                assert_eq!(
+                    parsed.partition_leader_epoch(),
+                    epoch,
+                    "epoch stamped in place"
+                );
                 parsed.validate().unwrap();
-                model.batches.push(Stored { base: info.base_offset, last: info.last_offset, bytes: b, max_ts: info.max_timestamp_ms });
+                model.batches.push(Stored {
+                    base: info.base_offset,
+                    last: info.last_offset,
+                    bytes: b,
+                    max_ts: info.max_timestamp_ms,
+                });
                 model.end = info.last_offset.next();
             }
             Op::Sync => {
@@ -133,7 +168,10 @@ async fn run(ops: Vec<Op>) {
                 match model.containing(offset) {
                     None => assert!(got.is_empty(), "read at the end returns nothing"),
                     Some(i) => {
-                        assert!(!got.is_empty(), "a read inside the log returns at least one batch");
+                        assert!(
+                            !got.is_empty(),
+                            "a read inside the log returns at least one batch"
+                        );
                         let mut expect = Vec::new();
                         for b in &model.batches[i..] {
                             if expect.len() >= got.len() {
@@ -141,7 +179,11 @@ async fn run(ops: Vec<Op>) {
                             }
                             expect.extend_from_slice(&b.bytes);
                         }
-                        assert_eq!(got, expect[..got.len()], "read returns whole stored batches from the one holding {offset}");
+                        assert_eq!(
+                            got,
+                            expect[..got.len()],
+                            "read returns whole stored batches from the one holding {offset}"
+                        );
                         let first = model.batches[i].bytes.len();
                         assert!(got.len() <= max_bytes.max(first), "read respects max bytes");
                     }
@@ -179,10 +221,15 @@ async fn run(ops: Vec<Op>) {
                 } else {
                     drop(log);
                 }
-                let (l, report) = Log::open(dir.clone(), clock.clone(), config()).await.unwrap();
+                let (l, report) = Log::open(dir.clone(), clock.clone(), config())
+                    .await
+                    .unwrap();
                 log = l;
                 assert_eq!(report.clean_shutdown, clean, "{report:?}");
-                assert_eq!(report.truncated_bytes, 0, "a process crash loses nothing: {report:?}");
+                assert_eq!(
+                    report.truncated_bytes, 0,
+                    "a process crash loses nothing: {report:?}"
+                );
                 assert!(report.fallbacks.is_empty(), "{report:?}");
                 log.verify().await.unwrap();
             }

@@ -60,7 +60,10 @@ enum FileImp {
 /// Rejects names that would escape the directory or address a subdirectory implicitly.
 pub(crate) fn check_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad file name {name:?}"),
+        ));
     }
     Ok(())
 }
@@ -71,13 +74,17 @@ impl Dir {
     /// # Errors
     /// When the directory cannot be created or is not a directory.
     pub fn real(path: impl Into<PathBuf>) -> io::Result<Dir> {
-        Ok(Dir { imp: DirImp::Real(real::RealDir::open_root(path.into())?) })
+        Ok(Dir {
+            imp: DirImp::Real(real::RealDir::open_root(path.into())?),
+        })
     }
 
     /// The root directory of a simulated disk.
     #[must_use]
     pub fn sim(disk: &SimDisk) -> Dir {
-        Dir { imp: DirImp::Sim(disk.root()) }
+        Dir {
+            imp: DirImp::Sim(disk.root()),
+        }
     }
 
     /// A readable description of where this directory is, for messages.

@@ -30,7 +30,9 @@ struct RealFileInner {
     len: AtomicU64,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     #[cfg(not(madsim))]
     {
         tokio::task::spawn_blocking(f)
@@ -49,9 +51,14 @@ impl RealDir {
     pub(crate) fn open_root(path: PathBuf) -> io::Result<RealDir> {
         fs::create_dir_all(&path)?;
         if !fs::metadata(&path)?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} is not a directory", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is not a directory", path.display()),
+            ));
         }
-        Ok(RealDir { path: Arc::new(path) })
+        Ok(RealDir {
+            path: Arc::new(path),
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -60,16 +67,28 @@ impl RealDir {
 
     fn wrap(file: fs::File) -> io::Result<RealFile> {
         let len = file.metadata()?.len();
-        Ok(RealFile { inner: Arc::new(RealFileInner { file, len: AtomicU64::new(len) }) })
+        Ok(RealFile {
+            inner: Arc::new(RealFileInner {
+                file,
+                len: AtomicU64::new(len),
+            }),
+        })
     }
 
     pub(crate) fn create(&self, name: &str) -> io::Result<RealFile> {
-        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path.join(name))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.path.join(name))?;
         Self::wrap(file)
     }
 
     pub(crate) fn open(&self, name: &str) -> io::Result<RealFile> {
-        let file = fs::OpenOptions::new().read(true).write(true).open(self.path.join(name))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path.join(name))?;
         Self::wrap(file)
     }
 
@@ -80,7 +99,9 @@ impl RealDir {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
             Err(e) => return Err(e),
         }
-        Ok(RealDir { path: Arc::new(path) })
+        Ok(RealDir {
+            path: Arc::new(path),
+        })
     }
 
     pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -118,7 +139,10 @@ impl RealFile {
     pub(crate) fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {
-            let n = self.inner.file.read_at(&mut buf[done..], pos + done as u64)?;
+            let n = self
+                .inner
+                .file
+                .read_at(&mut buf[done..], pos + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -129,7 +153,9 @@ impl RealFile {
 
     pub(crate) fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         self.inner.file.write_all_at(data, pos)?;
-        self.inner.len.fetch_max(pos + data.len() as u64, Ordering::AcqRel);
+        self.inner
+            .len
+            .fetch_max(pos + data.len() as u64, Ordering::AcqRel);
         Ok(())
     }
 

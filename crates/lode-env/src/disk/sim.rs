@@ -161,7 +161,9 @@ pub struct SimDisk {
 
 impl fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimDisk").field("node", &self.lock().node).finish_non_exhaustive()
+        f.debug_struct("SimDisk")
+            .field("node", &self.lock().node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -203,7 +205,10 @@ impl State {
 
     fn inode(&mut self, ino: Ino, generation: u64, path: &str) -> io::Result<&mut Inode> {
         if generation != self.generation {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, format!("{path}: handle from before a crash")));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("{path}: handle from before a crash"),
+            ));
         }
         self.inodes
             .get_mut(&ino)
@@ -259,7 +264,9 @@ impl State {
                     0
                 }
             };
-            let end = (start + sectors * SECTOR_SIZE).min(new_len).min(current_len);
+            let end = (start + sectors * SECTOR_SIZE)
+                .min(new_len)
+                .min(current_len);
             if end > start {
                 let (s, e) = (start as usize, end as usize);
                 image[s..e].copy_from_slice(&inode.current[s..e]);
@@ -298,17 +305,24 @@ impl SimDisk {
             capacity_bytes: None,
             stats: CrashStats::default(),
         };
-        SimDisk { state: Arc::new(Mutex::new(state)) }
+        SimDisk {
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // The model never panics while holding the lock except on a broken assertion, after
         // which the run is over anyway.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn root(&self) -> SimDir {
-        SimDir { disk: self.clone(), path: String::new() }
+        SimDir {
+            disk: self.clone(),
+            path: String::new(),
+        }
     }
 
     /// Sets the faults of the whole disk (files without their own setting).
@@ -341,7 +355,9 @@ impl SimDisk {
     /// `None` if the file is missing or empty.
     pub fn corrupt(&self, path: &str) -> Option<u64> {
         let mut s = self.lock();
-        let Some(Entry::File(ino)) = s.current.get(path).copied() else { return None };
+        let Some(Entry::File(ino)) = s.current.get(path).copied() else {
+            return None;
+        };
         let len = s.inodes.get(&ino).map_or(0, |i| i.current.len());
         if len == 0 {
             return None;
@@ -361,12 +377,24 @@ impl SimDisk {
     /// the file or the position does not exist.
     pub fn corrupt_at(&self, path: &str, pos: u64, mask: u8) -> bool {
         let mut s = self.lock();
-        let Some(Entry::File(ino)) = s.current.get(path).copied() else { return false };
+        let Some(Entry::File(ino)) = s.current.get(path).copied() else {
+            return false;
+        };
         let node = s.node.clone();
-        let Some(inode) = s.inodes.get_mut(&ino) else { return false };
-        let Some(b) = usize::try_from(pos).ok().and_then(|p| inode.current.get_mut(p)) else { return false };
+        let Some(inode) = s.inodes.get_mut(&ino) else {
+            return false;
+        };
+        let Some(b) = usize::try_from(pos)
+            .ok()
+            .and_then(|p| inode.current.get_mut(p))
+        else {
+            return false;
+        };
         *b ^= mask;
-        if let Some(d) = usize::try_from(pos).ok().and_then(|p| inode.durable.get_mut(p)) {
+        if let Some(d) = usize::try_from(pos)
+            .ok()
+            .and_then(|p| inode.durable.get_mut(p))
+        {
             *d ^= mask;
         }
         fault_event(&node, path, "stored byte corrupted");
@@ -392,8 +420,17 @@ impl SimDisk {
         }
         s.pending.clear();
         s.current = s.durable.clone();
-        let live: BTreeSet<Ino> =
-            s.durable.values().filter_map(|e| if let Entry::File(i) = e { Some(*i) } else { None }).collect();
+        let live: BTreeSet<Ino> = s
+            .durable
+            .values()
+            .filter_map(|e| {
+                if let Entry::File(i) = e {
+                    Some(*i)
+                } else {
+                    None
+                }
+            })
+            .collect();
         s.inodes.retain(|ino, _| live.contains(ino));
         for inode in s.inodes.values_mut() {
             stats.add(State::resolve(&mut s.rng, inode));
@@ -457,7 +494,10 @@ impl SimDir {
         if self.path.is_empty() || s.current.get(&self.path) == Some(&Entry::Dir) {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, format!("directory {} is gone", self.path)))
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("directory {} is gone", self.path),
+            ))
         }
     }
 
@@ -467,13 +507,27 @@ impl SimDir {
         let mut s = self.disk.lock();
         self.check_dir_exists(&s)?;
         if self.entry(&s, name).is_some() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path} exists")));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{path} exists"),
+            ));
         }
         let ino = s.next_ino;
         s.next_ino += 1;
         s.inodes.insert(ino, Inode::default());
-        self.meta(&mut s, MetaOp::Create { path: path.clone(), entry: Entry::File(ino) });
-        Ok(SimFile { disk: self.disk.clone(), path, ino, generation: s.generation })
+        self.meta(
+            &mut s,
+            MetaOp::Create {
+                path: path.clone(),
+                entry: Entry::File(ino),
+            },
+        );
+        Ok(SimFile {
+            disk: self.disk.clone(),
+            path,
+            ino,
+            generation: s.generation,
+        })
     }
 
     pub(crate) async fn open(&self, name: &str) -> io::Result<SimFile> {
@@ -481,9 +535,20 @@ impl SimDir {
         self.disk.delay(&path).await;
         let s = self.disk.lock();
         match self.entry(&s, name) {
-            Some(Entry::File(ino)) => Ok(SimFile { disk: self.disk.clone(), path, ino, generation: s.generation }),
-            Some(Entry::Dir) => Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{path} is a directory"))),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{path} not found"))),
+            Some(Entry::File(ino)) => Ok(SimFile {
+                disk: self.disk.clone(),
+                path,
+                ino,
+                generation: s.generation,
+            }),
+            Some(Entry::Dir) => Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{path} is a directory"),
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{path} not found"),
+            )),
         }
     }
 
@@ -495,11 +560,23 @@ impl SimDir {
         match self.entry(&s, name) {
             Some(Entry::Dir) => {}
             Some(Entry::File(_)) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{path} is a file")))
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{path} is a file"),
+                ))
             }
-            None => self.meta(&mut s, MetaOp::Create { path: path.clone(), entry: Entry::Dir }),
+            None => self.meta(
+                &mut s,
+                MetaOp::Create {
+                    path: path.clone(),
+                    entry: Entry::Dir,
+                },
+            ),
         }
-        Ok(SimDir { disk: self.disk.clone(), path })
+        Ok(SimDir {
+            disk: self.disk.clone(),
+            path,
+        })
     }
 
     pub(crate) async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -509,12 +586,23 @@ impl SimDir {
         match s.current.get(&from) {
             Some(Entry::File(_)) => {}
             Some(Entry::Dir) => {
-                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{from}: renaming directories is not modelled")))
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{from}: renaming directories is not modelled"),
+                ))
             }
-            None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("{from} not found"))),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{from} not found"),
+                ))
+            }
         }
         if s.current.get(&to) == Some(&Entry::Dir) {
-            return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{to} is a directory")));
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{to} is a directory"),
+            ));
         }
         self.meta(&mut s, MetaOp::Rename { from, to });
         Ok(())
@@ -525,11 +613,19 @@ impl SimDir {
         self.disk.delay(&path).await;
         let mut s = self.disk.lock();
         match self.entry(&s, name) {
-            None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("{path} not found"))),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{path} not found"),
+                ))
+            }
             Some(Entry::Dir) => {
                 let prefix = format!("{path}/");
                 if s.current.keys().any(|k| k.starts_with(&prefix)) {
-                    return Err(io::Error::new(io::ErrorKind::DirectoryNotEmpty, format!("{path} not empty")));
+                    return Err(io::Error::new(
+                        io::ErrorKind::DirectoryNotEmpty,
+                        format!("{path} not empty"),
+                    ));
                 }
             }
             Some(Entry::File(_)) => {}
@@ -559,7 +655,8 @@ impl SimDir {
             fault_event(&s.node, &self.path, "dir sync EIO");
             return Err(eio(&format!("sync of directory /{}", self.path)));
         }
-        let (mine, rest): (Vec<MetaOp>, Vec<MetaOp>) = s.pending.drain(..).partition(|op| op.touches(&self.path));
+        let (mine, rest): (Vec<MetaOp>, Vec<MetaOp>) =
+            s.pending.drain(..).partition(|op| op.touches(&self.path));
         for op in &mine {
             apply(&mut s.durable, op);
         }
@@ -605,12 +702,18 @@ impl SimFile {
             return Err(eio(&format!("write to {}", self.path)));
         }
         let end = pos + data.len() as u64;
-        let old_len = s.inode(self.ino, self.generation, &self.path)?.current.len() as u64;
+        let old_len = s
+            .inode(self.ino, self.generation, &self.path)?
+            .current
+            .len() as u64;
         if let Some(cap) = s.capacity_bytes {
             if end > old_len && s.used_bytes() + (end - old_len) > cap {
                 fault_event(&s.node, &self.path, "ENOSPC");
                 let e = io::Error::from_raw_os_error(ENOSPC);
-                return Err(io::Error::new(e.kind(), format!("write to {}: {e}", self.path)));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("write to {}: {e}", self.path),
+                ));
             }
         }
         let inode = s.inode(self.ino, self.generation, &self.path)?;
@@ -625,7 +728,9 @@ impl SimFile {
 
     pub(crate) fn len(&self) -> io::Result<u64> {
         let mut s = self.disk.lock();
-        Ok(s.inode(self.ino, self.generation, &self.path)?.current.len() as u64)
+        Ok(s.inode(self.ino, self.generation, &self.path)?
+            .current
+            .len() as u64)
     }
 
     pub(crate) async fn set_len(&self, len: u64) -> io::Result<()> {
@@ -633,7 +738,9 @@ impl SimFile {
         let mut s = self.disk.lock();
         let inode = s.inode(self.ino, self.generation, &self.path)?;
         let old = inode.current.len() as u64;
-        inode.current.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+        inode
+            .current
+            .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
         if len > old {
             mark_dirty(inode, old, len);
         } else if len % PAGE_SIZE != 0 {
@@ -651,10 +758,16 @@ impl SimFile {
         let node = s.node.clone();
         let generation = s.generation;
         if generation != self.generation {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, format!("{}: handle from before a crash", self.path)));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("{}: handle from before a crash", self.path),
+            ));
         }
         let Some(inode) = s.inodes.get_mut(&self.ino) else {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{}: inode gone", self.path)));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: inode gone", self.path),
+            ));
         };
         if fail {
             let stats = State::resolve(&mut s.rng, inode);

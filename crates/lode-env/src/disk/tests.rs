@@ -17,14 +17,20 @@ async fn read_all(f: &File) -> Vec<u8> {
 /// The operations every implementation must agree on.
 async fn exercise(dir: Dir) {
     let f = dir.create("a").await.unwrap();
-    assert_eq!(dir.create("a").await.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(
+        dir.create("a").await.unwrap_err().kind(),
+        io::ErrorKind::AlreadyExists
+    );
     assert_eq!(f.append(b"hello").await.unwrap(), 0);
     assert_eq!(f.append(b" world").await.unwrap(), 5);
     f.write_at(0, b"J").await.unwrap();
     assert_eq!(read_all(&f).await, b"Jello world");
     let mut short = [0_u8; 8];
     assert_eq!(f.read_at(7, &mut short).await.unwrap(), 4);
-    assert_eq!(f.read_exact_at(7, &mut short).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    assert_eq!(
+        f.read_exact_at(7, &mut short).await.unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
     f.set_len(5).await.unwrap();
     assert_eq!(read_all(&f).await, b"Jello");
     f.write_at(8, b"!").await.unwrap();
@@ -33,9 +39,15 @@ async fn exercise(dir: Dir) {
 
     let sub = dir.sub_dir("p-0").await.unwrap();
     sub.create("x").await.unwrap();
-    assert_eq!(dir.list().await.unwrap(), vec!["a".to_owned(), "p-0".to_owned()]);
+    assert_eq!(
+        dir.list().await.unwrap(),
+        vec!["a".to_owned(), "p-0".to_owned()]
+    );
     dir.rename("a", "b").await.unwrap();
-    assert_eq!(dir.open("a").await.unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        dir.open("a").await.unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
     let g = dir.open("b").await.unwrap();
     assert_eq!(read_all(&g).await, b"Jello\0\0\0!");
     // Rename replaces an existing target atomically.
@@ -44,9 +56,18 @@ async fn exercise(dir: Dir) {
     dir.rename("c", "b").await.unwrap();
     assert_eq!(read_all(&dir.open("b").await.unwrap()).await, b"new");
     dir.remove("b").await.unwrap();
-    assert_eq!(dir.remove("b").await.unwrap_err().kind(), io::ErrorKind::NotFound);
-    assert_eq!(dir.create("../x").await.unwrap_err().kind(), io::ErrorKind::InvalidInput);
-    assert_eq!(dir.create("").await.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(
+        dir.remove("b").await.unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        dir.create("../x").await.unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        dir.create("").await.unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
     dir.sync().await.unwrap();
     assert_eq!(sub.list().await.unwrap(), vec!["x".to_owned()]);
 }
@@ -77,9 +98,16 @@ async fn synced_writes_always_survive_a_crash() {
         disk.crash();
         let f = root.open("log").await.unwrap();
         let got = read_all(&f).await;
-        assert!(got.len() >= PAGE_SIZE as usize + 700, "seed {seed}: synced length lost");
+        assert!(
+            got.len() >= PAGE_SIZE as usize + 700,
+            "seed {seed}: synced length lost"
+        );
         assert_eq!(&got[..PAGE_SIZE as usize], &page(1)[..], "seed {seed}");
-        assert_eq!(&got[PAGE_SIZE as usize..PAGE_SIZE as usize + 700], &[2; 700][..], "seed {seed}");
+        assert_eq!(
+            &got[PAGE_SIZE as usize..PAGE_SIZE as usize + 700],
+            &[2; 700][..],
+            "seed {seed}"
+        );
     }
 }
 
@@ -99,16 +127,27 @@ async fn unsynced_writes_are_sometimes_kept_torn_or_dropped() {
         disk.crash();
         let got = read_all(&root.open("log").await.unwrap()).await;
         assert_eq!(got.len(), PAGE_SIZE as usize);
-        let new_sectors = got.chunks(SECTOR_SIZE as usize).take_while(|s| s.iter().all(|&b| b == 0x55)).count();
-        let rest_old = got[new_sectors * SECTOR_SIZE as usize..].iter().all(|&b| b == 0xAA);
-        assert!(rest_old, "seed {seed}: a torn page is a prefix of new sectors then old data");
+        let new_sectors = got
+            .chunks(SECTOR_SIZE as usize)
+            .take_while(|s| s.iter().all(|&b| b == 0x55))
+            .count();
+        let rest_old = got[new_sectors * SECTOR_SIZE as usize..]
+            .iter()
+            .all(|&b| b == 0xAA);
+        assert!(
+            rest_old,
+            "seed {seed}: a torn page is a prefix of new sectors then old data"
+        );
         match new_sectors {
             0 => dropped += 1,
             8 => kept += 1,
             _ => torn += 1,
         }
     }
-    assert!(kept > 30 && torn > 30 && dropped > 30, "kept {kept} torn {torn} dropped {dropped}");
+    assert!(
+        kept > 30 && torn > 30 && dropped > 30,
+        "kept {kept} torn {torn} dropped {dropped}"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +161,10 @@ async fn unsynced_appends_may_vanish_or_leave_zeros() {
         f.append(&[7; 3 * PAGE_SIZE as usize]).await.unwrap();
         disk.crash();
         let got = read_all(&root.open("log").await.unwrap()).await;
-        assert!(got.iter().all(|&b| b == 7 || b == 0), "seed {seed}: only written bytes or zeros");
+        assert!(
+            got.iter().all(|&b| b == 7 || b == 0),
+            "seed {seed}: only written bytes or zeros"
+        );
         if got.is_empty() {
             gone += 1;
         } else if got.len() == 3 * PAGE_SIZE as usize && got.iter().all(|&b| b == 7) {
@@ -131,7 +173,10 @@ async fn unsynced_appends_may_vanish_or_leave_zeros() {
             partial += 1;
         }
     }
-    assert!(whole > 0 && gone > 0 && partial > 0, "whole {whole} gone {gone} partial {partial}");
+    assert!(
+        whole > 0 && gone > 0 && partial > 0,
+        "whole {whole} gone {gone} partial {partial}"
+    );
 }
 
 #[tokio::test]
@@ -194,15 +239,30 @@ async fn failed_sync_loses_unsynced_data_and_is_reported() {
         f.append(&page(1)).await.unwrap();
         f.sync_data().await.unwrap();
         f.append(&page(2)).await.unwrap();
-        disk.set_file_faults("log", Some(Faults { sync_eio: 1.0, ..Faults::default() }));
+        disk.set_file_faults(
+            "log",
+            Some(Faults {
+                sync_eio: 1.0,
+                ..Faults::default()
+            }),
+        );
         let err = f.sync_data().await.unwrap_err();
         assert_eq!(err.raw_os_error(), None, "wrapped with context");
         assert!(err.to_string().contains("Input/output error"), "{err}");
         let got = read_all(&f).await;
-        assert_eq!(&got[..PAGE_SIZE as usize], &page(1)[..], "synced data stays");
-        changed += usize::from(got.len() != 2 * PAGE_SIZE as usize || got[PAGE_SIZE as usize..] != page(2)[..]);
+        assert_eq!(
+            &got[..PAGE_SIZE as usize],
+            &page(1)[..],
+            "synced data stays"
+        );
+        changed += usize::from(
+            got.len() != 2 * PAGE_SIZE as usize || got[PAGE_SIZE as usize..] != page(2)[..],
+        );
     }
-    assert!(changed > 10, "a failed sync must lose data in some seeds: {changed}");
+    assert!(
+        changed > 10,
+        "a failed sync must lose data in some seeds: {changed}"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +272,10 @@ async fn handles_die_with_a_crash() {
     let f = root.create("x").await.unwrap();
     root.sync().await.unwrap();
     disk.crash();
-    assert_eq!(f.append(b"late").await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    assert_eq!(
+        f.append(b"late").await.unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
 }
 
 #[tokio::test]
@@ -222,18 +285,40 @@ async fn injected_faults_fire() {
     let f = root.create("x").await.unwrap();
     f.append(&page(0)).await.unwrap();
 
-    disk.set_faults(Faults { read_eio: 1.0, ..Faults::default() });
+    disk.set_faults(Faults {
+        read_eio: 1.0,
+        ..Faults::default()
+    });
     let mut buf = [0_u8; 16];
-    assert!(f.read_at(0, &mut buf).await.unwrap_err().to_string().contains("Input/output error"));
+    assert!(f
+        .read_at(0, &mut buf)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("Input/output error"));
 
-    disk.set_faults(Faults { read_bitflip: 1.0, ..Faults::default() });
+    disk.set_faults(Faults {
+        read_bitflip: 1.0,
+        ..Faults::default()
+    });
     let mut buf = vec![0_u8; PAGE_SIZE as usize];
     f.read_exact_at(0, &mut buf).await.unwrap();
-    assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1, "exactly one bit flipped");
+    assert_eq!(
+        buf.iter().map(|b| b.count_ones()).sum::<u32>(),
+        1,
+        "exactly one bit flipped"
+    );
 
-    disk.set_faults(Faults { write_eio: 1.0, ..Faults::default() });
+    disk.set_faults(Faults {
+        write_eio: 1.0,
+        ..Faults::default()
+    });
     assert!(f.append(b"x").await.is_err());
-    assert_eq!(f.len().await.unwrap(), PAGE_SIZE, "a failed write writes nothing");
+    assert_eq!(
+        f.len().await.unwrap(),
+        PAGE_SIZE,
+        "a failed write writes nothing"
+    );
 
     disk.set_faults(Faults::default());
     disk.set_capacity(Some(PAGE_SIZE + 10));
@@ -254,7 +339,10 @@ async fn latency_is_injected_on_simulated_time() {
     let disk = SimDisk::new("n0", 5);
     let root = Dir::sim(&disk);
     let f = root.create("x").await.unwrap();
-    disk.set_faults(Faults { latency: Some((Duration::from_millis(20), Duration::from_millis(20))), ..Faults::default() });
+    disk.set_faults(Faults {
+        latency: Some((Duration::from_millis(20), Duration::from_millis(20))),
+        ..Faults::default()
+    });
     let t = tokio::time::Instant::now();
     f.append(b"slow").await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(20));

@@ -12,7 +12,9 @@ pub fn client_batch(tag: u64, records: usize, value_len: usize, ts_base: i64) ->
     b.base_timestamp(ts_base);
     for i in 0..records {
         let key = format!("k{tag}-{i}");
-        let value: Vec<u8> = (0..value_len).map(|j| (tag as usize + i * 31 + j) as u8).collect();
+        let value: Vec<u8> = (0..value_len)
+            .map(|j| (tag as usize + i * 31 + j) as u8)
+            .collect();
         b.push(Some(key.as_bytes()), Some(&value), &[], i as i64);
     }
     b.build()

@@ -41,16 +41,17 @@ newtype!(
 );
 
 impl Offset {
-    /// The offset right after this one.
+    /// The offset right after this one (saturating: offsets read from damaged bytes must
+    /// not overflow).
     #[must_use]
     pub const fn next(self) -> Offset {
-        Offset(self.0 + 1)
+        Offset(self.0.saturating_add(1))
     }
 
-    /// This offset moved by `delta` (which may be negative).
+    /// This offset moved by `delta` (which may be negative), saturating.
     #[must_use]
     pub const fn add(self, delta: i64) -> Offset {
-        Offset(self.0 + delta)
+        Offset(self.0.saturating_add(delta))
     }
 }
 

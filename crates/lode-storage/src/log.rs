@@ -199,7 +199,7 @@ pub(crate) fn peek_header(b: &[u8]) -> Option<Header> {
     Some(Header {
         base: Offset(base),
         size: size as u64,
-        last: Offset(base + i64::from(delta)),
+        last: Offset(base).add(i64::from(delta)),
     })
 }
 
@@ -403,7 +403,7 @@ impl Log {
             active.size > 0
                 && (active.size + size > self.config.segment_bytes_max
                     || now.saturating_since(active.created) >= self.config.segment_age_max
-                    || last.0 - active.base.0 > i64::from(u32::MAX))
+                    || last.0.saturating_sub(active.base.0) > i64::from(u32::MAX))
         };
         if roll {
             self.roll().await?;

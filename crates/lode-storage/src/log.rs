@@ -131,6 +131,9 @@ impl Segment {
 pub struct SyncJob {
     files: Vec<(String, File)>,
     target: Offset,
+    /// The log's truncation count when the job began: a truncation meanwhile means the
+    /// offsets below `target` may hold new, unsynced data.
+    truncations: u64,
     #[cfg(feature = "planted-bugs")]
     skip: bool,
 }
@@ -166,6 +169,8 @@ pub struct Log {
     pub(crate) epochs: LeaderEpochCache,
     pub(crate) dirty: BTreeSet<Offset>,
     pub(crate) failed: Option<String>,
+    /// How many truncations this log has done; see [`SyncJob`].
+    pub(crate) truncations: u64,
 }
 
 pub(crate) const LOG_CHECKPOINT: &str = "log.checkpoint";
@@ -535,6 +540,7 @@ impl Log {
         SyncJob {
             files,
             target: self.log_end,
+            truncations: self.truncations,
             #[cfg(feature = "planted-bugs")]
             skip: self.config.planted_bug == Some(PlantedBug::SyncSkipsDisk),
         }
@@ -553,8 +559,11 @@ impl Log {
         self.check_ok()?;
         match result {
             Ok(()) => {
-                // A truncation during the sync may have moved the end below the target.
-                self.durable = self.durable.max(job.target.min(self.log_end));
+                // After a truncation during the sync, the offsets the job covered may hold
+                // new data it did not sync: the durable offset stays put.
+                if job.truncations == self.truncations {
+                    self.durable = self.durable.max(job.target);
+                }
                 Ok(self.durable)
             }
             Err(e) => Err(self.fail(e)),
@@ -846,6 +855,7 @@ impl Log {
         };
         let (pos, h) = self.find_batch(seg, offset).await?;
         let new_end = h.base;
+        self.truncations += 1;
         // Lower the recovery point durably first: bytes past the cut will be rewritten and
         // must be scanned, not trusted, after a crash.
         self.log_end = new_end;

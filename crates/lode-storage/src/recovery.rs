@@ -493,6 +493,7 @@ pub(crate) async fn open(
         epochs,
         dirty: BTreeSet::new(),
         failed: None,
+        truncations: 0,
     };
     if log.segments.is_empty() {
         log.create_segment(log_start).await?;

@@ -1,0 +1,241 @@
+//! Targeted tests of the log's API contracts that random tests reach only by luck.
+#![cfg(not(madsim))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use lode_env::disk::Faults;
+use lode_env::{Clock, Dir, SimDisk};
+use lode_proto::batch::{BatchError, RecordBatch};
+use lode_proto::{Epoch, Offset};
+use lode_storage::{Log, LogConfig, LogError, SyncPolicy};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn fresh(disk: &SimDisk, config: LogConfig) -> Log {
+    Log::open(Dir::sim(disk), Clock::system(), config)
+        .await
+        .unwrap()
+        .0
+}
+
+#[test]
+fn group_commit_covers_only_what_preceded_it() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 1);
+        let mut log = fresh(&disk, LogConfig::default()).await;
+        let mut b = common::client_batch(1, 3, 10, 0);
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        let job = log.sync_begin();
+        // An append while the sync runs is not covered by it.
+        let mut b = common::client_batch(2, 3, 10, 0);
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        let r = job.run().await;
+        assert_eq!(log.sync_finish(job, r).unwrap(), Offset(3));
+        assert_eq!(log.sync().await.unwrap(), Offset(6));
+    });
+}
+
+#[test]
+fn a_truncation_during_a_sync_keeps_the_durable_offset() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 2);
+        let mut log = fresh(&disk, LogConfig::default()).await;
+        for tag in 0..4 {
+            let mut b = common::client_batch(tag, 5, 10, 0);
+            log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        }
+        let job = log.sync_begin(); // covers [0, 20)
+        assert_eq!(log.truncate_to(Offset(5)).await.unwrap(), Offset(5));
+        for tag in 10..13 {
+            let mut b = common::client_batch(tag, 5, 10, 0);
+            log.append_leader(&mut b, Epoch(2)).await.unwrap(); // new, unsynced [5, 20)
+        }
+        let r = job.run().await;
+        let durable = log.sync_finish(job, r).unwrap();
+        assert!(
+            durable <= Offset(5),
+            "durable {durable} would cover unsynced data"
+        );
+    });
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 3);
+        let config = LogConfig {
+            batch_bytes_max: 2048,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        let mut corrupt = common::client_batch(1, 2, 10, 0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(
+            log.append_leader(&mut corrupt, Epoch(1)).await,
+            Err(LogError::InvalidBatch(BatchError::BadCrc { .. }))
+        ));
+        let mut big = common::client_batch(1, 4, 1000, 0);
+        assert!(matches!(
+            log.append_leader(&mut big, Epoch(1)).await,
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        let mut two = [
+            common::client_batch(1, 1, 1, 0),
+            common::client_batch(2, 1, 1, 0),
+        ]
+        .concat();
+        assert!(matches!(
+            log.append_leader(&mut two, Epoch(1)).await,
+            Err(LogError::InvalidBatch(_))
+        ));
+        assert_eq!(log.log_end_offset(), Offset(0));
+        assert!(!log.is_failed(), "bad input does not fail the log");
+        assert!(matches!(
+            log.read(Offset(1), 100, Offset(i64::MAX)).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn replica_appends_keep_offsets_and_refuse_gaps_and_stale_epochs() {
+    rt().block_on(async {
+        let leader_disk = SimDisk::new("leader", 4);
+        let mut leader = fresh(&leader_disk, LogConfig::default()).await;
+        for (tag, epoch) in [(1, 1), (2, 1), (3, 3)] {
+            let mut b = common::client_batch(tag, 2, 10, 0);
+            leader.append_leader(&mut b, Epoch(epoch)).await.unwrap();
+        }
+        let fetched = leader
+            .read(Offset(0), 1 << 20, leader.log_end_offset())
+            .await
+            .unwrap();
+        let follower_disk = SimDisk::new("follower", 5);
+        let mut follower = fresh(&follower_disk, LogConfig::default()).await;
+        let (first, _) = RecordBatch::parse(&fetched).unwrap();
+        let first_len = first.size();
+        assert!(matches!(
+            follower.append_replica(&fetched[first_len..]).await,
+            Err(LogError::NonContiguous { .. })
+        ));
+        let info = follower.append_replica(&fetched).await.unwrap().unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(5)));
+        assert_eq!(follower.epochs(), leader.epochs());
+        assert_eq!(
+            follower
+                .epochs()
+                .end_offset_for(Epoch(2), follower.log_end_offset()),
+            Some((Epoch(1), Offset(4)))
+        );
+        // A batch from an older epoch after a newer one is refused.
+        let mut old = common::client_batch(9, 1, 1, 0);
+        lode_proto::batch::set_base_offset(&mut old, Offset(6)).unwrap();
+        lode_proto::batch::set_partition_leader_epoch(&mut old, Epoch(2)).unwrap();
+        assert!(matches!(
+            follower.append_replica(&old).await,
+            Err(LogError::StaleEpoch { .. })
+        ));
+        assert_eq!(
+            follower
+                .read(Offset(0), 1 << 20, Offset(i64::MAX))
+                .await
+                .unwrap(),
+            fetched
+        );
+    });
+}
+
+#[test]
+fn a_failed_write_fails_the_log_until_reopened() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 6);
+        let config = LogConfig {
+            sync: SyncPolicy::EveryAppend,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config.clone()).await;
+        let mut b = common::client_batch(1, 2, 10, 0);
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        disk.set_faults(Faults {
+            write_eio: 1.0,
+            ..Faults::default()
+        });
+        let mut b = common::client_batch(2, 2, 10, 0);
+        assert!(matches!(
+            log.append_leader(&mut b, Epoch(1)).await,
+            Err(LogError::Io { .. })
+        ));
+        assert!(matches!(log.sync().await, Err(LogError::Failed(_))));
+        disk.set_faults(Faults::default());
+        drop(log);
+        let (log, _) = Log::open(Dir::sim(&disk), Clock::system(), config)
+            .await
+            .unwrap();
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(2),
+            "the synced append survives, the failed one is gone"
+        );
+        log.verify().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_by_size_and_retention_deletes_whole_segments() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 7);
+        let config = LogConfig {
+            segment_bytes_max: 4096,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        for tag in 0..20 {
+            let mut b = common::client_batch(tag, 2, 500, 0);
+            log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        }
+        let segments = log.segment_bases();
+        assert!(segments.len() >= 5, "{segments:?}");
+        let deleted = log.delete_below(segments[3]).await.unwrap();
+        assert_eq!(deleted, 3);
+        assert_eq!(log.log_start_offset(), segments[3]);
+        assert_eq!(log.segment_bases()[0], segments[3]);
+        assert!(matches!(
+            log.read(segments[2], 100, Offset(i64::MAX)).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        log.verify().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_by_age() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 8);
+        let config = LogConfig {
+            segment_age_max: std::time::Duration::ZERO,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        for tag in 0..4 {
+            let mut b = common::client_batch(tag, 1, 10, 0);
+            log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        }
+        assert_eq!(
+            log.segment_bases(),
+            vec![Offset(0), Offset(1), Offset(2), Offset(3)]
+        );
+        assert_eq!(
+            log.durable_offset(),
+            Offset(3),
+            "a roll syncs the sealed segment"
+        );
+        log.verify().await.unwrap();
+    });
+}

@@ -1,1 +1,138 @@
-//! lode-broker
+//! The lode broker: a Kafka protocol server over the partition logs of one node.
+//!
+//! It reaches the network, the disk, the clock and task spawning only through `lode-env`,
+//! so the same broker runs in production on tokio and under the simulator.
+//!
+//! Today one broker is the whole cluster (its own controller, every partition's leader,
+//! replication factor 1). The controller quorum and replication come in the next steps;
+//! the layout (node ids, advertised addresses, per-partition logs) is already theirs.
+
+pub mod codes;
+pub mod config;
+mod handlers;
+pub mod partition;
+pub mod server;
+pub mod topics;
+
+use std::sync::Arc;
+
+pub use config::{BrokerConfig, FsyncPolicy};
+use lode_env::{Clock, Dir, Env};
+use lode_storage::{checkpoint, LogError};
+use tokio::sync::{watch, Mutex};
+
+use crate::topics::{CreateError, Topics};
+
+const CLUSTER_ID: &str = "cluster.id";
+const PRODUCER_IDS: &str = "producer-ids.checkpoint";
+/// Producer ids are reserved on disk in blocks of this many.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be read or written.
+    #[error("data directory: {0}")]
+    Storage(#[from] CreateError),
+    /// A checkpoint failed.
+    #[error("checkpoint: {0}")]
+    Log(#[from] LogError),
+    /// The listener could not bind.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One running broker.
+pub struct Broker {
+    /// Its configuration.
+    pub config: BrokerConfig,
+    /// Its clock.
+    pub clock: Clock,
+    /// Its topics.
+    pub topics: Topics,
+    /// The cluster id, created with the data directory.
+    pub cluster_id: String,
+    /// Bumped whenever a high watermark moves, to wake long-polling fetches.
+    data_arrived: watch::Sender<u64>,
+    root: Dir,
+    /// Next producer id and the end of the reserved block.
+    producer_ids: Mutex<(i64, i64)>,
+}
+
+impl Broker {
+    /// Opens the data directory (recovering every partition), binds the listener and
+    /// starts serving. Returns once clients can connect.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start(config: BrokerConfig, env: Env) -> Result<Arc<Broker>, StartError> {
+        let root = env.data_dir.clone();
+        let cluster_id = match checkpoint::read(&root, CLUSTER_ID).await? {
+            Some(Ok(bytes)) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => {
+                let id = format!("lode-{:016x}", lode_env::rng::seed_u64());
+                checkpoint::write(&root, CLUSTER_ID, id.as_bytes()).await?;
+                id
+            }
+        };
+        let (data_arrived, _) = watch::channel(0_u64);
+        let topics = Topics::open(
+            root.clone(),
+            env.clock.clone(),
+            config.clone(),
+            data_arrived.clone(),
+        )
+        .await?;
+        let listener = lode_env::net::listen(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let broker = Arc::new(Broker {
+            config,
+            clock: env.clock,
+            topics,
+            cluster_id,
+            data_arrived,
+            root,
+            producer_ids: Mutex::new((0, 0)),
+        });
+        let b = Arc::clone(&broker);
+        lode_env::task::spawn(async move { server::serve(b, listener).await });
+        tracing::info!(node = %broker.config.node_id, listen = %broker.config.listen, "broker serving");
+        Ok(broker)
+    }
+
+    /// Allocates a producer id, never reused across restarts: ids are reserved on disk a
+    /// block at a time.
+    ///
+    /// # Errors
+    /// When the reservation cannot be written.
+    pub async fn next_producer_id(&self) -> Result<i64, LogError> {
+        let mut ids = self.producer_ids.lock().await;
+        if ids.0 >= ids.1 {
+            let start = match checkpoint::read(&self.root, PRODUCER_IDS).await? {
+                Some(Ok(b)) if b.len() == 8 => i64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+                _ => 0,
+            };
+            let end = start + PRODUCER_ID_BLOCK;
+            checkpoint::write(&self.root, PRODUCER_IDS, &end.to_be_bytes()).await?;
+            *ids = (start, end);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Closes every partition cleanly (clean-shutdown markers written).
+    pub async fn shutdown(&self) {
+        self.topics.close().await;
+        tracing::info!(node = %self.config.node_id, "broker stopped cleanly");
+    }
+}

@@ -1,20 +1,34 @@
 //! `lode`: the command-line entry point.
 //!
-//! - `lode dev`: a local cluster for Kafka clients (arrives with the broker).
+//! - `lode dev`: a ready local setup for Kafka clients, with embedded defaults.
+//! - `lode broker`: one broker node, configured by flags.
 //! - `lode log recover DIR`: open a partition directory as the broker would (recovering
 //!   it after a crash), check every batch's CRC and the indexes, and print a report.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lode_env::{Clock, Dir};
+use lode_broker::{Broker, BrokerConfig, FsyncPolicy};
+use lode_env::{Clock, Dir, Env};
+use lode_proto::BrokerId;
 use lode_storage::{Log, LogConfig};
 
 const USAGE: &str = "\
 lode: a Kafka-compatible replicated log
 
 usage:
-  lode dev                    run a local cluster (arrives with the broker, step 2)
+  lode dev [--port PORT] [--data-dir DIR]
+      a local broker for Kafka clients: bootstrap 127.0.0.1:9092, data in ./lode-data
+  lode broker --node-id N --listen HOST:PORT --data-dir DIR [options]
+      one broker node; options:
+        --advertised HOST:PORT   address given to clients (default: the listen address)
+        --fsync always|interval  sync policy (default always: group commit)
+        --no-auto-create         do not create topics on metadata requests
+        --partitions N           partitions of auto-created topics (default 1)
+        --message-bytes-max N    largest record batch accepted (default 1048588)
   lode log recover DIR        recover a partition directory and verify it
   lode --version
 ";
@@ -22,7 +36,7 @@ usage:
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -47,12 +61,154 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             print!("{USAGE}");
             Ok(())
         }
-        ["dev", ..] => {
-            bail!("`lode dev` arrives with the broker (issue: step 2); nothing to run yet")
-        }
+        ["dev", rest @ ..] => dev(rest),
+        ["broker", rest @ ..] => broker(rest),
         ["log", "recover", dir] => recover(dir),
         _ => bail!("unknown command {:?}\n\n{USAGE}", words.join(" ")),
     }
+}
+
+/// Flags of the form `--name value` or `--switch`.
+struct Flags<'a> {
+    args: &'a [&'a str],
+    used: Vec<bool>,
+}
+
+impl<'a> Flags<'a> {
+    fn new(args: &'a [&'a str]) -> Flags<'a> {
+        Flags {
+            args,
+            used: vec![false; args.len()],
+        }
+    }
+    fn value(&mut self, name: &str) -> anyhow::Result<Option<&'a str>> {
+        match self.args.iter().position(|a| *a == name) {
+            None => Ok(None),
+            Some(i) => {
+                let v = self
+                    .args
+                    .get(i + 1)
+                    .with_context(|| format!("{name} needs a value"))?;
+                self.used[i] = true;
+                self.used[i + 1] = true;
+                Ok(Some(v))
+            }
+        }
+    }
+    fn switch(&mut self, name: &str) -> bool {
+        match self.args.iter().position(|a| *a == name) {
+            None => false,
+            Some(i) => {
+                self.used[i] = true;
+                true
+            }
+        }
+    }
+    fn finish(self) -> anyhow::Result<()> {
+        let unknown: Vec<&str> = self
+            .args
+            .iter()
+            .zip(&self.used)
+            .filter(|(_, u)| !**u)
+            .map(|(a, _)| *a)
+            .collect();
+        if !unknown.is_empty() {
+            bail!("unknown arguments {unknown:?}\n\n{USAGE}");
+        }
+        Ok(())
+    }
+}
+
+fn dev(args: &[&str]) -> anyhow::Result<()> {
+    let mut f = Flags::new(args);
+    let port: u16 = f
+        .value("--port")?
+        .unwrap_or("9092")
+        .parse()
+        .context("--port takes a port number")?;
+    let data = PathBuf::from(f.value("--data-dir")?.unwrap_or("lode-data"));
+    f.finish()?;
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let config = BrokerConfig::new(BrokerId(0), listen);
+    serve(config, data.join("broker-0"), true)
+}
+
+fn broker(args: &[&str]) -> anyhow::Result<()> {
+    let mut f = Flags::new(args);
+    let node: i32 = f
+        .value("--node-id")?
+        .context("--node-id is required")?
+        .parse()
+        .context("--node-id takes a number")?;
+    let listen: SocketAddr = f
+        .value("--listen")?
+        .context("--listen is required")?
+        .parse()
+        .context("--listen takes HOST:PORT (an IP address)")?;
+    let data = PathBuf::from(f.value("--data-dir")?.context("--data-dir is required")?);
+    let mut config = BrokerConfig::new(BrokerId(node), listen);
+    if let Some(adv) = f.value("--advertised")? {
+        let (host, port) = adv
+            .rsplit_once(':')
+            .context("--advertised takes HOST:PORT")?;
+        config.advertised_host = host.to_owned();
+        config.advertised_port = port.parse().context("--advertised port")?;
+    }
+    match f.value("--fsync")? {
+        None | Some("always") => config.fsync = FsyncPolicy::Always,
+        Some("interval") => config.fsync = FsyncPolicy::Interval(Duration::from_secs(1)),
+        Some(other) => bail!("--fsync takes always or interval, not {other:?}"),
+    }
+    if f.switch("--no-auto-create") {
+        config.auto_create_topics = false;
+    }
+    if let Some(n) = f.value("--partitions")? {
+        config.default_partitions = n.parse().context("--partitions takes a number")?;
+    }
+    if let Some(n) = f.value("--message-bytes-max")? {
+        config.message_bytes_max = n.parse().context("--message-bytes-max takes a number")?;
+    }
+    f.finish()?;
+    serve(config, data, false)
+}
+
+fn serve(config: BrokerConfig, data: PathBuf, dev: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    rt.block_on(async {
+        let env = Env::host(&data).with_context(|| format!("data directory {}", data.display()))?;
+        let started = std::time::Instant::now();
+        let bootstrap = format!("{}:{}", config.advertised_host, config.advertised_port);
+        let broker = Broker::start(config, env)
+            .await
+            .context("starting the broker")?;
+        println!(
+            "lode {}: broker {} ready in {} ms, data in {}, bootstrap {bootstrap}",
+            if dev { "dev" } else { "broker" },
+            broker.config.node_id,
+            started.elapsed().as_millis(),
+            data.display()
+        );
+        if dev {
+            println!("try: kcat -b {bootstrap} -L    (Ctrl-C stops it cleanly)");
+        }
+        shutdown_signal().await?;
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler")?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    Ok(())
 }
 
 fn recover(dir: &str) -> anyhow::Result<()> {

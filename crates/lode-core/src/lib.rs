@@ -12,3 +12,6 @@
 pub mod epoch_cache;
 
 pub use epoch_cache::{Assigned, EpochEntry, LeaderEpochCache};
+pub mod producer;
+
+pub use producer::{BatchMeta, ProducerStates, Verdict};

@@ -771,7 +771,7 @@ impl Log {
     ///
     /// # Errors
     /// An IO error, or [`LogError::Inconsistent`] for damaged stored data.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<Offset>, LogError> {
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, LogError> {
         self.check_ok()?;
         for seg in self.segments.values() {
             if seg.size == 0 || seg.max_timestamp_ms < ts {
@@ -810,15 +810,20 @@ impl Log {
                                     self.inconsistent(format!("{name} at {pos}: {e}"))
                                 })?;
                                 let off = b.base_offset().add(i64::from(r.offset_delta));
-                                if b.base_timestamp().saturating_add(r.timestamp_delta) >= ts
-                                    && off >= self.log_start
-                                {
-                                    return Ok(Some(off));
+                                let record_ts =
+                                    b.base_timestamp().saturating_add(r.timestamp_delta);
+                                if record_ts >= ts && off >= self.log_start {
+                                    return Ok(Some((off, record_ts)));
                                 }
                             }
                         }
                         // Compressed: the batch is the finest grain without decompressing.
-                        Err(_) => return Ok(Some(b.base_offset().max(self.log_start))),
+                        Err(_) => {
+                            return Ok(Some((
+                                b.base_offset().max(self.log_start),
+                                b.max_timestamp(),
+                            )))
+                        }
                     }
                 }
                 pos += h.size;
@@ -966,6 +971,21 @@ impl Log {
     /// # Errors
     /// An IO error; the next open then recovers as after a crash.
     pub async fn close(mut self) -> Result<(), LogError> {
+        self.shutdown().await
+    }
+
+    /// [`Log::close`] for an owner that cannot give the log up (it sits behind a lock):
+    /// afterwards every call fails with [`LogError::Failed`] ("closed").
+    ///
+    /// # Errors
+    /// An IO error; the next open then recovers as after a crash.
+    pub async fn shutdown(&mut self) -> Result<(), LogError> {
+        let r = self.shutdown_inner().await;
+        self.failed = Some("log closed".into());
+        r
+    }
+
+    async fn shutdown_inner(&mut self) -> Result<(), LogError> {
         self.sync().await?;
         let base = self.active()?.base;
         self.write_indexes(base).await?;

@@ -208,7 +208,7 @@ async fn run(ops: Vec<Op>) {
                         let r = r.unwrap();
                         let off = rb.base_offset().add(i64::from(r.offset_delta));
                         if rb.base_timestamp() + r.timestamp_delta >= ts && off >= model.start {
-                            expect = Some(off);
+                            expect = Some((off, rb.base_timestamp() + r.timestamp_delta));
                             break 'outer;
                         }
                     }

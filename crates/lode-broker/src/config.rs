@@ -1,0 +1,70 @@
+//! Broker configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lode_proto::BrokerId;
+
+/// When a partition's appends are synced, and so when its high watermark advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Group commit: appends are synced in batches, and a record counts as committed (high
+    /// watermark, acks=all) only once synced. Survives power loss.
+    Always,
+    /// Kafka's default: committed once written; synced every `interval`. Relies on
+    /// replication for durability.
+    Interval(Duration),
+}
+
+/// Everything one broker needs to know.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// This broker's id.
+    pub node_id: BrokerId,
+    /// Where to listen for Kafka clients.
+    pub listen: SocketAddr,
+    /// The host clients are told to connect to (Metadata), and its port.
+    pub advertised_host: String,
+    /// See `advertised_host`.
+    pub advertised_port: u16,
+    /// Largest request frame accepted; a larger one closes the connection unread.
+    pub frame_bytes_max: usize,
+    /// Largest record batch accepted (Kafka's `message.max.bytes`).
+    pub message_bytes_max: usize,
+    /// Create unknown topics when a client asks for their metadata.
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: i32,
+    /// When appends are synced.
+    pub fsync: FsyncPolicy,
+    /// Segment size of partition logs.
+    pub segment_bytes_max: u64,
+    /// Connections accepted at once; more are closed at once.
+    pub connections_max: usize,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// A request frame that takes longer than this to arrive closes the connection.
+    pub frame_timeout: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for a broker on `listen`, advertised as itself.
+    #[must_use]
+    pub fn new(node_id: BrokerId, listen: SocketAddr) -> BrokerConfig {
+        BrokerConfig {
+            node_id,
+            listen,
+            advertised_host: listen.ip().to_string(),
+            advertised_port: listen.port(),
+            frame_bytes_max: 100 << 20,
+            message_bytes_max: (1 << 20) + 12,
+            auto_create_topics: true,
+            default_partitions: 1,
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 1 << 30,
+            connections_max: 4096,
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(30),
+        }
+    }
+}

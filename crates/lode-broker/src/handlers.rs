@@ -1,0 +1,574 @@
+//! Request handlers: decode a request body, act, encode the response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use lode_proto::batch;
+use lode_proto::Offset;
+use lode_storage::LogError;
+
+use crate::codes;
+use crate::partition::{AppendError, Partition};
+use crate::server::{encode_response, ConnectionError};
+use crate::topics::{CreateError, Topic};
+use crate::Broker;
+
+fn decode<T: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> Result<T, ConnectionError> {
+    T::decode(&mut body, version)
+        .map_err(|e| ConnectionError::Protocol(format!("bad {key:?} v{version} body: {e}")))
+}
+
+fn respond<R: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Option<Bytes>, ConnectionError> {
+    encode_response(key, version, correlation_id, body).map(Some)
+}
+
+/// Runs the handler for `key`.
+pub(crate) async fn dispatch(
+    broker: &Arc<Broker>,
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: Bytes,
+) -> Result<Option<Bytes>, ConnectionError> {
+    match key {
+        ApiKey::ApiVersions => respond(
+            key,
+            version,
+            correlation_id,
+            &crate::server::api_versions_response(),
+        ),
+        ApiKey::Metadata => {
+            let req: MetadataRequest = decode(key, version, body)?;
+            respond(key, version, correlation_id, &metadata(broker, req).await)
+        }
+        ApiKey::CreateTopics => {
+            let req: CreateTopicsRequest = decode(key, version, body)?;
+            respond(
+                key,
+                version,
+                correlation_id,
+                &create_topics(broker, req).await,
+            )
+        }
+        ApiKey::DeleteTopics => {
+            let req: DeleteTopicsRequest = decode(key, version, body)?;
+            respond(
+                key,
+                version,
+                correlation_id,
+                &delete_topics(broker, req).await,
+            )
+        }
+        ApiKey::Produce => {
+            if version < 3 {
+                return Err(ConnectionError::Protocol(format!(
+                    "Produce v{version}: only RecordBatch v2 (Produce v3+) is accepted"
+                )));
+            }
+            let req: ProduceRequest = decode(key, version, body)?;
+            let acks = req.acks;
+            let resp = produce(broker, req).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            respond(key, version, correlation_id, &resp)
+        }
+        ApiKey::Fetch => {
+            let req: FetchRequest = decode(key, version, body)?;
+            respond(key, version, correlation_id, &fetch(broker, req).await)
+        }
+        ApiKey::ListOffsets => {
+            let req: ListOffsetsRequest = decode(key, version, body)?;
+            respond(
+                key,
+                version,
+                correlation_id,
+                &list_offsets(broker, req).await,
+            )
+        }
+        ApiKey::InitProducerId => {
+            let req: InitProducerIdRequest = decode(key, version, body)?;
+            respond(
+                key,
+                version,
+                correlation_id,
+                &init_producer_id(broker, req).await,
+            )
+        }
+        other => Err(ConnectionError::Protocol(format!(
+            "no handler for {other:?}"
+        ))),
+    }
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataResponse {
+    let mut resp = MetadataResponse::default();
+    let mut b = MetadataResponseBroker::default();
+    b.node_id = BrokerId(broker.config.node_id.0);
+    b.host = str_bytes(&broker.config.advertised_host);
+    b.port = i32::from(broker.config.advertised_port);
+    resp.brokers = vec![b];
+    resp.cluster_id = Some(str_bytes(&broker.cluster_id));
+    resp.controller_id = BrokerId(broker.config.node_id.0);
+    let wanted: Vec<(String, Option<Arc<Topic>>)> = match req.topics {
+        None => broker
+            .topics
+            .all()
+            .await
+            .into_iter()
+            .map(|(n, t)| (n, Some(t)))
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for t in list {
+                let Some(name) = t.name else { continue };
+                let name = name.0.to_string();
+                let mut topic = broker.topics.get(&name).await;
+                if topic.is_none()
+                    && req.allow_auto_topic_creation
+                    && broker.config.auto_create_topics
+                {
+                    topic = match broker
+                        .topics
+                        .create(&name, broker.config.default_partitions)
+                        .await
+                    {
+                        Ok(t) => Some(t),
+                        Err(CreateError::Exists(_)) => broker.topics.get(&name).await,
+                        Err(e) => {
+                            tracing::info!(topic = %name, error = %e, "auto-create refused");
+                            None
+                        }
+                    };
+                }
+                out.push((name, topic));
+            }
+            out
+        }
+    };
+    for (name, topic) in wanted {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(TopicName(str_bytes(&name)));
+        match topic {
+            None => {
+                t.error_code = if crate::topics::valid_name(&name) {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    codes::INVALID_TOPIC_EXCEPTION
+                };
+            }
+            Some(topic) => {
+                t.topic_id = topic.id;
+                t.partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut mp = MetadataResponsePartition::default();
+                        mp.partition_index = p.index;
+                        mp.leader_id = BrokerId(broker.config.node_id.0);
+                        // -1 until OffsetForLeaderEpoch exists: clients then skip epoch
+                        // validation instead of calling an API we lack.
+                        mp.leader_epoch = -1;
+                        mp.replica_nodes = vec![BrokerId(broker.config.node_id.0)];
+                        mp.isr_nodes = vec![BrokerId(broker.config.node_id.0)];
+                        mp
+                    })
+                    .collect();
+            }
+        }
+        resp.topics.push(t);
+    }
+    resp
+}
+
+async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut resp = CreateTopicsResponse::default();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatableTopicResult::default();
+        r.name = t.name.clone();
+        let partitions = if t.num_partitions == -1 {
+            broker.config.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            1
+        } else {
+            t.replication_factor
+        };
+        let (code, msg) = if !t.assignments.is_empty() {
+            (
+                codes::INVALID_REQUEST,
+                Some("manual replica assignment is not supported".to_owned()),
+            )
+        } else if rf != 1 {
+            (
+                codes::INVALID_REPLICATION_FACTOR,
+                Some(format!(
+                    "replication factor {rf} exceeds the 1 available broker"
+                )),
+            )
+        } else if req.validate_only {
+            match (
+                crate::topics::valid_name(&name),
+                broker.topics.get(&name).await.is_some(),
+            ) {
+                (false, _) => (codes::INVALID_TOPIC_EXCEPTION, None),
+                (_, true) => (codes::TOPIC_ALREADY_EXISTS, None),
+                _ => (codes::NONE, None),
+            }
+        } else {
+            match broker.topics.create(&name, partitions).await {
+                Ok(topic) => {
+                    r.topic_id = topic.id;
+                    (codes::NONE, None)
+                }
+                Err(e) => {
+                    let code = match e {
+                        CreateError::InvalidName(_) => codes::INVALID_TOPIC_EXCEPTION,
+                        CreateError::Exists(_) => codes::TOPIC_ALREADY_EXISTS,
+                        CreateError::InvalidPartitions(_) => codes::INVALID_PARTITIONS,
+                        CreateError::Storage(_) | CreateError::Io(_) => codes::KAFKA_STORAGE_ERROR,
+                    };
+                    (code, Some(e.to_string()))
+                }
+            }
+        };
+        r.error_code = code;
+        r.error_message = msg.map(|m| str_bytes(&m));
+        r.num_partitions = if code == codes::NONE { partitions } else { -1 };
+        r.replication_factor = if code == codes::NONE { rf } else { -1 };
+        resp.topics.push(r);
+    }
+    resp
+}
+
+async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut names: Vec<String> = req.topic_names.iter().map(|n| n.0.to_string()).collect();
+    let mut by_id = Vec::new();
+    for t in &req.topics {
+        match &t.name {
+            Some(n) => names.push(n.0.to_string()),
+            None => by_id.push(t.topic_id),
+        }
+    }
+    for id in by_id {
+        let found = broker
+            .topics
+            .all()
+            .await
+            .into_iter()
+            .find(|(_, t)| t.id == id)
+            .map(|(n, _)| n);
+        names.push(found.unwrap_or_default());
+    }
+    let mut resp = DeleteTopicsResponse::default();
+    for name in names {
+        let mut r = DeletableTopicResult::default();
+        r.name = Some(TopicName(str_bytes(&name)));
+        r.error_code = match broker.topics.delete(&name).await {
+            Ok(true) => codes::NONE,
+            Ok(false) => codes::UNKNOWN_TOPIC_OR_PARTITION,
+            Err(e) => {
+                r.error_message = Some(str_bytes(&e.to_string()));
+                codes::KAFKA_STORAGE_ERROR
+            }
+        };
+        resp.responses.push(r);
+    }
+    resp
+}
+
+async fn partition(broker: &Broker, topic: &str, index: i32) -> Option<Arc<Partition>> {
+    let t = broker.topics.get(topic).await?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| t.partitions.get(i))
+        .cloned()
+}
+
+fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::InvalidBatch(batch::BatchError::BadCrc { .. }) => codes::CORRUPT_MESSAGE,
+        LogError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => codes::MESSAGE_TOO_LARGE,
+        LogError::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+        _ => codes::KAFKA_STORAGE_ERROR,
+    }
+}
+
+async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
+    if req.transactional_id.is_some() {
+        // Answered per partition below with TRANSACTIONAL_ID... would need a coordinator.
+        tracing::debug!("transactional produce refused");
+    }
+    let acks = req.acks;
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0));
+    let mut resp = ProduceResponse::default();
+    let mut waits = Vec::new();
+    for t in req.topic_data {
+        let name = t.name.0.to_string();
+        let mut tr = TopicProduceResponse::default();
+        tr.name = t.name.clone();
+        for pd in t.partition_data {
+            let mut pr = PartitionProduceResponse::default();
+            pr.index = pd.index;
+            pr.base_offset = -1;
+            pr.log_append_time_ms = -1;
+            let code = if !(acks == 0 || acks == 1 || acks == -1) {
+                codes::INVALID_REQUIRED_ACKS
+            } else if req.transactional_id.is_some() {
+                codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+            } else {
+                match partition(broker, &name, pd.index).await {
+                    None => codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let records = pd.records.unwrap_or_default();
+                        match check_single_batch(&records, broker.config.message_bytes_max) {
+                            Err(code) => code,
+                            Ok(()) => {
+                                let mut bytes = records.to_vec();
+                                match p.append(&mut bytes).await {
+                                    Ok((info, _dup)) => {
+                                        pr.base_offset = info.base_offset.0;
+                                        pr.log_start_offset = p.log_start_offset().await.0;
+                                        if acks == -1 {
+                                            waits.push((
+                                                name.clone(),
+                                                pd.index,
+                                                Arc::clone(&p),
+                                                info.last_offset,
+                                            ));
+                                        }
+                                        codes::NONE
+                                    }
+                                    Err(AppendError::Log(e)) => {
+                                        pr.error_message = Some(str_bytes(&e.to_string()));
+                                        log_error_code(&e)
+                                    }
+                                    Err(AppendError::ControlBatch) => codes::INVALID_RECORD,
+                                    Err(AppendError::Transactional) => {
+                                        codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                                    }
+                                    Err(AppendError::OutOfOrder { .. }) => {
+                                        codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+                                    }
+                                    Err(AppendError::Fenced { .. }) => {
+                                        codes::INVALID_PRODUCER_EPOCH
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            pr.error_code = code;
+            tr.partition_responses.push(pr);
+        }
+        resp.responses.push(tr);
+    }
+    // acks=all: wait (bounded by the request's timeout) until each batch is committed.
+    for (topic, index, p, last) in waits {
+        let committed = broker
+            .clock
+            .timeout(timeout, p.wait_committed(last))
+            .await
+            .is_ok()
+            && p.high_watermark() > last;
+        if !committed {
+            let slot = resp
+                .responses
+                .iter_mut()
+                .filter(|t| t.name.0.as_str() == topic)
+                .flat_map(|t| t.partition_responses.iter_mut())
+                .find(|r| r.index == index);
+            if let Some(r) = slot {
+                r.error_code = codes::REQUEST_TIMED_OUT;
+            }
+        }
+    }
+    resp
+}
+
+/// A Produce partition must carry exactly one RecordBatch v2 within the size limit.
+fn check_single_batch(records: &[u8], max: usize) -> Result<(), i16> {
+    if records.len() > max {
+        return Err(codes::MESSAGE_TOO_LARGE);
+    }
+    match batch::RecordBatch::parse(records) {
+        Ok((b, [])) => b.validate().map_err(|_| codes::CORRUPT_MESSAGE),
+        Ok(_) => Err(codes::INVALID_RECORD),
+        Err(batch::BatchError::BadMagic(_)) => Err(codes::UNSUPPORTED_FOR_MESSAGE_FORMAT),
+        Err(_) => Err(codes::CORRUPT_MESSAGE),
+    }
+}
+
+async fn fetch(broker: &Arc<Broker>, req: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(u64::try_from(req.max_wait_ms.max(0)).unwrap_or(0));
+    let deadline = broker.clock.now().saturating_add(wait);
+    let min_bytes = usize::try_from(req.min_bytes.max(0)).unwrap_or(0);
+    let max_bytes = usize::try_from(req.max_bytes.max(0)).unwrap_or(0);
+    let mut arrived = broker.data_arrived.subscribe();
+    loop {
+        arrived.mark_unchanged();
+        let (resp, bytes) = fetch_once(broker, &req, max_bytes).await;
+        let now = broker.clock.now();
+        if bytes >= min_bytes.max(1) || now >= deadline {
+            return resp;
+        }
+        // Long poll: wait for any high watermark to move, or the deadline.
+        let left = deadline.saturating_since(now);
+        if broker.clock.timeout(left, arrived.changed()).await.is_err() {
+            return fetch_once(broker, &req, max_bytes).await.0;
+        }
+    }
+}
+
+async fn fetch_once(
+    broker: &Arc<Broker>,
+    req: &FetchRequest,
+    max_bytes: usize,
+) -> (FetchResponse, usize) {
+    let mut resp = FetchResponse::default();
+    let mut total = 0_usize;
+    for t in &req.topics {
+        let name = t.topic.0.to_string();
+        let mut tr = FetchableTopicResponse::default();
+        tr.topic = t.topic.clone();
+        tr.topic_id = t.topic_id;
+        for fp in &t.partitions {
+            let mut pd = PartitionData::default();
+            pd.partition_index = fp.partition;
+            pd.high_watermark = -1;
+            pd.last_stable_offset = -1;
+            pd.log_start_offset = -1;
+            match partition(broker, &name, fp.partition).await {
+                None => pd.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(p) => {
+                    let hw = p.high_watermark();
+                    pd.high_watermark = hw.0;
+                    pd.last_stable_offset = hw.0;
+                    pd.log_start_offset = p.log_start_offset().await.0;
+                    // The first partition with data always gets at least one whole batch
+                    // (KIP-74); later ones only what fits in the response budget.
+                    let budget = usize::try_from(fp.partition_max_bytes.max(0)).unwrap_or(0);
+                    let budget = if total == 0 {
+                        budget
+                    } else {
+                        budget.min(max_bytes.saturating_sub(total))
+                    };
+                    if total > 0 && budget == 0 {
+                        pd.records = Some(Bytes::new());
+                    } else {
+                        match p.read(Offset(fp.fetch_offset), budget.max(1)).await {
+                            Ok(data) => {
+                                total += data.len();
+                                pd.records = Some(Bytes::from(data));
+                            }
+                            Err(e) => pd.error_code = log_error_code(&e),
+                        }
+                    }
+                }
+            }
+            tr.partitions.push(pd);
+        }
+        resp.responses.push(tr);
+    }
+    (resp, total)
+}
+
+async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut resp = ListOffsetsResponse::default();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for lp in t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = lp.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            pr.leader_epoch = -1;
+            match partition(broker, &name, lp.partition_index).await {
+                None => pr.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(p) => match lp.timestamp {
+                    -2 => pr.offset = p.log_start_offset().await.0,
+                    -1 => pr.offset = p.high_watermark().0,
+                    ts if ts >= 0 => match p.offset_for_timestamp(ts).await {
+                        Ok(Some((off, found_ts))) => {
+                            pr.offset = off.0;
+                            pr.timestamp = found_ts;
+                        }
+                        Ok(None) => {}
+                        Err(e) => pr.error_code = log_error_code(&e),
+                    },
+                    // -3 (max timestamp) and later special values.
+                    _ => pr.error_code = codes::UNSUPPORTED_VERSION,
+                },
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+async fn init_producer_id(
+    broker: &Arc<Broker>,
+    req: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let mut resp = InitProducerIdResponse::default();
+    resp.producer_id = ProducerId(-1);
+    resp.producer_epoch = -1;
+    if req.transactional_id.is_some() {
+        resp.error_code = codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return resp;
+    }
+    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
+        // KIP-360: an idempotent producer re-initialising keeps its id with a new epoch.
+        if req.producer_epoch < i16::MAX - 1 {
+            resp.producer_id = req.producer_id;
+            resp.producer_epoch = req.producer_epoch + 1;
+            return resp;
+        }
+    }
+    match broker.next_producer_id().await {
+        Ok(id) => {
+            resp.producer_id = ProducerId(id);
+            resp.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "producer id allocation failed");
+            resp.error_code = codes::KAFKA_STORAGE_ERROR;
+        }
+    }
+    resp
+}

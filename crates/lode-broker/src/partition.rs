@@ -1,0 +1,322 @@
+//! One partition on this broker: its log, its idempotent-producer state, and the task that
+//! syncs it (group commit) and advances its high watermark.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lode_core::{BatchMeta, ProducerStates, Verdict};
+use lode_env::{Clock, Dir};
+use lode_proto::batch::RecordBatch;
+use lode_proto::{Epoch, Offset};
+use lode_storage::{AppendInfo, Log, LogConfig, LogError, SyncPolicy};
+use tokio::sync::{watch, Notify, RwLock};
+
+use crate::config::FsyncPolicy;
+
+/// Why an append was refused, in Kafka's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The log refused or failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Control batches are written by the broker, never by clients.
+    #[error("clients may not write control batches")]
+    ControlBatch,
+    /// Transactions are not supported yet.
+    #[error("transactional batches are not supported")]
+    Transactional,
+    /// Idempotent producer sequence gap.
+    #[error("out of order sequence: expected {expected}")]
+    OutOfOrder {
+        /// The sequence expected.
+        expected: i32,
+    },
+    /// Idempotent producer fenced by a newer epoch.
+    #[error("producer epoch fenced: current is {current}")]
+    Fenced {
+        /// The producer's current epoch.
+        current: i16,
+    },
+}
+
+/// A partition replica on this broker (a leader, until replication arrives).
+pub struct Partition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub index: i32,
+    /// The log directory.
+    pub dir: Dir,
+    log: RwLock<Log>,
+    producers: Mutex<ProducerStates>,
+    hw: watch::Sender<Offset>,
+    flush: Notify,
+    closed: AtomicBool,
+    fsync: FsyncPolicy,
+    /// Bumped whenever any partition's high watermark moves, to wake long-polling fetches.
+    data_arrived: watch::Sender<u64>,
+    epoch: Epoch,
+}
+
+impl Partition {
+    /// Opens (and recovers) the partition's log and starts its sync task.
+    ///
+    /// # Errors
+    /// When the log cannot be opened.
+    pub async fn open(
+        topic: &str,
+        index: i32,
+        dir: Dir,
+        clock: Clock,
+        fsync: FsyncPolicy,
+        segment_bytes_max: u64,
+        data_arrived: watch::Sender<u64>,
+    ) -> Result<Arc<Partition>, LogError> {
+        let config = LogConfig {
+            segment_bytes_max,
+            sync: SyncPolicy::GroupCommit,
+            ..LogConfig::default()
+        };
+        let (mut log, report) = Log::open(dir.clone(), clock.clone(), config).await?;
+        if !report.clean_shutdown {
+            tracing::info!(topic, partition = index, ?report, "partition recovered");
+        }
+        // With every record synced by recovery, everything in the log is committed.
+        let end = log.log_end_offset();
+        log.set_high_watermark(end);
+        let producers = rebuild_producers(&log).await;
+        let p = Arc::new(Partition {
+            topic: topic.to_owned(),
+            index,
+            dir,
+            hw: watch::Sender::new(end),
+            log: RwLock::new(log),
+            producers: Mutex::new(producers),
+            flush: Notify::new(),
+            closed: AtomicBool::new(false),
+            fsync,
+            data_arrived,
+            epoch: Epoch(0),
+        });
+        let syncer = Arc::clone(&p);
+        lode_env::task::spawn(async move { syncer.sync_loop(clock).await });
+        Ok(p)
+    }
+
+    /// The leader epoch this broker writes with.
+    #[must_use]
+    pub fn leader_epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The high watermark: consumers read below it.
+    #[must_use]
+    pub fn high_watermark(&self) -> Offset {
+        *self.hw.borrow()
+    }
+
+    /// Waits until the high watermark passes `offset` (or the partition closes).
+    pub async fn wait_committed(&self, offset: Offset) {
+        let mut rx = self.hw.subscribe();
+        // An error means the sender is gone: the partition is closing; stop waiting.
+        let _ = rx
+            .wait_for(|hw| *hw > offset || self.closed.load(Ordering::Acquire))
+            .await;
+    }
+
+    /// The first offset still readable.
+    pub async fn log_start_offset(&self) -> Offset {
+        self.log.read().await.log_start_offset()
+    }
+
+    /// Appends a client's batch as leader, applying idempotent-producer rules. Returns
+    /// where it went and whether it was a duplicate of an earlier append.
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub async fn append(&self, batch: &mut [u8]) -> Result<(AppendInfo, bool), AppendError> {
+        let (pid, pepoch, first_seq, last_seq) = {
+            let (b, _) = RecordBatch::parse(batch).map_err(LogError::from)?;
+            if b.is_control() {
+                return Err(AppendError::ControlBatch);
+            }
+            if b.is_transactional() {
+                return Err(AppendError::Transactional);
+            }
+            let count = b.last_offset_delta();
+            let last = if b.base_sequence() >= 0 {
+                b.base_sequence().wrapping_add(count)
+            } else {
+                -1
+            };
+            (
+                b.producer_id(),
+                b.producer_epoch(),
+                b.base_sequence(),
+                if last < 0 { i32::MAX } else { last },
+            )
+        };
+        let mut log = self.log.write().await;
+        let idempotent = pid >= 0 && first_seq >= 0;
+        if idempotent {
+            let verdict = self
+                .producers_lock()
+                .check(pid, pepoch, first_seq, last_seq);
+            match verdict {
+                Verdict::Append => {}
+                Verdict::Duplicate(base) => {
+                    let info = AppendInfo {
+                        base_offset: base,
+                        last_offset: base,
+                        max_timestamp_ms: -1,
+                    };
+                    return Ok((info, true));
+                }
+                Verdict::OutOfOrder { expected } => {
+                    return Err(AppendError::OutOfOrder { expected })
+                }
+                Verdict::Fenced { current } => return Err(AppendError::Fenced { current }),
+            }
+        }
+        let info = log.append_leader(batch, self.epoch).await?;
+        if idempotent {
+            let meta = BatchMeta {
+                first_seq,
+                last_seq,
+                base_offset: info.base_offset,
+            };
+            self.producers_lock().record(pid, pepoch, meta);
+        }
+        if matches!(self.fsync, FsyncPolicy::Interval(_)) {
+            // Committed once written: the high watermark follows the log end.
+            let end = log.log_end_offset();
+            log.set_high_watermark(end);
+            self.advance(end);
+        }
+        drop(log);
+        self.flush.notify_one();
+        Ok((info, false))
+    }
+
+    fn producers_lock(&self) -> std::sync::MutexGuard<'_, ProducerStates> {
+        self.producers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn advance(&self, hw: Offset) {
+        let moved = self.hw.send_if_modified(|cur| {
+            if hw > *cur {
+                *cur = hw;
+                true
+            } else {
+                false
+            }
+        });
+        if moved {
+            self.data_arrived.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Reads whole batches from `offset`, below the high watermark.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetOutOfRange`] and IO errors.
+    pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
+        let hw = self.high_watermark();
+        self.log.read().await.read(offset, max_bytes, hw).await
+    }
+
+    /// The first offset whose timestamp is at least `ts`, with that timestamp, below the
+    /// high watermark.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        let hw = self.high_watermark();
+        let found = self.log.read().await.offset_for_timestamp(ts).await?;
+        Ok(found.filter(|(o, _)| *o < hw))
+    }
+
+    /// The group-commit loop: sync whatever was appended since the last sync, then move the
+    /// high watermark to what is durable.
+    async fn sync_loop(self: Arc<Self>, clock: Clock) {
+        loop {
+            match self.fsync {
+                FsyncPolicy::Always => self.flush.notified().await,
+                FsyncPolicy::Interval(d) => clock.sleep(d).await,
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let job = self.log.write().await.sync_begin();
+            let result = job.run().await;
+            let mut log = self.log.write().await;
+            match log.sync_finish(job, result) {
+                Ok(durable) => {
+                    if self.fsync == FsyncPolicy::Always {
+                        log.set_high_watermark(durable);
+                        drop(log);
+                        self.advance(durable);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(topic = %self.topic, partition = self.index, error = %e, "sync failed; partition offline until restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Syncs and closes the log cleanly (writes its clean-shutdown marker).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.flush.notify_one();
+        let mut log = self.log.write().await;
+        if let Err(e) = log.shutdown().await {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "unclean close");
+        }
+        self.hw.send_modify(|_| {});
+    }
+}
+
+/// Rebuilds idempotent-producer state from the tail of the log, so that a retry of a batch
+/// written before a restart is recognised as a duplicate.
+async fn rebuild_producers(log: &Log) -> ProducerStates {
+    const TAIL_BYTES: u64 = 8 << 20;
+    let mut states = ProducerStates::default();
+    let end = log.log_end_offset();
+    let mut at = log.log_start_offset();
+    // Read at most the last few MiB: enough for the last five batches of active producers.
+    let mut budget = TAIL_BYTES;
+    if let Some(base) = log.segment_bases().last().copied() {
+        at = at.max(base);
+    }
+    while at < end && budget > 0 {
+        let Ok(chunk) = log.read(at, 1 << 20, end).await else {
+            break;
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        budget = budget.saturating_sub(chunk.len() as u64);
+        let mut rest = &chunk[..];
+        while let Ok((b, tail)) = RecordBatch::parse_unchecked_crc(rest) {
+            if b.producer_id() >= 0 && b.base_sequence() >= 0 {
+                let last_seq = b.base_sequence().wrapping_add(b.last_offset_delta());
+                let meta = BatchMeta {
+                    first_seq: b.base_sequence(),
+                    last_seq,
+                    base_offset: b.base_offset(),
+                };
+                states.record(b.producer_id(), b.producer_epoch(), meta);
+            }
+            at = b.last_offset().next();
+            rest = tail;
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    states
+}

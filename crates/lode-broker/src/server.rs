@@ -1,0 +1,235 @@
+//! The Kafka protocol server: accepts connections, reads length-prefixed frames, decodes
+//! request headers, dispatches on API key and version, and writes responses in request
+//! order (one request at a time per connection, as Kafka processes them).
+//!
+//! Bad input never takes the broker down: an oversized frame length closes the connection
+//! before anything is allocated for it; an unknown API key, an unsupported version or an
+//! undecodable request closes that connection (after answering, where the protocol allows:
+//! ApiVersions with an unknown version gets the KIP-511 answer); a client that stalls
+//! mid-frame is cut off after the frame timeout.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use lode_env::net::{Listener, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::codes;
+use crate::handlers;
+use crate::Broker;
+
+/// The versions this broker speaks, per API key. Produce advertises 0-2 although only 3+
+/// (RecordBatch v2) is accepted: older librdkafka enables compression only when Produce v0
+/// is in range, and Kafka 4 does the same.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, lo, hi)| (*lo, *hi))
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The socket failed or closed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent something it must not.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Idle or stalled past the limit.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(broker: Arc<Broker>, listener: Listener) {
+    let slots = Arc::new(Semaphore::new(broker.config.connections_max));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                broker
+                    .clock
+                    .sleep(std::time::Duration::from_millis(50))
+                    .await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let b = Arc::clone(&broker);
+        lode_env::task::spawn(async move {
+            let span = tracing::info_span!("connection", %peer);
+            let _enter = span.enter();
+            drop(_enter);
+            match connection(b, stream).await {
+                Ok(()) => tracing::debug!(%peer, "connection closed"),
+                Err(e) => tracing::info!(%peer, error = %e, "connection ended"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn read_frame(
+    broker: &Broker,
+    stream: &mut Stream,
+) -> Result<Option<Bytes>, ConnectionError> {
+    let mut len = [0_u8; 4];
+    // Waiting for the next request is bounded by the idle timeout...
+    match broker
+        .clock
+        .timeout(broker.config.idle_timeout, stream.read_exact(&mut len))
+        .await
+    {
+        Err(_) => return Err(ConnectionError::Timeout("idle")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(r) => r?,
+    };
+    let len = i32::from_be_bytes(len);
+    let max = broker.config.frame_bytes_max;
+    if len < 8 || len as usize > max {
+        return Err(ConnectionError::Protocol(format!(
+            "frame length {len} outside 8..={max}"
+        )));
+    }
+    let mut body = vec![0_u8; len as usize];
+    // ...and the rest of a frame, once started, by the frame timeout.
+    match broker
+        .clock
+        .timeout(broker.config.frame_timeout, stream.read_exact(&mut body))
+        .await
+    {
+        Err(_) => return Err(ConnectionError::Timeout("stalled mid-frame")),
+        Ok(r) => r?,
+    };
+    Ok(Some(Bytes::from(body)))
+}
+
+/// Serves one connection, one request at a time.
+async fn connection(broker: Arc<Broker>, mut stream: Stream) -> Result<(), ConnectionError> {
+    while let Some(frame) = read_frame(&broker, &mut stream).await? {
+        let reply = handle_frame(&broker, frame).await?;
+        if let Some(bytes) = reply {
+            stream.write_all(&bytes).await?;
+            stream.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a response frame: length, header, body.
+pub(crate) fn encode_response<R: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, ConnectionError> {
+    let header_version = key.response_header_version(version);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| ConnectionError::Protocol(format!("encode header: {e}")))?;
+    body.encode(&mut buf, version)
+        .map_err(|e| ConnectionError::Protocol(format!("encode {key:?} v{version}: {e}")))?;
+    let len = i32::try_from(buf.len() - 4)
+        .map_err(|_| ConnectionError::Protocol("response too large".into()))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = error_code;
+    r.api_keys = SUPPORTED
+        .iter()
+        .map(|(k, lo, hi)| {
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = *lo;
+            v.max_version = *hi;
+            v
+        })
+        .collect();
+    r
+}
+
+/// Handles one request frame; `None` means no response is sent (acks=0 Produce).
+async fn handle_frame(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+) -> Result<Option<Bytes>, ConnectionError> {
+    let mut peek = frame.clone();
+    let key_raw = peek.get_i16();
+    let version = peek.get_i16();
+    let correlation_id = peek.get_i32();
+    let Ok(key) = ApiKey::try_from(key_raw) else {
+        return Err(ConnectionError::Protocol(format!(
+            "unknown API key {key_raw}"
+        )));
+    };
+    let Some((lo, hi)) = supported(key) else {
+        return Err(ConnectionError::Protocol(format!(
+            "unsupported API {key:?}"
+        )));
+    };
+    if key == ApiKey::ApiVersions && !(lo..=hi).contains(&version) {
+        // KIP-511: answer an unknown ApiVersions version with a v0 body carrying
+        // UNSUPPORTED_VERSION and our ranges, so the client can retry with one we know.
+        tracing::debug!(
+            version,
+            "ApiVersions version unsupported; answering with v0"
+        );
+        return encode_response(
+            key,
+            0,
+            correlation_id,
+            &api_versions_body(codes::UNSUPPORTED_VERSION),
+        )
+        .map(Some);
+    }
+    if !(lo..=hi).contains(&version) {
+        return Err(ConnectionError::Protocol(format!(
+            "{key:?} v{version} outside {lo}..={hi}"
+        )));
+    }
+    let mut buf = frame;
+    let header = RequestHeader::decode(&mut buf, key.request_header_version(version))
+        .map_err(|e| ConnectionError::Protocol(format!("bad request header: {e}")))?;
+    let client = header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, %client);
+    let _e = span.enter();
+    drop(_e);
+    handlers::dispatch(broker, key, version, correlation_id, buf).await
+}
+
+/// The ApiVersions answer for a supported version.
+pub(crate) fn api_versions_response() -> ApiVersionsResponse {
+    api_versions_body(codes::NONE)
+}

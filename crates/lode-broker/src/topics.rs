@@ -1,0 +1,250 @@
+//! The topics and partitions this broker holds, on disk as Kafka lays them out: one
+//! directory per partition named `{topic}-{index}`, holding the partition's log and a
+//! `partition.metadata` checkpoint with the topic id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lode_env::{Clock, Dir};
+use lode_storage::{checkpoint, LogError};
+use tokio::sync::{watch, RwLock};
+
+use crate::config::BrokerConfig;
+use crate::partition::Partition;
+
+/// A topic: its id and partitions.
+pub struct Topic {
+    /// The topic's id (Kafka's topic UUID).
+    pub id: uuid::Uuid,
+    /// Partitions by index.
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Bad name.
+    #[error("invalid topic name {0:?}: 1-249 characters of [a-zA-Z0-9._-], not . or ..")]
+    InvalidName(String),
+    /// Already there.
+    #[error("topic {0:?} already exists")]
+    Exists(String),
+    /// Bad partition count.
+    #[error("invalid partition count {0}")]
+    InvalidPartitions(i32),
+    /// The disk failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] LogError),
+    /// The directory could not be created.
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Kafka's topic-name rule.
+#[must_use]
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+}
+
+const PARTITION_METADATA: &str = "partition.metadata";
+/// The largest partition count accepted for one topic.
+pub const PARTITIONS_MAX: i32 = 10_000;
+
+/// All topics of this broker.
+pub struct Topics {
+    root: Dir,
+    clock: Clock,
+    config: BrokerConfig,
+    data_arrived: watch::Sender<u64>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+}
+
+fn parse_dir(name: &str) -> Option<(&str, i32)> {
+    let (topic, index) = name.rsplit_once('-')?;
+    let index: i32 = index.parse().ok()?;
+    (valid_name(topic) && index >= 0 && index.to_string() == name[topic.len() + 1..])
+        .then_some((topic, index))
+}
+
+impl Topics {
+    /// Opens every partition found under `root`.
+    ///
+    /// # Errors
+    /// When a partition cannot be opened.
+    pub async fn open(
+        root: Dir,
+        clock: Clock,
+        config: BrokerConfig,
+        data_arrived: watch::Sender<u64>,
+    ) -> Result<Topics, CreateError> {
+        let mut found: BTreeMap<String, BTreeMap<i32, Dir>> = BTreeMap::new();
+        for name in root.list().await? {
+            if let Some((topic, index)) = parse_dir(&name) {
+                let dir = root.sub_dir(&name).await?;
+                found
+                    .entry(topic.to_owned())
+                    .or_default()
+                    .insert(index, dir);
+            }
+        }
+        let topics = Topics {
+            root,
+            clock,
+            config,
+            data_arrived,
+            topics: RwLock::new(BTreeMap::new()),
+        };
+        for (name, dirs) in found {
+            let contiguous = dirs.keys().copied().eq(0..dirs.len() as i32);
+            if !contiguous {
+                tracing::error!(topic = %name, "partition directories are not 0..n; topic skipped");
+                continue;
+            }
+            let mut id = None;
+            let mut partitions = Vec::new();
+            for (index, dir) in dirs {
+                if id.is_none() {
+                    if let Some(Ok(bytes)) = checkpoint::read(&dir, PARTITION_METADATA).await? {
+                        id = uuid::Uuid::from_slice(&bytes).ok();
+                    }
+                }
+                partitions.push(topics.open_partition(&name, index, dir).await?);
+            }
+            let id = id.unwrap_or_else(new_topic_id);
+            topics
+                .topics
+                .write()
+                .await
+                .insert(name, Arc::new(Topic { id, partitions }));
+        }
+        Ok(topics)
+    }
+
+    async fn open_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        dir: Dir,
+    ) -> Result<Arc<Partition>, CreateError> {
+        Ok(Partition::open(
+            topic,
+            index,
+            dir,
+            self.clock.clone(),
+            self.config.fsync,
+            self.config.segment_bytes_max,
+            self.data_arrived.clone(),
+        )
+        .await?)
+    }
+
+    /// The topic called `name`.
+    pub async fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().await.get(name).cloned()
+    }
+
+    /// Every topic, by name.
+    pub async fn all(&self) -> Vec<(String, Arc<Topic>)> {
+        self.topics
+            .read()
+            .await
+            .iter()
+            .map(|(n, t)| (n.clone(), Arc::clone(t)))
+            .collect()
+    }
+
+    /// Creates a topic with `partitions` partitions, durably.
+    ///
+    /// # Errors
+    /// See [`CreateError`].
+    pub async fn create(&self, name: &str, partitions: i32) -> Result<Arc<Topic>, CreateError> {
+        if !valid_name(name) {
+            return Err(CreateError::InvalidName(name.to_owned()));
+        }
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(CreateError::InvalidPartitions(partitions));
+        }
+        // Creation holds the write lock so two creators cannot race on the directories.
+        let mut topics = self.topics.write().await;
+        if topics.contains_key(name) {
+            return Err(CreateError::Exists(name.to_owned()));
+        }
+        let id = new_topic_id();
+        let mut parts = Vec::new();
+        for index in 0..partitions {
+            let dir = self.root.sub_dir(&format!("{name}-{index}")).await?;
+            self.root.sync().await?;
+            checkpoint::write(&dir, PARTITION_METADATA, id.as_bytes()).await?;
+            parts.push(self.open_partition(name, index, dir).await?);
+        }
+        let topic = Arc::new(Topic {
+            id,
+            partitions: parts,
+        });
+        topics.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data. Returns false if it did not exist.
+    ///
+    /// # Errors
+    /// When the disk fails while removing files.
+    pub async fn delete(&self, name: &str) -> Result<bool, std::io::Error> {
+        let Some(topic) = self.topics.write().await.remove(name) else {
+            return Ok(false);
+        };
+        for p in &topic.partitions {
+            p.close().await;
+            for file in p.dir.list().await? {
+                p.dir.remove(&file).await?;
+            }
+            self.root.remove(&format!("{name}-{}", p.index)).await?;
+        }
+        self.root.sync().await?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(true)
+    }
+
+    /// Closes every partition cleanly.
+    pub async fn close(&self) {
+        for (_, t) in self.all().await {
+            for p in &t.partitions {
+                p.close().await;
+            }
+        }
+    }
+}
+
+fn new_topic_id() -> uuid::Uuid {
+    let hi = lode_env::rng::seed_u64();
+    let lo = lode_env::rng::seed_u64();
+    uuid::Builder::from_random_bytes(((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes())
+        .into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_dirs() {
+        assert!(valid_name("orders.v1_x-y"));
+        assert!(
+            !valid_name("a/b")
+                && !valid_name("")
+                && !valid_name("..")
+                && !valid_name(&"x".repeat(250))
+        );
+        assert_eq!(parse_dir("my-topic-12"), Some(("my-topic", 12)));
+        assert_eq!(parse_dir("t-01"), None);
+        assert_eq!(parse_dir("t-"), None);
+        assert_eq!(parse_dir("log.checkpoint"), None);
+    }
+}

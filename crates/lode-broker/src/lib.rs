@@ -57,6 +57,9 @@ pub struct Broker {
     pub topics: Topics,
     /// The cluster id, created with the data directory.
     pub cluster_id: String,
+    /// The address actually listened on (the configured one, with a port chosen by the
+    /// system if it was 0).
+    pub local_addr: std::net::SocketAddr,
     /// Bumped whenever a high watermark moves, to wake long-polling fetches.
     data_arrived: watch::Sender<u64>,
     root: Dir,
@@ -94,7 +97,12 @@ impl Broker {
                 addr: config.listen,
                 source,
             })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let broker = Arc::new(Broker {
+            local_addr,
             config,
             clock: env.clock,
             topics,

@@ -65,6 +65,8 @@ pub struct Broker {
     root: Dir,
     /// Next producer id and the end of the reserved block.
     producer_ids: Mutex<(i64, i64)>,
+    /// The accept loop, stopped by shutdown.
+    accept: std::sync::Mutex<Option<lode_env::task::JoinHandle<()>>>,
 }
 
 impl Broker {
@@ -73,7 +75,7 @@ impl Broker {
     ///
     /// # Errors
     /// See [`StartError`].
-    pub async fn start(config: BrokerConfig, env: Env) -> Result<Arc<Broker>, StartError> {
+    pub async fn start(mut config: BrokerConfig, env: Env) -> Result<Arc<Broker>, StartError> {
         let root = env.data_dir.clone();
         let cluster_id = match checkpoint::read(&root, CLUSTER_ID).await? {
             Some(Ok(bytes)) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
@@ -101,6 +103,10 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
+        if config.advertised_port == 0 {
+            // Listening on port 0: tell clients the port the system chose.
+            config.advertised_port = local_addr.port();
+        }
         let broker = Arc::new(Broker {
             local_addr,
             config,
@@ -110,9 +116,14 @@ impl Broker {
             data_arrived,
             root,
             producer_ids: Mutex::new((0, 0)),
+            accept: std::sync::Mutex::new(None),
         });
         let b = Arc::clone(&broker);
-        lode_env::task::spawn(async move { server::serve(b, listener).await });
+        let task = lode_env::task::spawn(async move { server::serve(b, listener).await });
+        *broker
+            .accept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
         tracing::info!(node = %broker.config.node_id, listen = %broker.config.listen, "broker serving");
         Ok(broker)
     }
@@ -140,6 +151,14 @@ impl Broker {
 
     /// Closes every partition cleanly (clean-shutdown markers written).
     pub async fn shutdown(&self) {
+        if let Some(task) = self
+            .accept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
         self.topics.close().await;
         tracing::info!(node = %self.config.node_id, "broker stopped cleanly");
     }

@@ -1,1 +1,365 @@
-//! lode-client
+//! A Kafka-protocol client for lode (and any Kafka broker speaking the same versions):
+//! metadata and admin calls, a batching producer, and a consumer by assignment. It reaches
+//! the network and the clock only through `lode-env`, so the simulator's workloads use it
+//! unchanged.
+
+mod conn;
+pub mod consumer;
+pub mod producer;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::Mutex;
+
+pub use conn::Connection;
+pub use consumer::{Consumer, ConsumerRecord};
+pub use producer::{Producer, ProducerConfig, Record};
+
+/// An error of a client operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The connection failed.
+    #[error("{addr}: {source}")]
+    Io {
+        /// The broker.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker answered with a Kafka error code.
+    #[error("{api} failed with Kafka error {code} ({})", error_name(*code))]
+    Broker {
+        /// The API.
+        api: &'static str,
+        /// The Kafka error code.
+        code: i16,
+    },
+    /// The broker does not speak an API this call needs.
+    #[error("the broker does not support API key {0}")]
+    Unsupported(i16),
+    /// A malformed exchange.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A topic or partition the cluster does not know.
+    #[error("unknown topic or partition {0}")]
+    UnknownPartition(String),
+    /// A bad bootstrap address.
+    #[error("bad address {0:?}: give IP:PORT or localhost:PORT")]
+    BadAddress(String),
+    /// The operation did not finish in time.
+    #[error("timed out")]
+    Timeout,
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl ClientError {
+    pub(crate) fn encode(e: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol(format!("encode: {e}"))
+    }
+    pub(crate) fn decode(e: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol(format!("decode: {e}"))
+    }
+}
+
+/// A readable name for the Kafka error codes a client meets most.
+#[must_use]
+pub fn error_name(code: i16) -> &'static str {
+    match code {
+        0 => "NONE",
+        1 => "OFFSET_OUT_OF_RANGE",
+        2 => "CORRUPT_MESSAGE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        10 => "MESSAGE_TOO_LARGE",
+        17 => "INVALID_TOPIC_EXCEPTION",
+        19 => "NOT_ENOUGH_REPLICAS",
+        20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+        35 => "UNSUPPORTED_VERSION",
+        36 => "TOPIC_ALREADY_EXISTS",
+        37 => "INVALID_PARTITIONS",
+        38 => "INVALID_REPLICATION_FACTOR",
+        45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+        47 => "INVALID_PRODUCER_EPOCH",
+        56 => "KAFKA_STORAGE_ERROR",
+        87 => "INVALID_RECORD",
+        _ => "see Kafka's error codes",
+    }
+}
+
+/// Parses `IP:PORT` or `localhost:PORT`.
+///
+/// # Errors
+/// [`ClientError::BadAddress`].
+pub fn parse_addr(s: &str) -> Result<SocketAddr, ClientError> {
+    let bad = || ClientError::BadAddress(s.to_owned());
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    match host {
+        "localhost" => Ok(([127, 0, 0, 1], port).into()),
+        _ => Err(bad()),
+    }
+}
+
+/// One partition as the cluster describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Index.
+    pub index: i32,
+    /// Leader broker id (-1: none).
+    pub leader: i32,
+    /// Replica broker ids.
+    pub replicas: Vec<i32>,
+    /// In-sync replica broker ids.
+    pub isr: Vec<i32>,
+}
+
+/// A topic as the cluster describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Partitions, by index.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A cluster: bootstrap addresses, known brokers, one connection per broker.
+pub struct Client {
+    bootstrap: Vec<SocketAddr>,
+    client_id: String,
+    brokers: Mutex<BTreeMap<i32, SocketAddr>>,
+    conns: Mutex<BTreeMap<SocketAddr, Arc<Mutex<Connection>>>>,
+    topics: Mutex<BTreeMap<String, TopicInfo>>,
+}
+
+impl Client {
+    /// A client for the cluster reachable at `bootstrap` (comma-separated `IP:PORT`).
+    ///
+    /// # Errors
+    /// A bad address, or no bootstrap broker answering.
+    pub async fn connect(bootstrap: &str, client_id: &str) -> Result<Arc<Client>, ClientError> {
+        let addrs = bootstrap
+            .split(',')
+            .map(|s| parse_addr(s.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = Arc::new(Client {
+            bootstrap: addrs,
+            client_id: client_id.to_owned(),
+            brokers: Mutex::new(BTreeMap::new()),
+            conns: Mutex::new(BTreeMap::new()),
+            topics: Mutex::new(BTreeMap::new()),
+        });
+        client.metadata(Some(&[])).await?;
+        Ok(client)
+    }
+
+    /// The shared connection to `addr`, opened on first use.
+    pub(crate) async fn conn(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<Arc<Mutex<Connection>>, ClientError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(Mutex::new(
+            Connection::connect(addr, &self.client_id).await?,
+        ));
+        conns.insert(addr, Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// Forgets the connection to `addr` (after an error on it).
+    pub(crate) async fn drop_conn(&self, addr: SocketAddr) {
+        self.conns.lock().await.remove(&addr);
+    }
+
+    /// Any broker: the first known one, else a bootstrap address.
+    pub(crate) async fn any_broker(&self) -> Result<Arc<Mutex<Connection>>, ClientError> {
+        let known: Vec<SocketAddr> = self.brokers.lock().await.values().copied().collect();
+        let mut last = ClientError::Timeout;
+        for addr in known.iter().chain(self.bootstrap.iter()) {
+            match self.conn(*addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches metadata (all topics with `None`; auto-creating named topics if the broker
+    /// allows) and refreshes the cache.
+    ///
+    /// # Errors
+    /// When no broker answers.
+    pub async fn metadata(&self, topics: Option<&[&str]>) -> Result<Vec<TopicInfo>, ClientError> {
+        let mut req = MetadataRequest::default();
+        req.topics = topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    let mut m = MetadataRequestTopic::default();
+                    m.name = Some(TopicName(StrBytes::from_string((*t).to_owned())));
+                    m
+                })
+                .collect()
+        });
+        req.allow_auto_topic_creation = true;
+        let conn = self.any_broker().await?;
+        let resp: MetadataResponse = {
+            let mut c = conn.lock().await;
+            let addr = c.addr();
+            match c.call(&req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(c);
+                    self.drop_conn(addr).await;
+                    return Err(e);
+                }
+            }
+        };
+        let mut brokers = self.brokers.lock().await;
+        for b in &resp.brokers {
+            if let Ok(addr) = parse_addr(&format!("{}:{}", b.host.as_str(), b.port)) {
+                brokers.insert(b.node_id.0, addr);
+            }
+        }
+        drop(brokers);
+        let mut out = Vec::new();
+        let mut cache = self.topics.lock().await;
+        for t in resp.topics {
+            let Some(name) = t.name else { continue };
+            if t.error_code != 0 {
+                continue;
+            }
+            let mut partitions: Vec<PartitionInfo> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionInfo {
+                    index: p.partition_index,
+                    leader: p.leader_id.0,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.index);
+            let info = TopicInfo {
+                name: name.0.to_string(),
+                partitions,
+            };
+            cache.insert(info.name.clone(), info.clone());
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// What the client knows of `topic`, fetching metadata if it knows nothing.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownPartition`] if the cluster does not have it.
+    pub async fn topic(&self, topic: &str) -> Result<TopicInfo, ClientError> {
+        if let Some(t) = self.topics.lock().await.get(topic) {
+            return Ok(t.clone());
+        }
+        self.metadata(Some(&[topic])).await?;
+        self.topics
+            .lock()
+            .await
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| ClientError::UnknownPartition(topic.to_owned()))
+    }
+
+    /// The connection to the leader of `topic`/`partition`.
+    pub(crate) async fn leader(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<Mutex<Connection>>, ClientError> {
+        let t = self.topic(topic).await?;
+        let p = t
+            .partitions
+            .iter()
+            .find(|p| p.index == partition)
+            .ok_or_else(|| ClientError::UnknownPartition(format!("{topic}-{partition}")))?;
+        let addr = self.brokers.lock().await.get(&p.leader).copied();
+        let addr = addr.ok_or_else(|| {
+            ClientError::UnknownPartition(format!("{topic}-{partition}: no leader"))
+        })?;
+        self.conn(addr).await
+    }
+
+    /// Forgets cached metadata of `topic` (after a leadership error).
+    pub(crate) async fn invalidate(&self, topic: &str) {
+        self.topics.lock().await.remove(topic);
+    }
+
+    /// Creates a topic.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with the broker's error code (36 if it exists).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Result<(), ClientError> {
+        let mut t = CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(name.to_owned()));
+        t.num_partitions = partitions;
+        t.replication_factor = replication_factor;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 30_000;
+        let conn = self.any_broker().await?;
+        let resp = conn.lock().await.call(&req).await?;
+        match resp.topics.first().map(|r| r.error_code) {
+            Some(0) => Ok(()),
+            Some(code) => Err(ClientError::Broker {
+                api: "CreateTopics",
+                code,
+            }),
+            None => Err(ClientError::Protocol("empty CreateTopics response".into())),
+        }
+    }
+
+    /// Deletes a topic.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with the broker's error code (3 if unknown).
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let mut req = DeleteTopicsRequest::default();
+        let tn = TopicName(StrBytes::from_string(name.to_owned()));
+        let mut state = DeleteTopicState::default();
+        state.name = Some(tn.clone());
+        req.topics = vec![state];
+        req.topic_names = vec![tn];
+        req.timeout_ms = 30_000;
+        let conn = self.any_broker().await?;
+        let resp = conn.lock().await.call(&req).await?;
+        self.invalidate(name).await;
+        match resp.responses.first().map(|r| r.error_code) {
+            Some(0) => Ok(()),
+            Some(code) => Err(ClientError::Broker {
+                api: "DeleteTopics",
+                code,
+            }),
+            None => Err(ClientError::Protocol("empty DeleteTopics response".into())),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A consumer by assignment: the caller names partitions and positions; `poll` fetches
+//! from each partition's leader and returns records in offset order per partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use lode_proto::batch::RecordBatch;
+use lode_proto::Offset;
+
+use crate::{Client, ClientError};
+
+/// A record read from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: Offset,
+    /// Timestamp (create or log-append time).
+    pub timestamp_ms: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order; keys may repeat.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// See the module documentation.
+pub struct Consumer {
+    client: Arc<Client>,
+    positions: BTreeMap<(String, i32), Offset>,
+    /// How long a fetch waits for data on the broker.
+    pub max_wait: Duration,
+    /// Bytes per partition per fetch.
+    pub partition_bytes_max: i32,
+}
+
+impl Consumer {
+    /// A consumer with no assignment.
+    #[must_use]
+    pub fn new(client: Arc<Client>) -> Consumer {
+        Consumer {
+            client,
+            positions: BTreeMap::new(),
+            max_wait: Duration::from_millis(500),
+            partition_bytes_max: 1 << 20,
+        }
+    }
+
+    /// Assigns `topic`/`partition`, starting at `offset`.
+    pub fn assign(&mut self, topic: &str, partition: i32, offset: Offset) {
+        self.positions.insert((topic.to_owned(), partition), offset);
+    }
+
+    /// The next offset to read from an assigned partition.
+    #[must_use]
+    pub fn position(&self, topic: &str, partition: i32) -> Option<Offset> {
+        self.positions.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// Moves an assigned partition to `offset`.
+    pub fn seek(&mut self, topic: &str, partition: i32, offset: Offset) {
+        self.assign(topic, partition, offset);
+    }
+
+    /// ListOffsets for one partition: -2 earliest, -1 latest, else the first offset with a
+    /// timestamp at or after it (`None` if there is none).
+    ///
+    /// # Errors
+    /// Broker and connection errors.
+    pub async fn offset_for(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<Offset>, ClientError> {
+        let mut p = ListOffsetsPartition::default();
+        p.partition_index = partition;
+        p.timestamp = timestamp;
+        p.current_leader_epoch = -1;
+        let mut t = ListOffsetsTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let conn = self.client.leader(topic, partition).await?;
+        let resp = conn.lock().await.call(&req).await?;
+        let r = resp
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| ClientError::Protocol("empty ListOffsets response".into()))?;
+        if r.error_code != 0 {
+            return Err(ClientError::Broker {
+                api: "ListOffsets",
+                code: r.error_code,
+            });
+        }
+        Ok((r.offset >= 0).then_some(Offset(r.offset)))
+    }
+
+    /// Fetches once from every assigned partition and returns what arrived, in offset
+    /// order per partition; positions advance past it.
+    ///
+    /// # Errors
+    /// Broker and connection errors (OFFSET_OUT_OF_RANGE among them), and compressed
+    /// batches, which this client does not decompress yet.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let mut by_leader: BTreeMap<std::net::SocketAddr, Vec<(String, i32, Offset)>> =
+            BTreeMap::new();
+        for ((topic, partition), offset) in &self.positions {
+            let conn = self.client.leader(topic, *partition).await?;
+            let addr = conn.lock().await.addr();
+            by_leader
+                .entry(addr)
+                .or_default()
+                .push((topic.clone(), *partition, *offset));
+        }
+        let mut out = Vec::new();
+        for (addr, parts) in by_leader {
+            let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+            for (topic, partition, offset) in &parts {
+                let mut fp = FetchPartition::default();
+                fp.partition = *partition;
+                fp.fetch_offset = offset.0;
+                fp.partition_max_bytes = self.partition_bytes_max;
+                fp.current_leader_epoch = -1;
+                fp.last_fetched_epoch = -1;
+                fp.log_start_offset = -1;
+                topics.entry(topic.clone()).or_default().push(fp);
+            }
+            let mut req = FetchRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.max_wait_ms = i32::try_from(self.max_wait.as_millis()).unwrap_or(i32::MAX);
+            req.min_bytes = 1;
+            req.max_bytes = 64 << 20;
+            req.session_epoch = -1;
+            req.topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let mut t = FetchTopic::default();
+                    t.topic = TopicName(StrBytes::from_string(name));
+                    t.partitions = partitions;
+                    t
+                })
+                .collect();
+            let conn = self.client.conn(addr).await?;
+            let resp = {
+                let mut c = conn.lock().await;
+                match c.call(&req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        drop(c);
+                        self.client.drop_conn(addr).await;
+                        return Err(e);
+                    }
+                }
+            };
+            if resp.error_code != 0 {
+                return Err(ClientError::Broker {
+                    api: "Fetch",
+                    code: resp.error_code,
+                });
+            }
+            for t in resp.responses {
+                let topic = t.topic.0.to_string();
+                for p in t.partitions {
+                    if p.error_code != 0 {
+                        if p.error_code == 6 || p.error_code == 3 {
+                            self.client.invalidate(&topic).await;
+                        }
+                        return Err(ClientError::Broker {
+                            api: "Fetch",
+                            code: p.error_code,
+                        });
+                    }
+                    let key = (topic.clone(), p.partition_index);
+                    let Some(position) = self.positions.get(&key).copied() else {
+                        continue;
+                    };
+                    let records = p.records.unwrap_or_default();
+                    let mut next = position;
+                    let mut rest = &records[..];
+                    while !rest.is_empty() {
+                        // A partial batch at the end of a fetch is normal: stop there.
+                        let Ok((b, tail)) = RecordBatch::parse(rest) else {
+                            break;
+                        };
+                        rest = tail;
+                        if b.is_control() {
+                            next = next.max(b.next_offset());
+                            continue;
+                        }
+                        let recs = b.records().map_err(|e| {
+                            ClientError::Protocol(format!("{topic}-{}: {e}", p.partition_index))
+                        })?;
+                        for r in recs {
+                            let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                            let offset = b.base_offset().add(i64::from(r.offset_delta));
+                            if offset < position {
+                                continue;
+                            }
+                            out.push(ConsumerRecord {
+                                topic: topic.clone(),
+                                partition: p.partition_index,
+                                offset,
+                                timestamp_ms: if b.timestamp_type_log_append() {
+                                    b.max_timestamp()
+                                } else {
+                                    b.base_timestamp().saturating_add(r.timestamp_delta)
+                                },
+                                key: r.key.map(<[u8]>::to_vec),
+                                value: r.value.map(<[u8]>::to_vec),
+                                headers: r
+                                    .headers
+                                    .iter()
+                                    .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                                    .collect(),
+                            });
+                        }
+                        next = next.max(b.next_offset());
+                    }
+                    self.positions.insert(key, next);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,478 @@
+//! A batching producer: records accumulate per partition until the batch is full or has
+//! lingered long enough, then go out as one RecordBatch v2. With idempotence on, batches
+//! carry the producer id, epoch and per-partition sequence numbers, so a retry after a
+//! lost response is recognised by the broker and never written twice. One batch per
+//! partition is in flight at a time, so retries never reorder records.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use lode_env::Clock;
+use lode_proto::batch::RecordBatchBuilder;
+use lode_proto::{Instant, Offset};
+use tokio::sync::{oneshot, Mutex, Notify};
+
+use crate::{Client, ClientError};
+
+/// One record to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The key (decides the partition when none is given).
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order; keys may repeat.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Create time; now if `None`.
+    pub timestamp_ms: Option<i64>,
+    /// The partition; by key hash (or round robin without a key) if `None`.
+    pub partition: Option<i32>,
+}
+
+/// Producer settings.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// 0 (no response), 1 (leader wrote it) or -1 (all in-sync replicas have it).
+    pub acks: i16,
+    /// How long a batch waits for more records.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes of records.
+    pub batch_bytes: usize,
+    /// Idempotent producing (producer id and sequence numbers).
+    pub idempotent: bool,
+    /// Retries of a failed batch before its records fail.
+    pub retries: u32,
+    /// How long the broker may take to answer a Produce.
+    pub request_timeout: Duration,
+    /// Records buffered at most; `send` waits for room beyond it.
+    pub buffered_records_max: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: -1,
+            linger: Duration::from_millis(5),
+            batch_bytes: 256 * 1024,
+            idempotent: true,
+            retries: 5,
+            request_timeout: Duration::from_secs(30),
+            buffered_records_max: 100_000,
+        }
+    }
+}
+
+/// Where a record went: its offset (-1 with acks=0).
+pub type Delivery = oneshot::Receiver<Result<Offset, ClientError>>;
+
+struct Pending {
+    records: Vec<Record>,
+    bytes: usize,
+    acks: Vec<oneshot::Sender<Result<Offset, ClientError>>>,
+    created: Instant,
+}
+
+struct Inner {
+    client: Arc<Client>,
+    config: ProducerConfig,
+    clock: Clock,
+    accum: Mutex<BTreeMap<(String, i32), Pending>>,
+    buffered: AtomicU32,
+    wake: Notify,
+    room: Notify,
+    drained: Notify,
+    flush: AtomicBool,
+    closed: AtomicBool,
+    round_robin: AtomicU32,
+    producer_id: i64,
+    producer_epoch: i16,
+    sequences: Mutex<BTreeMap<(String, i32), i32>>,
+}
+
+/// See the module documentation.
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+/// Kafka's default partitioner hash (murmur2), so keys land where Java clients put them.
+#[must_use]
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn record_bytes(r: &Record) -> usize {
+    16 + r.key.as_ref().map_or(0, Vec::len)
+        + r.value.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+fn retriable(code: i16) -> bool {
+    // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS,
+    // NOT_ENOUGH_REPLICAS_AFTER_APPEND, UNKNOWN_TOPIC_OR_PARTITION, KAFKA_STORAGE_ERROR.
+    matches!(code, 3 | 5 | 6 | 7 | 19 | 20 | 56)
+}
+
+fn should_retry(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker { code, .. } => retriable(*code),
+        ClientError::Io { .. } | ClientError::Timeout | ClientError::UnknownPartition(_) => true,
+        _ => false,
+    }
+}
+
+impl Producer {
+    /// A producer on `client`; with idempotence, it first obtains a producer id.
+    ///
+    /// # Errors
+    /// When InitProducerId fails.
+    pub async fn new(client: Arc<Client>, config: ProducerConfig) -> Result<Producer, ClientError> {
+        let (mut producer_id, mut producer_epoch) = (-1, -1);
+        if config.idempotent {
+            let mut req = InitProducerIdRequest::default();
+            req.transactional_id = None;
+            req.transaction_timeout_ms = -1;
+            req.producer_id = ProducerId(-1);
+            req.producer_epoch = -1;
+            let conn = client.any_broker().await?;
+            let resp = conn.lock().await.call(&req).await?;
+            if resp.error_code != 0 {
+                return Err(ClientError::Broker {
+                    api: "InitProducerId",
+                    code: resp.error_code,
+                });
+            }
+            producer_id = resp.producer_id.0;
+            producer_epoch = resp.producer_epoch;
+        }
+        let inner = Arc::new(Inner {
+            client,
+            config,
+            clock: Clock::system(),
+            accum: Mutex::new(BTreeMap::new()),
+            buffered: AtomicU32::new(0),
+            wake: Notify::new(),
+            room: Notify::new(),
+            drained: Notify::new(),
+            flush: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            round_robin: AtomicU32::new(0),
+            producer_id,
+            producer_epoch,
+            sequences: Mutex::new(BTreeMap::new()),
+        });
+        let sender = Arc::clone(&inner);
+        lode_env::task::spawn(async move { sender.run().await });
+        Ok(Producer { inner })
+    }
+
+    /// Queues `record` for `topic`; the returned receiver yields its offset once
+    /// acknowledged.
+    ///
+    /// # Errors
+    /// Unknown topic, or a closed producer.
+    pub async fn send(&self, topic: &str, record: Record) -> Result<Delivery, ClientError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        while inner.buffered.load(Ordering::Acquire) as usize >= inner.config.buffered_records_max {
+            inner.wake.notify_one();
+            inner.room.notified().await;
+        }
+        let partitions = inner.client.topic(topic).await?.partitions.len();
+        if partitions == 0 {
+            return Err(ClientError::UnknownPartition(topic.to_owned()));
+        }
+        let n = i32::try_from(partitions).unwrap_or(i32::MAX);
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => (murmur2(k) & 0x7fff_ffff) % n,
+            (None, None) => (inner.round_robin.fetch_add(1, Ordering::Relaxed) % n as u32) as i32,
+        };
+        let (tx, rx) = oneshot::channel();
+        let size = record_bytes(&record);
+        let mut accum = inner.accum.lock().await;
+        let now = inner.clock.now();
+        let p = accum
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| Pending {
+                records: Vec::new(),
+                bytes: 0,
+                acks: Vec::new(),
+                created: now,
+            });
+        p.records.push(record);
+        p.acks.push(tx);
+        p.bytes += size;
+        let full = p.bytes >= inner.config.batch_bytes;
+        drop(accum);
+        inner.buffered.fetch_add(1, Ordering::AcqRel);
+        if full {
+            inner.wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Sends everything queued now and waits until it is acknowledged (or failed).
+    pub async fn flush(&self) {
+        loop {
+            if self.inner.buffered.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            self.inner.flush.store(true, Ordering::Release);
+            let drained = self.inner.drained.notified();
+            self.inner.wake.notify_one();
+            let _ = self
+                .inner
+                .clock
+                .timeout(Duration::from_millis(50), drained)
+                .await;
+        }
+    }
+
+    /// Flushes and stops the sender.
+    pub async fn close(self) {
+        self.flush().await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>) {
+        loop {
+            let next_due = {
+                let accum = self.accum.lock().await;
+                accum
+                    .values()
+                    .map(|p| p.created.saturating_add(self.config.linger))
+                    .min()
+            };
+            match next_due {
+                Some(due) => {
+                    let _ = self
+                        .clock
+                        .timeout(due.saturating_since(self.clock.now()), self.wake.notified())
+                        .await;
+                }
+                None => {
+                    if self.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let _ = self
+                        .clock
+                        .timeout(Duration::from_millis(100), self.wake.notified())
+                        .await;
+                }
+            }
+            let flush =
+                self.flush.swap(false, Ordering::AcqRel) || self.closed.load(Ordering::Acquire);
+            let now = self.clock.now();
+            let ready: Vec<((String, i32), Pending)> = {
+                let mut accum = self.accum.lock().await;
+                let keys: Vec<(String, i32)> = accum
+                    .iter()
+                    .filter(|(_, p)| {
+                        flush
+                            || p.bytes >= self.config.batch_bytes
+                            || now.saturating_since(p.created) >= self.config.linger
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| accum.remove(&k).map(|p| (k, p)))
+                    .collect()
+            };
+            for ((topic, partition), pending) in ready {
+                let n = pending.records.len();
+                self.send_batch(&topic, partition, pending).await;
+                self.buffered
+                    .fetch_sub(u32::try_from(n).unwrap_or(0), Ordering::AcqRel);
+                self.room.notify_waiters();
+            }
+            if self.buffered.load(Ordering::Acquire) == 0 {
+                self.drained.notify_waiters();
+            }
+        }
+    }
+
+    fn build(&self, pending: &Pending, sequence: i32) -> Vec<u8> {
+        let base_ts = pending
+            .records
+            .first()
+            .and_then(|r| r.timestamp_ms)
+            .unwrap_or_else(|| self.clock.wall_ms());
+        let mut b = RecordBatchBuilder::new(Offset(0));
+        b.base_timestamp(base_ts);
+        if self.producer_id >= 0 {
+            b.producer(self.producer_id, self.producer_epoch, sequence);
+        }
+        for r in &pending.records {
+            let headers: Vec<(&[u8], Option<&[u8]>)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            let delta = r.timestamp_ms.map_or(0, |t| t - base_ts);
+            b.push(r.key.as_deref(), r.value.as_deref(), &headers, delta);
+        }
+        b.build()
+    }
+
+    async fn send_batch(&self, topic: &str, partition: i32, pending: Pending) {
+        let count = i32::try_from(pending.records.len()).unwrap_or(i32::MAX);
+        let sequence = if self.producer_id >= 0 {
+            *self
+                .sequences
+                .lock()
+                .await
+                .get(&(topic.to_owned(), partition))
+                .unwrap_or(&0)
+        } else {
+            -1
+        };
+        let batch = Bytes::from(self.build(&pending, sequence));
+        let mut req = ProduceRequest::default();
+        req.acks = self.config.acks;
+        req.timeout_ms = i32::try_from(self.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut pd = PartitionProduceData::default();
+        pd.index = partition;
+        pd.records = Some(batch);
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        td.partition_data = vec![pd];
+        req.topic_data = vec![td];
+        let mut attempt = 0;
+        let result = loop {
+            let r = self.try_send(topic, partition, &req).await;
+            match r {
+                Err(e) if attempt < self.config.retries && should_retry(&e) => {
+                    attempt += 1;
+                    tracing::debug!(topic, partition, attempt, error = %e, "produce retry");
+                    self.client.invalidate(topic).await;
+                    self.clock
+                        .sleep(Duration::from_millis(50 * u64::from(attempt)))
+                        .await;
+                }
+                other => break other,
+            }
+        };
+        if result.is_ok() && self.producer_id >= 0 {
+            let mut seqs = self.sequences.lock().await;
+            let s = seqs.entry((topic.to_owned(), partition)).or_insert(0);
+            *s = s.wrapping_add(count) & i32::MAX;
+        }
+        for (i, ack) in pending.acks.into_iter().enumerate() {
+            let r = match &result {
+                Ok(base) if base.0 >= 0 => Ok(base.add(i as i64)),
+                Ok(base) => Ok(*base),
+                Err(ClientError::Broker { api, code }) => {
+                    Err(ClientError::Broker { api, code: *code })
+                }
+                Err(e) => Err(ClientError::Protocol(e.to_string())),
+            };
+            let _ = ack.send(r);
+        }
+    }
+
+    async fn try_send(
+        &self,
+        topic: &str,
+        partition: i32,
+        req: &ProduceRequest,
+    ) -> Result<Offset, ClientError> {
+        let conn = self.client.leader(topic, partition).await?;
+        let mut c = conn.lock().await;
+        let addr = c.addr();
+        if req.acks == 0 {
+            return match c.send_only(req).await {
+                Ok(()) => Ok(Offset(-1)),
+                Err(e) => {
+                    drop(c);
+                    self.client.drop_conn(addr).await;
+                    Err(e)
+                }
+            };
+        }
+        let resp = match c.call(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(c);
+                self.client.drop_conn(addr).await;
+                return Err(e);
+            }
+        };
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or_else(|| ClientError::Protocol("empty Produce response".into()))?;
+        match p.error_code {
+            0 => Ok(Offset(p.base_offset)),
+            code => Err(ClientError::Broker {
+                api: "Produce",
+                code,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::murmur2;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // The same values Kafka's Java partitioner and kafka-python's murmur2 give.
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+}

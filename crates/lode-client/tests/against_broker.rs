@@ -1,0 +1,201 @@
+//! lode-client against an in-process lode broker on loopback.
+#![cfg(not(madsim))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::time::Duration;
+
+use lode_broker::{Broker, BrokerConfig};
+use lode_client::{Client, ClientError, Consumer, Producer, ProducerConfig, Record};
+use lode_env::Env;
+use lode_proto::{BrokerId, Offset};
+
+async fn broker(dir: &std::path::Path) -> std::sync::Arc<Broker> {
+    let config = BrokerConfig::new(BrokerId(0), "127.0.0.1:0".parse().unwrap());
+    Broker::start(config, Env::host(dir).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn read_all(consumer: &mut Consumer, n: usize) -> Vec<lode_client::ConsumerRecord> {
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(consumer.poll().await.unwrap());
+        if got.len() >= n {
+            break;
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_consume_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = broker(tmp.path()).await;
+    let client = Client::connect(&b.local_addr.to_string(), "test")
+        .await
+        .unwrap();
+    client.create_topic("orders", 3, 1).await.unwrap();
+    let err = client.create_topic("orders", 3, 1).await.unwrap_err();
+    assert!(matches!(err, ClientError::Broker { code: 36, .. }), "{err}");
+    let topics = client.metadata(None).await.unwrap();
+    assert_eq!(
+        topics
+            .iter()
+            .find(|t| t.name == "orders")
+            .unwrap()
+            .partitions
+            .len(),
+        3
+    );
+
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..300_u32 {
+        let rec = Record {
+            key: Some(format!("key-{}", i % 7).into_bytes()),
+            value: Some(i.to_be_bytes().to_vec()),
+            headers: vec![(b"h".to_vec(), Some(b"1".to_vec())), (b"h".to_vec(), None)],
+            timestamp_ms: Some(1_000_000 + i64::from(i)),
+            partition: None,
+        };
+        deliveries.push(producer.send("orders", rec).await.unwrap());
+    }
+    producer.flush().await;
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        offsets.push(
+            tokio::time::timeout(Duration::from_secs(10), d)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(offsets.iter().all(|o| o.0 >= 0));
+
+    let mut consumer = Consumer::new(client.clone());
+    for p in 0..3 {
+        consumer.assign("orders", p, Offset(0));
+    }
+    let got = read_all(&mut consumer, 300).await;
+    assert_eq!(got.len(), 300);
+    let mut values: Vec<u32> = got
+        .iter()
+        .map(|r| u32::from_be_bytes(r.value.clone().unwrap().try_into().unwrap()))
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..300).collect::<Vec<_>>());
+    assert_eq!(
+        got[0].headers,
+        vec![(b"h".to_vec(), Some(b"1".to_vec())), (b"h".to_vec(), None)]
+    );
+    // Same key, same partition; offsets increase per partition.
+    for p in 0..3 {
+        let offs: Vec<i64> = got
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset.0)
+            .collect();
+        assert!(
+            offs.windows(2).all(|w| w[0] + 1 == w[1]),
+            "partition {p}: {offs:?}"
+        );
+    }
+
+    // Offsets by time: the first record at or after a timestamp.
+    let target = got.iter().filter(|r| r.partition == 0).nth(5).unwrap();
+    let found = consumer
+        .offset_for("orders", 0, target.timestamp_ms)
+        .await
+        .unwrap();
+    assert_eq!(found, Some(target.offset));
+    assert_eq!(
+        consumer
+            .offset_for("orders", 0, i64::from(i32::MAX) * 1000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        consumer.offset_for("orders", 0, -2).await.unwrap(),
+        Some(Offset(0))
+    );
+
+    // A fetch from the middle of a batch starts at exactly that offset.
+    let mut mid = Consumer::new(client.clone());
+    mid.assign("orders", 0, target.offset);
+    let first = read_all(&mut mid, 1).await;
+    assert_eq!(first[0].offset, target.offset);
+
+    client.delete_topic("orders").await.unwrap();
+    assert!(matches!(
+        client.delete_topic("orders").await,
+        Err(ClientError::Broker { code: 3, .. })
+    ));
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_and_one_and_oversized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = broker(tmp.path()).await;
+    let client = Client::connect(&b.local_addr.to_string(), "test")
+        .await
+        .unwrap();
+    for acks in [0_i16, 1] {
+        let topic = format!("acks{acks}");
+        client.create_topic(&topic, 1, 1).await.unwrap();
+        let config = ProducerConfig {
+            acks,
+            idempotent: false,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), config).await.unwrap();
+        for i in 0..50_u8 {
+            let delivery = producer
+                .send(
+                    &topic,
+                    Record {
+                        value: Some(vec![i]),
+                        ..Record::default()
+                    },
+                )
+                .await
+                .unwrap();
+            drop(delivery); // not awaited: the consumer below checks arrival
+        }
+        producer.flush().await;
+        let mut consumer = Consumer::new(client.clone());
+        consumer.assign(&topic, 0, Offset(0));
+        let got = read_all(&mut consumer, 50).await;
+        assert_eq!(got.len(), 50, "acks={acks}");
+    }
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            retries: 0,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let big = producer
+        .send(
+            "acks1",
+            Record {
+                value: Some(vec![0; 2 << 20]),
+                ..Record::default()
+            },
+        )
+        .await
+        .unwrap();
+    producer.flush().await;
+    let err = big.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("10"),
+        "MESSAGE_TOO_LARGE expected: {err}"
+    );
+    b.shutdown().await;
+}

@@ -29,6 +29,15 @@ usage:
         --no-auto-create         do not create topics on metadata requests
         --partitions N           partitions of auto-created topics (default 1)
         --message-bytes-max N    largest record batch accepted (default 1048588)
+  lode topic create NAME [--partitions N] [--replication-factor R]
+  lode topic list | describe NAME | delete NAME
+  lode produce TOPIC [--acks 0|1|all] [--key-separator SEP]
+      one record per line of standard input
+  lode consume TOPIC [--partition P] [--from beginning|end|OFFSET] [--count N]
+      prints values, one per line; stops after --count records or when idle for 2 s
+  lode bench [--records N] [--record-bytes B] [--partitions P] [--acks 0|1|all]
+      produce throughput and latency against a running broker, beside the loopback ceiling
+  (client commands take --bootstrap HOST:PORT, default 127.0.0.1:9092)
   lode log recover DIR        recover a partition directory and verify it
   lode --version
 ";
@@ -64,24 +73,49 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["dev", rest @ ..] => dev(rest),
         ["broker", rest @ ..] => broker(rest),
         ["log", "recover", dir] => recover(dir),
+        ["topic", rest @ ..] => client_cmd(rest, commands::topic),
+        ["produce", rest @ ..] => client_cmd(rest, commands::produce),
+        ["consume", rest @ ..] => client_cmd(rest, commands::consume),
+        ["bench", rest @ ..] => client_cmd(rest, bench::run),
         _ => bail!("unknown command {:?}\n\n{USAGE}", words.join(" ")),
     }
 }
 
-/// Flags of the form `--name value` or `--switch`.
-struct Flags<'a> {
+mod bench;
+mod commands;
+
+type ClientCommand = fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+/// Runs a command that talks to a cluster as a client.
+fn client_cmd(args: &[&str], cmd: ClientCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
+    rt.block_on(cmd(args.iter().map(|s| (*s).to_owned()).collect()))
+}
+
+/// Flags of the form `--name value` or `--switch`; the rest are positional.
+pub(crate) struct Flags<'a> {
     args: &'a [&'a str],
     used: Vec<bool>,
 }
 
 impl<'a> Flags<'a> {
+    /// The arguments not consumed as flags yet, in order.
+    pub(crate) fn positional(&self) -> Vec<&'a str> {
+        self.args.iter().zip(&self.used).filter(|(a, u)| !**u && !a.starts_with("--")).map(|(a, _)| *a).collect()
+    }
+    /// Marks a positional argument as used.
+    pub(crate) fn take(&mut self, value: &str) {
+        if let Some(i) = self.args.iter().zip(&self.used).position(|(a, u)| !*u && *a == value) {
+            self.used[i] = true;
+        }
+    }
     fn new(args: &'a [&'a str]) -> Flags<'a> {
         Flags {
             args,
             used: vec![false; args.len()],
         }
     }
-    fn value(&mut self, name: &str) -> anyhow::Result<Option<&'a str>> {
+    pub(crate) fn value(&mut self, name: &str) -> anyhow::Result<Option<&'a str>> {
         match self.args.iter().position(|a| *a == name) {
             None => Ok(None),
             Some(i) => {
@@ -95,7 +129,7 @@ impl<'a> Flags<'a> {
             }
         }
     }
-    fn switch(&mut self, name: &str) -> bool {
+    pub(crate) fn switch(&mut self, name: &str) -> bool {
         match self.args.iter().position(|a| *a == name) {
             None => false,
             Some(i) => {
@@ -104,7 +138,7 @@ impl<'a> Flags<'a> {
             }
         }
     }
-    fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(&self) -> anyhow::Result<()> {
         let unknown: Vec<&str> = self
             .args
             .iter()

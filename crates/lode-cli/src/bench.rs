@@ -1,0 +1,201 @@
+//! `lode bench`: an OpenMessaging-style produce/consume workload against a running broker,
+//! measured beside this machine's loopback ceiling (a plain socket copy) in the same run.
+//!
+//! Produce latency is from `send` to acknowledgement; end-to-end latency from `send` to the
+//! consumer receiving the record (the send instant travels in the record's first bytes).
+//! The first tenth of the records are a warm-up and are not measured.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lode_client::{Client, Consumer, Producer, ProducerConfig, Record};
+use lode_proto::Offset;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Flags;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Bytes per second one loopback TCP stream carries on this machine, measured for `secs`.
+async fn loopback_ceiling(secs: f64) -> anyhow::Result<f64> {
+    let listener = lode_env::net::listen(([127, 0, 0, 1], 0).into()).await?;
+    let addr = listener.local_addr()?;
+    let sink = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0_u8; 1 << 20];
+        let mut total = 0_u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<u64, std::io::Error>(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut s = lode_env::net::connect(addr).await?;
+    let buf = vec![0x5a_u8; 1 << 20];
+    let start = Instant::now();
+    let mut sent = 0_u64;
+    while start.elapsed().as_secs_f64() < secs {
+        s.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    s.shutdown().await?;
+    drop(s);
+    let received = sink.await.context("sink task")??;
+    Ok(received.min(sent) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `lode bench`.
+pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>> {
+    Box::pin(async move {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut f = Flags::new(&a);
+        let bootstrap = f.value("--bootstrap")?.unwrap_or("127.0.0.1:9092").to_owned();
+        let records: usize = f.value("--records")?.unwrap_or("200000").parse().context("--records")?;
+        let record_bytes: usize = f.value("--record-bytes")?.unwrap_or("1024").parse().context("--record-bytes")?;
+        let partitions: i32 = f.value("--partitions")?.unwrap_or("1").parse().context("--partitions")?;
+        let rate: f64 = f.value("--rate")?.unwrap_or("0").parse().context("--rate (records/s, 0 = as fast as possible)")?;
+        let acks = match f.value("--acks")?.unwrap_or("1") {
+            "all" | "-1" => -1,
+            "1" => 1,
+            "0" => 0,
+            other => bail!("--acks takes 0, 1 or all, not {other:?}"),
+        };
+        f.finish()?;
+        if record_bytes < 16 {
+            bail!("--record-bytes must be at least 16 (the send instant travels in the record)");
+        }
+
+        println!("loopback ceiling: measuring one TCP stream for 2 s ...");
+        let ceiling = loopback_ceiling(2.0).await?;
+        println!("loopback ceiling: {:.0} MB/s", ceiling / 1e6);
+
+        let client = Client::connect(&bootstrap, "lode-bench").await.with_context(|| format!("connecting to {bootstrap}"))?;
+        let topic = format!("lode-bench-{:08x}", lode_env::rng::seed_u64() as u32);
+        client.create_topic(&topic, partitions, -1).await?;
+        println!(
+            "workload: {records} records of {record_bytes} B, {partitions} partitions, acks={acks}, rate {}",
+            if rate > 0.0 { format!("{rate:.0}/s") } else { "max".into() }
+        );
+
+        // The consumer runs alongside, measuring end-to-end latency.
+        let origin = Instant::now();
+        let consumer_client = Arc::clone(&client);
+        let consumer_topic = topic.clone();
+        let warmup = records / 10;
+        let consumer = tokio::spawn(async move {
+            let mut c = Consumer::new(consumer_client);
+            c.max_wait = Duration::from_millis(100);
+            for p in 0..partitions {
+                c.assign(&consumer_topic, p, Offset(0));
+            }
+            let mut e2e = Vec::with_capacity(records);
+            let mut seen = 0;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while seen < records && Instant::now() < deadline {
+                for r in c.poll().await? {
+                    let v = r.value.unwrap_or_default();
+                    let sent_ns = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                    let index = u64::from_be_bytes(v[8..16].try_into().unwrap_or([0; 8]));
+                    if index as usize >= warmup {
+                        e2e.push(origin.elapsed().saturating_sub(Duration::from_nanos(sent_ns)));
+                    }
+                    seen += 1;
+                }
+            }
+            Ok::<(Vec<Duration>, usize), lode_client::ClientError>((e2e, seen))
+        });
+
+        let config = ProducerConfig { acks, idempotent: acks == -1, ..ProducerConfig::default() };
+        let producer = Producer::new(Arc::clone(&client), config).await?;
+        let mut pending: VecDeque<(usize, Instant, lode_client::producer::Delivery)> = VecDeque::new();
+        let mut latencies = Vec::with_capacity(records);
+        let mut failed = 0;
+        let start = Instant::now();
+        let mut measured_start = start;
+        let mut value = vec![0x42_u8; record_bytes];
+        for i in 0..records {
+            if i == warmup {
+                measured_start = Instant::now();
+            }
+            if rate > 0.0 {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let now = Instant::now();
+            value[..8].copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
+            value[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+            let d = producer
+                .send(&topic, Record { value: Some(value.clone()), partition: Some((i as i32) % partitions), ..Record::default() })
+                .await?;
+            pending.push_back((i, now, d));
+            // Collect acknowledgements already in, without waiting.
+            while let Some((j, sent, mut d)) = pending.pop_front() {
+                match d.try_recv() {
+                    Ok(r) => {
+                        if r.is_err() {
+                            failed += 1;
+                        } else if j >= warmup {
+                            latencies.push(sent.elapsed());
+                        }
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        pending.push_front((j, sent, d));
+                        break;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        producer.flush().await;
+        for (j, sent, d) in pending {
+            match d.await {
+                Ok(Ok(_)) if j >= warmup => latencies.push(sent.elapsed()),
+                Ok(Ok(_)) => {}
+                _ => failed += 1,
+            }
+        }
+        let elapsed = measured_start.elapsed().as_secs_f64();
+        let measured = records - warmup;
+        let (mut e2e, seen) = consumer.await.context("consumer task")??;
+        latencies.sort_unstable();
+        e2e.sort_unstable();
+        let mbps = measured as f64 * record_bytes as f64 / elapsed;
+        println!("produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling), {failed} failed", measured as f64 / elapsed, mbps / 1e6, mbps / ceiling);
+        println!(
+            "produce latency: p50 {} p99 {} p99.9 {} max {}",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(percentile(&latencies, 0.999)),
+            ms(latencies.last().copied().unwrap_or_default())
+        );
+        println!(
+            "end-to-end latency: p50 {} p99 {} p99.9 {} ({seen} records consumed)",
+            ms(percentile(&e2e, 0.5)),
+            ms(percentile(&e2e, 0.99)),
+            ms(percentile(&e2e, 0.999))
+        );
+        client.delete_topic(&topic).await?;
+        if failed > 0 || seen < records {
+            bail!("{failed} records failed, {} not consumed", records - seen);
+        }
+        Ok(())
+    })
+}

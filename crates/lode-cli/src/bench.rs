@@ -65,11 +65,30 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
     Box::pin(async move {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut f = Flags::new(&a);
-        let bootstrap = f.value("--bootstrap")?.unwrap_or("127.0.0.1:9092").to_owned();
-        let records: usize = f.value("--records")?.unwrap_or("200000").parse().context("--records")?;
-        let record_bytes: usize = f.value("--record-bytes")?.unwrap_or("1024").parse().context("--record-bytes")?;
-        let partitions: i32 = f.value("--partitions")?.unwrap_or("1").parse().context("--partitions")?;
-        let rate: f64 = f.value("--rate")?.unwrap_or("0").parse().context("--rate (records/s, 0 = as fast as possible)")?;
+        let bootstrap = f
+            .value("--bootstrap")?
+            .unwrap_or("127.0.0.1:9092")
+            .to_owned();
+        let records: usize = f
+            .value("--records")?
+            .unwrap_or("200000")
+            .parse()
+            .context("--records")?;
+        let record_bytes: usize = f
+            .value("--record-bytes")?
+            .unwrap_or("1024")
+            .parse()
+            .context("--record-bytes")?;
+        let partitions: i32 = f
+            .value("--partitions")?
+            .unwrap_or("1")
+            .parse()
+            .context("--partitions")?;
+        let rate: f64 = f
+            .value("--rate")?
+            .unwrap_or("0")
+            .parse()
+            .context("--rate (records/s, 0 = as fast as possible)")?;
         let acks = match f.value("--acks")?.unwrap_or("1") {
             "all" | "-1" => -1,
             "1" => 1,
@@ -85,7 +104,9 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         let ceiling = loopback_ceiling(2.0).await?;
         println!("loopback ceiling: {:.0} MB/s", ceiling / 1e6);
 
-        let client = Client::connect(&bootstrap, "lode-bench").await.with_context(|| format!("connecting to {bootstrap}"))?;
+        let client = Client::connect(&bootstrap, "lode-bench")
+            .await
+            .with_context(|| format!("connecting to {bootstrap}"))?;
         let topic = format!("lode-bench-{:08x}", lode_env::rng::seed_u64() as u32);
         client.create_topic(&topic, partitions, -1).await?;
         println!(
@@ -95,9 +116,14 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
 
         // The consumer runs alongside, measuring end-to-end latency.
         let origin = Instant::now();
-        let consumer_client = Arc::clone(&client);
+        // Its own client, so its long polls do not hold up the producer's connection.
+        let consumer_client = Client::connect(&bootstrap, "lode-bench-consumer").await?;
         let consumer_topic = topic.clone();
         let warmup = records / 10;
+        // How many records the consumer must see: all of them, until the producer knows how
+        // many were acknowledged.
+        let expected = Arc::new(std::sync::atomic::AtomicUsize::new(records));
+        let expected_c = Arc::clone(&expected);
         let consumer = tokio::spawn(async move {
             let mut c = Consumer::new(consumer_client);
             c.max_wait = Duration::from_millis(100);
@@ -107,13 +133,19 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             let mut e2e = Vec::with_capacity(records);
             let mut seen = 0;
             let deadline = Instant::now() + Duration::from_secs(600);
-            while seen < records && Instant::now() < deadline {
+            while seen < expected_c.load(std::sync::atomic::Ordering::Acquire)
+                && Instant::now() < deadline
+            {
                 for r in c.poll().await? {
                     let v = r.value.unwrap_or_default();
                     let sent_ns = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
                     let index = u64::from_be_bytes(v[8..16].try_into().unwrap_or([0; 8]));
                     if index as usize >= warmup {
-                        e2e.push(origin.elapsed().saturating_sub(Duration::from_nanos(sent_ns)));
+                        e2e.push(
+                            origin
+                                .elapsed()
+                                .saturating_sub(Duration::from_nanos(sent_ns)),
+                        );
                     }
                     seen += 1;
                 }
@@ -121,9 +153,14 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             Ok::<(Vec<Duration>, usize), lode_client::ClientError>((e2e, seen))
         });
 
-        let config = ProducerConfig { acks, idempotent: acks == -1, ..ProducerConfig::default() };
+        let config = ProducerConfig {
+            acks,
+            idempotent: acks == -1,
+            ..ProducerConfig::default()
+        };
         let producer = Producer::new(Arc::clone(&client), config).await?;
-        let mut pending: VecDeque<(usize, Instant, lode_client::producer::Delivery)> = VecDeque::new();
+        let mut pending: VecDeque<(usize, Instant, lode_client::producer::Delivery)> =
+            VecDeque::new();
         let mut latencies = Vec::with_capacity(records);
         let mut failed = 0;
         let start = Instant::now();
@@ -140,10 +177,18 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
                 }
             }
             let now = Instant::now();
-            value[..8].copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
+            value[..8]
+                .copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
             value[8..16].copy_from_slice(&(i as u64).to_be_bytes());
             let d = producer
-                .send(&topic, Record { value: Some(value.clone()), partition: Some((i as i32) % partitions), ..Record::default() })
+                .send(
+                    &topic,
+                    Record {
+                        value: Some(value.clone()),
+                        partition: Some((i as i32) % partitions),
+                        ..Record::default()
+                    },
+                )
                 .await?;
             pending.push_back((i, now, d));
             // Collect acknowledgements already in, without waiting.
@@ -173,12 +218,18 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             }
         }
         let elapsed = measured_start.elapsed().as_secs_f64();
+        expected.store(records - failed, std::sync::atomic::Ordering::Release);
         let measured = records - warmup;
         let (mut e2e, seen) = consumer.await.context("consumer task")??;
         latencies.sort_unstable();
         e2e.sort_unstable();
         let mbps = measured as f64 * record_bytes as f64 / elapsed;
-        println!("produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling), {failed} failed", measured as f64 / elapsed, mbps / 1e6, mbps / ceiling);
+        println!(
+            "produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling), {failed} failed",
+            measured as f64 / elapsed,
+            mbps / 1e6,
+            mbps / ceiling
+        );
         println!(
             "produce latency: p50 {} p99 {} p99.9 {} max {}",
             ms(percentile(&latencies, 0.5)),
@@ -193,8 +244,11 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             ms(percentile(&e2e, 0.999))
         );
         client.delete_topic(&topic).await?;
-        if failed > 0 || seen < records {
-            bail!("{failed} records failed, {} not consumed", records - seen);
+        if failed > 0 || seen < records - failed {
+            bail!(
+                "{failed} records failed, {} acknowledged ones not consumed",
+                (records - failed).saturating_sub(seen)
+            );
         }
         Ok(())
     })

@@ -18,8 +18,13 @@ fn strs(args: &[String]) -> Vec<&str> {
 }
 
 async fn connect(f: &mut Flags<'_>) -> anyhow::Result<Arc<Client>> {
-    let bootstrap = f.value("--bootstrap")?.unwrap_or("127.0.0.1:9092").to_owned();
-    Client::connect(&bootstrap, "lode-cli").await.with_context(|| format!("connecting to {bootstrap}"))
+    let bootstrap = f
+        .value("--bootstrap")?
+        .unwrap_or("127.0.0.1:9092")
+        .to_owned();
+    Client::connect(&bootstrap, "lode-cli")
+        .await
+        .with_context(|| format!("connecting to {bootstrap}"))
 }
 
 fn parse_acks(v: Option<&str>) -> anyhow::Result<i16> {
@@ -36,8 +41,16 @@ pub(crate) fn topic(args: Vec<String>) -> Cmd {
     Box::pin(async move {
         let a = strs(&args);
         let mut f = Flags::new(&a);
-        let partitions: i32 = f.value("--partitions")?.unwrap_or("1").parse().context("--partitions")?;
-        let rf: i16 = f.value("--replication-factor")?.unwrap_or("-1").parse().context("--replication-factor")?;
+        let partitions: i32 = f
+            .value("--partitions")?
+            .unwrap_or("1")
+            .parse()
+            .context("--partitions")?;
+        let rf: i16 = f
+            .value("--replication-factor")?
+            .unwrap_or("-1")
+            .parse()
+            .context("--replication-factor")?;
         let client = connect(&mut f).await?;
         let pos = f.positional();
         for p in &pos {
@@ -56,10 +69,15 @@ pub(crate) fn topic(args: Vec<String>) -> Cmd {
             }
             ["describe", name] => {
                 let t = client.metadata(Some(&[name])).await?;
-                let Some(t) = t.first() else { bail!("no topic {name}") };
+                let Some(t) = t.first() else {
+                    bail!("no topic {name}")
+                };
                 println!("topic {} partitions {}", t.name, t.partitions.len());
                 for p in &t.partitions {
-                    println!("  partition {} leader {} replicas {:?} isr {:?}", p.index, p.leader, p.replicas, p.isr);
+                    println!(
+                        "  partition {} leader {} replicas {:?} isr {:?}",
+                        p.index, p.leader, p.replicas, p.isr
+                    );
                 }
             }
             ["delete", name] => {
@@ -81,10 +99,16 @@ pub(crate) fn produce(args: Vec<String>) -> Cmd {
         let sep = f.value("--key-separator")?.map(str::to_owned);
         let client = connect(&mut f).await?;
         let pos = f.positional();
-        let [topic] = pos.as_slice() else { bail!("usage: lode produce TOPIC") };
+        let [topic] = pos.as_slice() else {
+            bail!("usage: lode produce TOPIC")
+        };
         f.take(topic);
         f.finish()?;
-        let config = ProducerConfig { acks, idempotent: acks == -1, ..ProducerConfig::default() };
+        let config = ProducerConfig {
+            acks,
+            idempotent: acks == -1,
+            ..ProducerConfig::default()
+        };
         let producer = Producer::new(Arc::clone(&client), config).await?;
         let mut deliveries = Vec::new();
         for line in std::io::stdin().lock().lines() {
@@ -93,7 +117,18 @@ pub(crate) fn produce(args: Vec<String>) -> Cmd {
                 Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
                 None => (None, line.into_bytes()),
             };
-            deliveries.push(producer.send(topic, Record { key, value: Some(value), ..Record::default() }).await?);
+            deliveries.push(
+                producer
+                    .send(
+                        topic,
+                        Record {
+                            key,
+                            value: Some(value),
+                            ..Record::default()
+                        },
+                    )
+                    .await?,
+            );
         }
         producer.flush().await;
         let (mut ok, mut failed) = (0, 0);
@@ -120,12 +155,22 @@ pub(crate) fn consume(args: Vec<String>) -> Cmd {
     Box::pin(async move {
         let a = strs(&args);
         let mut f = Flags::new(&a);
-        let partition: Option<i32> = f.value("--partition")?.map(str::parse).transpose().context("--partition")?;
+        let partition: Option<i32> = f
+            .value("--partition")?
+            .map(str::parse)
+            .transpose()
+            .context("--partition")?;
         let from = f.value("--from")?.unwrap_or("beginning").to_owned();
-        let count: Option<usize> = f.value("--count")?.map(str::parse).transpose().context("--count")?;
+        let count: Option<usize> = f
+            .value("--count")?
+            .map(str::parse)
+            .transpose()
+            .context("--count")?;
         let client = connect(&mut f).await?;
         let pos = f.positional();
-        let [topic] = pos.as_slice() else { bail!("usage: lode consume TOPIC") };
+        let [topic] = pos.as_slice() else {
+            bail!("usage: lode consume TOPIC")
+        };
         f.take(topic);
         f.finish()?;
         let info = client.topic(topic).await?;
@@ -135,9 +180,18 @@ pub(crate) fn consume(args: Vec<String>) -> Cmd {
                 continue;
             }
             let start = match from.as_str() {
-                "beginning" => consumer.offset_for(topic, p.index, -2).await?.unwrap_or(Offset(0)),
-                "end" => consumer.offset_for(topic, p.index, -1).await?.unwrap_or(Offset(0)),
-                n => Offset(n.parse().context("--from takes beginning, end or an offset")?),
+                "beginning" => consumer
+                    .offset_for(topic, p.index, -2)
+                    .await?
+                    .unwrap_or(Offset(0)),
+                "end" => consumer
+                    .offset_for(topic, p.index, -1)
+                    .await?
+                    .unwrap_or(Offset(0)),
+                n => Offset(
+                    n.parse()
+                        .context("--from takes beginning, end or an offset")?,
+                ),
             };
             consumer.assign(topic, p.index, start);
         }

@@ -84,11 +84,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 mod bench;
 mod commands;
 
-type ClientCommand = fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+type ClientCommand =
+    fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
 /// Runs a command that talks to a cluster as a client.
 fn client_cmd(args: &[&str], cmd: ClientCommand) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
     rt.block_on(cmd(args.iter().map(|s| (*s).to_owned()).collect()))
 }
 
@@ -101,11 +105,21 @@ pub(crate) struct Flags<'a> {
 impl<'a> Flags<'a> {
     /// The arguments not consumed as flags yet, in order.
     pub(crate) fn positional(&self) -> Vec<&'a str> {
-        self.args.iter().zip(&self.used).filter(|(a, u)| !**u && !a.starts_with("--")).map(|(a, _)| *a).collect()
+        self.args
+            .iter()
+            .zip(&self.used)
+            .filter(|(a, u)| !**u && !a.starts_with("--"))
+            .map(|(a, _)| *a)
+            .collect()
     }
     /// Marks a positional argument as used.
     pub(crate) fn take(&mut self, value: &str) {
-        if let Some(i) = self.args.iter().zip(&self.used).position(|(a, u)| !*u && *a == value) {
+        if let Some(i) = self
+            .args
+            .iter()
+            .zip(&self.used)
+            .position(|(a, u)| !*u && *a == value)
+        {
             self.used[i] = true;
         }
     }

@@ -4,7 +4,7 @@
 //! lost response is recognised by the broker and never written twice. One batch per
 //! partition is in flight at a time, so retries never reorder records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use lode_env::Clock;
 use lode_proto::batch::RecordBatchBuilder;
 use lode_proto::{Instant, Offset};
-use tokio::sync::{oneshot, Mutex, Notify};
+use tokio::sync::{oneshot, Mutex, Notify, Semaphore};
 
 use crate::{Client, ClientError};
 
@@ -82,10 +82,11 @@ struct Inner {
     client: Arc<Client>,
     config: ProducerConfig,
     clock: Clock,
-    accum: Mutex<BTreeMap<(String, i32), Pending>>,
+    /// Per partition, batches waiting to be sent, oldest first; only the last one grows.
+    accum: Mutex<BTreeMap<(String, i32), VecDeque<Pending>>>,
     buffered: AtomicU32,
     wake: Notify,
-    room: Notify,
+    room: Semaphore,
     drained: Notify,
     flush: AtomicBool,
     closed: AtomicBool,
@@ -180,12 +181,12 @@ impl Producer {
         }
         let inner = Arc::new(Inner {
             client,
+            room: Semaphore::new(config.buffered_records_max),
             config,
             clock: Clock::system(),
             accum: Mutex::new(BTreeMap::new()),
             buffered: AtomicU32::new(0),
             wake: Notify::new(),
-            room: Notify::new(),
             drained: Notify::new(),
             flush: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -209,10 +210,16 @@ impl Producer {
         if inner.closed.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
-        while inner.buffered.load(Ordering::Acquire) as usize >= inner.config.buffered_records_max {
+        // Bounded buffer: a permit per record, returned when its batch completes.
+        if inner.room.available_permits() == 0 {
             inner.wake.notify_one();
-            inner.room.notified().await;
         }
+        inner
+            .room
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Closed)?
+            .forget();
         let partitions = inner.client.topic(topic).await?.partitions.len();
         if partitions == 0 {
             return Err(ClientError::UnknownPartition(topic.to_owned()));
@@ -227,20 +234,31 @@ impl Producer {
         let size = record_bytes(&record);
         let mut accum = inner.accum.lock().await;
         let now = inner.clock.now();
-        let p = accum
-            .entry((topic.to_owned(), partition))
-            .or_insert_with(|| Pending {
+        let queue = accum.entry((topic.to_owned(), partition)).or_default();
+        // A record that would overflow the open batch starts the next one.
+        let open = queue
+            .back()
+            .is_some_and(|b| b.bytes + size <= inner.config.batch_bytes || b.records.is_empty());
+        if !open {
+            queue.push_back(Pending {
                 records: Vec::new(),
                 bytes: 0,
                 acks: Vec::new(),
                 created: now,
             });
+        }
+        let Some(p) = queue.back_mut() else {
+            return Err(ClientError::Closed);
+        };
         p.records.push(record);
         p.acks.push(tx);
         p.bytes += size;
-        let full = p.bytes >= inner.config.batch_bytes;
-        drop(accum);
+        let full =
+            p.bytes >= inner.config.batch_bytes || queue_len_gt_one(&accum, topic, partition);
+        // Counted under the accumulator's lock: the sender takes the record out under the
+        // same lock and subtracts only after, so the count never underflows.
         inner.buffered.fetch_add(1, Ordering::AcqRel);
+        drop(accum);
         if full {
             inner.wake.notify_one();
         }
@@ -279,6 +297,16 @@ impl Drop for Producer {
     }
 }
 
+fn queue_len_gt_one(
+    accum: &BTreeMap<(String, i32), VecDeque<Pending>>,
+    topic: &str,
+    partition: i32,
+) -> bool {
+    accum
+        .get(&(topic.to_owned(), partition))
+        .is_some_and(|q| q.len() > 1)
+}
+
 impl Inner {
     async fn run(self: Arc<Self>) {
         loop {
@@ -286,6 +314,7 @@ impl Inner {
                 let accum = self.accum.lock().await;
                 accum
                     .values()
+                    .filter_map(VecDeque::front)
                     .map(|p| p.created.saturating_add(self.config.linger))
                     .min()
             };
@@ -309,30 +338,46 @@ impl Inner {
             let flush =
                 self.flush.swap(false, Ordering::AcqRel) || self.closed.load(Ordering::Acquire);
             let now = self.clock.now();
+            // At most one batch per partition per round: batches of a partition go out in
+            // order, one at a time.
             let ready: Vec<((String, i32), Pending)> = {
                 let mut accum = self.accum.lock().await;
-                let keys: Vec<(String, i32)> = accum
-                    .iter()
-                    .filter(|(_, p)| {
-                        flush
-                            || p.bytes >= self.config.batch_bytes
-                            || now.saturating_since(p.created) >= self.config.linger
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| accum.remove(&k).map(|p| (k, p)))
-                    .collect()
+                let mut out = Vec::new();
+                for (key, queue) in accum.iter_mut() {
+                    let Some(front) = queue.front() else { continue };
+                    let due = flush
+                        || queue.len() > 1
+                        || front.bytes >= self.config.batch_bytes
+                        || now.saturating_since(front.created) >= self.config.linger;
+                    if due {
+                        if let Some(p) = queue.pop_front() {
+                            out.push((key.clone(), p));
+                        }
+                    }
+                }
+                accum.retain(|_, q| !q.is_empty());
+                out
             };
+            let more_due = !ready.is_empty();
             for ((topic, partition), pending) in ready {
                 let n = pending.records.len();
+                tracing::debug!(
+                    topic,
+                    partition,
+                    records = n,
+                    bytes = pending.bytes,
+                    "sending batch"
+                );
                 self.send_batch(&topic, partition, pending).await;
                 self.buffered
                     .fetch_sub(u32::try_from(n).unwrap_or(0), Ordering::AcqRel);
-                self.room.notify_waiters();
+                self.room.add_permits(n);
             }
             if self.buffered.load(Ordering::Acquire) == 0 {
                 self.drained.notify_waiters();
+            } else if more_due {
+                // Batches may have queued up behind the ones just sent: look again at once.
+                self.wake.notify_one();
             }
         }
     }

@@ -17,70 +17,175 @@
 //! | 51 | producerEpoch i16 | |
 //! | 53 | baseSequence i32 | |
 //! | 57 | recordsCount i32 | |
-//! | 61 | records | |
+//! | 61 | records | see [`Record`] |
 //!
 //! Because base offset and leader epoch sit outside the CRC, the broker assigns offsets and
-//! stamps its epoch in place and stores the client's bytes as sent.
+//! stamps its epoch in place ([`set_base_offset`], [`set_partition_leader_epoch`]) and
+//! stores the client's bytes as sent, with the client's CRC still valid.
+//!
+//! # Levels of checking
+//!
+//! Checks are layered so each caller pays for what it needs:
+//!
+//! 1. [`RecordBatch::parse`]: the frame (length, magic 2, a known codec) and the CRC. Enough
+//!    to trust the header and to copy the batch around. [`RecordBatch::parse_unchecked_crc`]
+//!    skips the CRC for bytes already verified.
+//! 2. [`RecordBatch::validate`]: what a batch from a client must also satisfy: at least one
+//!    record and `lastOffsetDelta == recordsCount - 1`. The produce path and log recovery
+//!    use it.
+//! 3. [`RecordBatch::validate_records`]: decodes every record of an uncompressed batch and
+//!    requires offset deltas `0..recordsCount` and records that fill the section exactly.
+//!
+//! # Never panics on input
+//!
+//! Every function here takes arbitrary bytes: corrupt or truncated input is a
+//! [`BatchError`], never a panic, and offsets and timestamps derived from header fields
+//! saturate instead of overflowing. Header fields are read from a `&[u8; HEADER_SIZE]` at
+//! offsets checked at compile time. A fuzz target (`fuzz/`) drives
+//! [`fuzzing::fuzz_record_batch`] and its corpus is replayed by `cargo test`.
+
+use std::fmt;
+use std::iter::FusedIterator;
 
 use crate::types::{Epoch, Offset};
 
+mod builder;
+#[doc(hidden)]
+pub mod fuzzing;
+mod records;
+pub(crate) mod varint;
+
+pub use builder::RecordBatchBuilder;
+pub use records::{Header, HeaderIter, Headers, Record, Records};
+
 /// Bytes of the batch header, up to the first record.
 pub const HEADER_SIZE: usize = 61;
-/// Bytes before `batchLength` counts: base offset and the length itself.
+/// Bytes before `batchLength` starts counting: the base offset and the length itself.
 pub const LOG_OVERHEAD: usize = 12;
-/// The only magic this crate reads.
+/// The only magic this crate reads: RecordBatch v2 (Kafka 0.11 and later).
 pub const MAGIC_V2: i8 = 2;
+/// The smallest valid `batchLength`: a header with an empty records section.
+pub const MIN_BATCH_LENGTH: i32 = 49; // HEADER_SIZE - LOG_OVERHEAD
+/// `maxTimestamp` of a batch with no records, and Kafka's "no timestamp" in general.
+pub const NO_TIMESTAMP: i64 = -1;
+/// `producerId` of a batch from a producer that is neither idempotent nor transactional.
+pub const NO_PRODUCER_ID: i64 = -1;
+/// `producerEpoch` when there is no producer id.
+pub const NO_PRODUCER_EPOCH: i16 = -1;
+/// `baseSequence` when there is no producer id.
+pub const NO_SEQUENCE: i32 = -1;
 
+// Field positions, matching the table above.
+const BASE_OFFSET_AT: usize = 0;
+const BATCH_LENGTH_AT: usize = 8;
+const PARTITION_LEADER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const RECORDS_COUNT_AT: usize = 57;
 
-/// Why bytes are not a valid batch.
+// Attribute bits.
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+const DELETE_HORIZON_BIT: i16 = 0x40;
+
+const _: () = assert!(HEADER_SIZE == RECORDS_COUNT_AT + 4);
+const _: () = assert!(MIN_BATCH_LENGTH as usize == HEADER_SIZE - LOG_OVERHEAD);
+const _: () = assert!(LOG_OVERHEAD == BATCH_LENGTH_AT + 4);
+
+/// Copies the `N` bytes at `AT` out of a header. The bounds are asserted when the function
+/// is instantiated, so the slice below cannot fail at run time whatever the input.
+fn get<const AT: usize, const N: usize>(h: &[u8; HEADER_SIZE]) -> [u8; N] {
+    const { assert!(AT + N <= HEADER_SIZE) };
+    let mut out = [0; N];
+    out.copy_from_slice(&h[AT..AT + N]);
+    out
+}
+
+/// Writes `v` at `AT` into a header, bounds checked at compile time like [`get`].
+fn put<const AT: usize, const N: usize>(h: &mut [u8; HEADER_SIZE], v: [u8; N]) {
+    const { assert!(AT + N <= HEADER_SIZE) };
+    h[AT..AT + N].copy_from_slice(&v);
+}
+
+fn i16_at<const AT: usize>(h: &[u8; HEADER_SIZE]) -> i16 {
+    i16::from_be_bytes(get::<AT, 2>(h))
+}
+fn i32_at<const AT: usize>(h: &[u8; HEADER_SIZE]) -> i32 {
+    i32::from_be_bytes(get::<AT, 4>(h))
+}
+fn i64_at<const AT: usize>(h: &[u8; HEADER_SIZE]) -> i64 {
+    i64::from_be_bytes(get::<AT, 8>(h))
+}
+
+/// The CRC-32C the format defines: over the header from `attributes` on, then the records.
+fn crc_of(h: &[u8; HEADER_SIZE], records: &[u8]) -> u32 {
+    let (_, covered) = h.split_at(ATTRIBUTES_AT);
+    crc32c::crc32c_append(crc32c::crc32c(covered), records)
+}
+
+/// Why bytes are not a valid batch, or not a valid batch for the operation asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
-    /// Fewer bytes than the structure needs.
+    /// The buffer ends before the batch does. When reading a stream or a file, more bytes
+    /// may complete it.
     #[error("batch truncated: needed {needed} bytes, have {available}")]
     TooShort {
-        /// Bytes needed.
+        /// Bytes needed: the header, or the whole batch once its length is known.
         needed: usize,
         /// Bytes present.
         available: usize,
     },
-    /// `batchLength` is below the header size or negative.
-    #[error("bad batch length {0}")]
+    /// `batchLength` is too small to hold a header (possibly negative). The frame is
+    /// broken, so nothing after it can be located either.
+    #[error("batch length {0} is below the minimum of {min}", min = MIN_BATCH_LENGTH)]
     BadLength(i32),
-    /// Not magic 2.
+    /// Not magic 2: a legacy message set (magic 0 or 1) or garbage.
     #[error("unsupported magic {0} (only RecordBatch v2 is accepted)")]
     BadMagic(i8),
-    /// The CRC does not match.
+    /// The CRC does not match the bytes: the batch was corrupted after the client wrote it.
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc {
         /// The CRC in the header.
         stored: u32,
-        /// The CRC of the bytes.
+        /// The CRC of the bytes it covers.
         computed: u32,
     },
-    /// Record count and last offset delta disagree, or either is out of range.
-    #[error("record count {count} does not match last offset delta {last_offset_delta}")]
+    /// The record count is negative, or (for [`RecordBatch::validate`]) not at least one
+    /// and equal to `lastOffsetDelta + 1`.
+    #[error(
+        "record count {count} with last offset delta {last_offset_delta}: a batch needs \
+         count >= 1 and last offset delta = count - 1"
+    )]
     BadRecordCount {
         /// `recordsCount`.
         count: i32,
         /// `lastOffsetDelta`.
         last_offset_delta: i32,
     },
-    /// A record's offset delta is not its index.
-    #[error("record {index} has offset delta {delta}")]
+    /// A record's offset delta is not its index (from [`RecordBatch::validate_records`]).
+    #[error("record {index} has offset delta {delta}, expected {index}")]
     BadOffsetDelta {
         /// The record's index in the batch.
         index: i32,
         /// Its offset delta.
         delta: i32,
     },
-    /// Compression bits 5-7 are not a codec.
+    /// The compression bits of the attributes are 5, 6 or 7, which name no codec.
     #[error("unknown compression codec {0}")]
     BadCompression(u8),
-    /// Records of a compressed batch cannot be iterated without decompressing.
-    #[error("records are compressed with {0:?}")]
+    /// The records are compressed; this crate does not decompress, so they cannot be
+    /// iterated.
+    #[error("records are compressed with {0}; decompress them to read records")]
     Compressed(Compression),
     /// A record is malformed.
     #[error("record {index} is malformed: {reason}")]
@@ -90,13 +195,38 @@ pub enum BatchError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// Bytes follow the single batch expected.
+    /// The records section ends before `recordsCount` records.
+    #[error("records end after {found} of {count} records")]
+    Truncated {
+        /// `recordsCount`.
+        count: i32,
+        /// Records found before the section ended.
+        found: i32,
+    },
+    /// Bytes follow the last of `recordsCount` records inside the batch.
+    #[error("{extra} bytes follow the last of {count} records")]
+    TrailingRecordBytes {
+        /// `recordsCount`.
+        count: i32,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// Bytes follow the single batch expected (for callers that require exactly one).
     #[error("trailing bytes after the batch")]
     TrailingBytes,
+    /// The batch a builder would produce is too large for `batchLength` (an i32) or has
+    /// more than `i32::MAX` records.
+    #[error("batch of {size} bytes and {records} records does not fit the format")]
+    TooLarge {
+        /// The batch size in bytes.
+        size: usize,
+        /// Its number of records.
+        records: usize,
+    },
 }
 
-/// Compression codec of a batch's records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Compression codec of a batch's records (attribute bits 0-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
     /// Records stored as is.
     None,
@@ -110,112 +240,229 @@ pub enum Compression {
     Zstd,
 }
 
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    let mut a = [0_u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    i64::from_be_bytes(a)
+impl Compression {
+    /// The codec for the 3-bit id in the attributes, `None` if 5, 6 or 7.
+    #[must_use]
+    pub const fn from_id(id: u8) -> Option<Compression> {
+        match id {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Gzip),
+            2 => Some(Compression::Snappy),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The codec's id in the attributes.
+    #[must_use]
+    pub const fn id(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// The codec's name as Kafka's `compression.type` spells it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
-/// The total size of the batch at the start of `buf`, from its length field: `Ok(None)` if
-/// fewer than 12 bytes are present, an error if the length cannot be a batch's.
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The total size of the batch at the start of `buf`, read from its length field, so a
+/// reader scanning a log file knows how many bytes to fetch next.
+///
+/// Returns `Ok(None)` if fewer than [`LOG_OVERHEAD`] bytes are present (read more). Does
+/// not look past the length field: the batch itself may still be invalid or incomplete.
 ///
 /// # Errors
-/// [`BatchError::BadLength`].
+/// [`BatchError::BadLength`] if the length is below [`MIN_BATCH_LENGTH`] (including
+/// negative): the bytes are not a batch and the scan cannot continue past them.
 pub fn peek_size(buf: &[u8]) -> Result<Option<usize>, BatchError> {
-    if buf.len() < LOG_OVERHEAD {
+    let Some(length) = buf
+        .get(BATCH_LENGTH_AT..LOG_OVERHEAD)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+    else {
         return Ok(None);
+    };
+    let length = i32::from_be_bytes(length);
+    if length < MIN_BATCH_LENGTH {
+        return Err(BatchError::BadLength(length));
     }
-    let len = be_i32(buf, 8);
-    if len < (HEADER_SIZE - LOG_OVERHEAD) as i32 {
-        return Err(BatchError::BadLength(len));
-    }
-    Ok(Some(LOG_OVERHEAD + len as usize))
+    usize::try_from(length)
+        .ok()
+        .and_then(|l| l.checked_add(LOG_OVERHEAD))
+        .map(Some)
+        .ok_or(BatchError::BadLength(length))
 }
 
-/// Sets the base offset of the batch at the start of `buf`, in place. The CRC stays valid.
-///
-/// # Errors
-/// [`BatchError::TooShort`] if `buf` cannot hold a header.
-pub fn set_base_offset(buf: &mut [u8], offset: Offset) -> Result<(), BatchError> {
-    let slot = buf.get_mut(0..8).ok_or(BatchError::TooShort {
-        needed: HEADER_SIZE,
-        available: 0,
-    })?;
-    slot.copy_from_slice(&offset.0.to_be_bytes());
-    Ok(())
-}
-
-/// Sets the partition leader epoch of the batch at the start of `buf`, in place. The CRC
-/// stays valid.
-///
-/// # Errors
-/// [`BatchError::TooShort`] if `buf` cannot hold a header.
-pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: Epoch) -> Result<(), BatchError> {
+/// The header of the batch at the start of `buf`, for patching: it must be a whole header
+/// of magic 2. Checking the magic matters: in a legacy (magic 0/1) message the bytes at 12
+/// are its CRC, so stamping an epoch there would corrupt it.
+fn header_mut(buf: &mut [u8]) -> Result<&mut [u8; HEADER_SIZE], BatchError> {
     let available = buf.len();
-    let slot = buf.get_mut(12..16).ok_or(BatchError::TooShort {
-        needed: HEADER_SIZE,
-        available,
-    })?;
-    slot.copy_from_slice(&epoch.0.to_be_bytes());
+    let h = buf
+        .first_chunk_mut::<HEADER_SIZE>()
+        .ok_or(BatchError::TooShort {
+            needed: HEADER_SIZE,
+            available,
+        })?;
+    let [magic] = get::<MAGIC_AT, 1>(h);
+    let magic = i8::from_be_bytes([magic]);
+    if magic != MAGIC_V2 {
+        return Err(BatchError::BadMagic(magic));
+    }
+    Ok(h)
+}
+
+/// Sets the base offset of the batch at the start of `buf`, in place. The field is outside
+/// the CRC, so the CRC stays valid: this is how the leader assigns offsets to a client's
+/// batch without touching its bytes otherwise.
+///
+/// # Errors
+/// [`BatchError::TooShort`] if `buf` cannot hold a header, [`BatchError::BadMagic`] if it
+/// is not a v2 batch. Nothing else is checked.
+pub fn set_base_offset(buf: &mut [u8], offset: Offset) -> Result<(), BatchError> {
+    put::<BASE_OFFSET_AT, 8>(header_mut(buf)?, offset.0.to_be_bytes());
     Ok(())
 }
 
-/// A zero-copy view of exactly one RecordBatch v2.
-#[derive(Clone, Copy, Debug)]
+/// Sets the partition leader epoch of the batch at the start of `buf`, in place. Like the
+/// base offset it is outside the CRC, which stays valid.
+///
+/// # Errors
+/// As [`set_base_offset`].
+pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: Epoch) -> Result<(), BatchError> {
+    put::<PARTITION_LEADER_EPOCH_AT, 4>(header_mut(buf)?, epoch.0.to_be_bytes());
+    Ok(())
+}
+
+/// A zero-copy view of exactly one RecordBatch v2 whose frame (length, magic, codec) has
+/// been checked, so every accessor is infallible.
+#[derive(Clone, Copy)]
 pub struct RecordBatch<'a> {
+    /// The whole batch.
     bytes: &'a [u8],
+    /// Its first [`HEADER_SIZE`] bytes.
+    header: &'a [u8; HEADER_SIZE],
+    /// The rest: the records section.
+    records: &'a [u8],
+    /// Decoded from the attributes at parse time, where an unknown codec is an error.
+    compression: Compression,
+}
+
+/// The pieces of the batch framed at the start of a buffer.
+struct Frame<'a> {
+    bytes: &'a [u8],
+    header: &'a [u8; HEADER_SIZE],
+    records: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// Splits off the batch at the start of `buf` by its length, and checks the magic.
+    ///
+    /// The magic is checked first, as soon as its byte is present: byte 16 is the magic in
+    /// every Kafka message format, by design, so a legacy (magic 0/1) message is reported
+    /// as [`BatchError::BadMagic`] (which a broker answers with
+    /// `UNSUPPORTED_FOR_MESSAGE_FORMAT`) even though its shorter layout would otherwise
+    /// fail the length check first.
+    fn split(buf: &'a [u8]) -> Result<Frame<'a>, BatchError> {
+        let available = buf.len();
+        if let Some(&magic) = buf.get(MAGIC_AT) {
+            let magic = i8::from_be_bytes([magic]);
+            if magic != MAGIC_V2 {
+                return Err(BatchError::BadMagic(magic));
+            }
+        }
+        let size = peek_size(buf)?.ok_or(BatchError::TooShort {
+            needed: HEADER_SIZE,
+            available,
+        })?;
+        let (bytes, rest) = buf.split_at_checked(size).ok_or(BatchError::TooShort {
+            needed: size,
+            available,
+        })?;
+        // `size >= HEADER_SIZE` by `peek_size`, so this is the full header.
+        let (header, records) =
+            bytes
+                .split_first_chunk::<HEADER_SIZE>()
+                .ok_or(BatchError::TooShort {
+                    needed: HEADER_SIZE,
+                    available,
+                })?;
+        Ok(Frame {
+            bytes,
+            header,
+            records,
+            rest,
+        })
+    }
+
+    fn check_crc(&self) -> Result<(), BatchError> {
+        let stored = u32::from_be_bytes(get::<CRC_AT, 4>(self.header));
+        let computed = crc_of(self.header, self.records);
+        if stored == computed {
+            Ok(())
+        } else {
+            Err(BatchError::BadCrc { stored, computed })
+        }
+    }
+
+    fn into_batch(self) -> Result<(RecordBatch<'a>, &'a [u8]), BatchError> {
+        // The mask keeps 3 bits, so the cast is exact.
+        let id = (i16_at::<ATTRIBUTES_AT>(self.header) & COMPRESSION_MASK) as u8;
+        let compression = Compression::from_id(id).ok_or(BatchError::BadCompression(id))?;
+        let batch = RecordBatch {
+            bytes: self.bytes,
+            header: self.header,
+            records: self.records,
+            compression,
+        };
+        Ok((batch, self.rest))
+    }
 }
 
 impl<'a> RecordBatch<'a> {
-    /// Parses the batch at the start of `buf`, checking its structure and CRC; returns it
-    /// and the bytes after it.
+    /// Parses the batch at the start of `buf`, checking its frame (length, magic, codec)
+    /// and its CRC; returns it and the bytes after it.
+    ///
+    /// The CRC is checked before the codec: the attributes are covered by the CRC, so for
+    /// corrupted bytes the CRC mismatch is the accurate diagnosis.
     ///
     /// # Errors
-    /// Any structural [`BatchError`], or [`BatchError::BadCrc`].
+    /// [`BatchError::BadMagic`] (checked first, from 17 bytes on), [`BatchError::TooShort`]
+    /// (more bytes may complete it), [`BatchError::BadLength`], [`BatchError::BadCrc`],
+    /// [`BatchError::BadCompression`].
     pub fn parse(buf: &'a [u8]) -> Result<(RecordBatch<'a>, &'a [u8]), BatchError> {
-        let (b, rest) = Self::parse_unchecked_crc(buf)?;
-        let computed = b.compute_crc();
-        if computed != b.crc() {
-            return Err(BatchError::BadCrc {
-                stored: b.crc(),
-                computed,
-            });
-        }
-        Ok((b, rest))
+        let frame = Frame::split(buf)?;
+        frame.check_crc()?;
+        frame.into_batch()
     }
 
-    /// Like [`RecordBatch::parse`] but without the CRC check (for data already verified).
+    /// Like [`RecordBatch::parse`] but without the CRC check, for bytes already verified
+    /// (for example a log segment that recovery has scanned).
     ///
     /// # Errors
-    /// Any structural [`BatchError`].
+    /// As [`RecordBatch::parse`], except [`BatchError::BadCrc`].
     pub fn parse_unchecked_crc(buf: &'a [u8]) -> Result<(RecordBatch<'a>, &'a [u8]), BatchError> {
-        let size = peek_size(buf)?.ok_or(BatchError::TooShort {
-            needed: LOG_OVERHEAD,
-            available: buf.len(),
-        })?;
-        if buf.len() < size {
-            return Err(BatchError::TooShort {
-                needed: size,
-                available: buf.len(),
-            });
-        }
-        let (bytes, rest) = buf.split_at(size);
-        let magic = bytes[16] as i8;
-        if magic != MAGIC_V2 {
-            return Err(BatchError::BadMagic(magic));
-        }
-        let b = RecordBatch { bytes };
-        let codec = (b.attributes() & 0x7) as u8;
-        if codec > 4 {
-            return Err(BatchError::BadCompression(codec));
-        }
-        Ok((b, rest))
+        Frame::split(buf)?.into_batch()
     }
 
     /// The whole batch.
@@ -223,130 +470,139 @@ impl<'a> RecordBatch<'a> {
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
     }
-    /// Total size in bytes.
+    /// Total size in bytes: [`LOG_OVERHEAD`] + `batchLength`.
     #[must_use]
     pub fn size(&self) -> usize {
         self.bytes.len()
     }
-    /// `batchLength`.
+    /// `batchLength`: the bytes after the length field.
     #[must_use]
     pub fn batch_length(&self) -> i32 {
-        be_i32(self.bytes, 8)
+        i32_at::<BATCH_LENGTH_AT>(self.header)
     }
-    /// `baseOffset`.
+    /// `baseOffset`: the offset of the first record (as assigned by the leader; a client
+    /// writes 0).
     #[must_use]
     pub fn base_offset(&self) -> Offset {
-        Offset(be_i64(self.bytes, 0))
+        Offset(i64_at::<BASE_OFFSET_AT>(self.header))
     }
     /// `lastOffsetDelta`.
     #[must_use]
     pub fn last_offset_delta(&self) -> i32 {
-        be_i32(self.bytes, 23)
+        i32_at::<LAST_OFFSET_DELTA_AT>(self.header)
     }
-    /// Offset of the last record.
+    /// Offset of the last record: base offset + last offset delta, saturating so that a
+    /// corrupt header cannot overflow.
     #[must_use]
     pub fn last_offset(&self) -> Offset {
-        self.base_offset().add(i64::from(self.last_offset_delta()))
+        Offset(
+            self.base_offset()
+                .0
+                .saturating_add(i64::from(self.last_offset_delta())),
+        )
     }
-    /// Offset after the last record.
+    /// Offset after the last record, where the next batch starts (saturating).
     #[must_use]
     pub fn next_offset(&self) -> Offset {
-        self.last_offset().next()
+        Offset(self.last_offset().0.saturating_add(1))
     }
-    /// `partitionLeaderEpoch`.
+    /// `partitionLeaderEpoch`: the epoch of the leader that appended the batch.
     #[must_use]
     pub fn partition_leader_epoch(&self) -> Epoch {
-        Epoch(be_i32(self.bytes, 12))
+        Epoch(i32_at::<PARTITION_LEADER_EPOCH_AT>(self.header))
     }
-    /// `magic`.
+    /// `magic` (always [`MAGIC_V2`] for a parsed batch).
     #[must_use]
     pub fn magic(&self) -> i8 {
-        self.bytes[16] as i8
+        i8::from_be_bytes(get::<MAGIC_AT, 1>(self.header))
     }
-    /// The stored CRC.
+    /// The CRC stored in the header.
     #[must_use]
     pub fn crc(&self) -> u32 {
-        u32::from_be_bytes([
-            self.bytes[CRC_AT],
-            self.bytes[CRC_AT + 1],
-            self.bytes[CRC_AT + 2],
-            self.bytes[CRC_AT + 3],
-        ])
+        u32::from_be_bytes(get::<CRC_AT, 4>(self.header))
     }
-    /// The CRC-32C of the bytes it covers.
+    /// The CRC-32C of the bytes the CRC covers (attributes to the end).
     #[must_use]
     pub fn compute_crc(&self) -> u32 {
-        crc32c::crc32c(&self.bytes[ATTRIBUTES_AT..])
+        crc_of(self.header, self.records)
     }
     /// `attributes`.
     #[must_use]
     pub fn attributes(&self) -> i16 {
-        be_i16(self.bytes, ATTRIBUTES_AT)
+        i16_at::<ATTRIBUTES_AT>(self.header)
     }
-    /// The compression codec.
+    /// The compression codec of the records.
     #[must_use]
     pub fn compression(&self) -> Compression {
-        match self.attributes() & 0x7 {
-            1 => Compression::Gzip,
-            2 => Compression::Snappy,
-            3 => Compression::Lz4,
-            4 => Compression::Zstd,
-            _ => Compression::None,
-        }
+        self.compression
     }
-    /// Timestamps are log-append time rather than create time.
+    /// Whether timestamps are log-append time (set by the broker) rather than create time
+    /// (set by the producer).
     #[must_use]
     pub fn timestamp_type_log_append(&self) -> bool {
-        self.attributes() & 0x8 != 0
+        self.attributes() & TIMESTAMP_TYPE_BIT != 0
     }
-    /// Part of a transaction.
+    /// Whether the batch is part of a transaction.
     #[must_use]
     pub fn is_transactional(&self) -> bool {
-        self.attributes() & 0x10 != 0
+        self.attributes() & TRANSACTIONAL_BIT != 0
     }
-    /// A control batch (transaction marker).
+    /// Whether this is a control batch (a transaction marker), not user data.
     #[must_use]
     pub fn is_control(&self) -> bool {
-        self.attributes() & 0x20 != 0
+        self.attributes() & CONTROL_BIT != 0
     }
-    /// `baseTimestamp`.
+    /// Whether the delete-horizon flag is set: compaction then stores the delete horizon in
+    /// `baseTimestamp` (KIP-534).
+    #[must_use]
+    pub fn has_delete_horizon(&self) -> bool {
+        self.attributes() & DELETE_HORIZON_BIT != 0
+    }
+    /// `baseTimestamp`: record timestamps are deltas from it.
     #[must_use]
     pub fn base_timestamp(&self) -> i64 {
-        be_i64(self.bytes, 27)
+        i64_at::<BASE_TIMESTAMP_AT>(self.header)
     }
-    /// `maxTimestamp`.
+    /// `maxTimestamp`: the largest record timestamp, used by time indexes.
     #[must_use]
     pub fn max_timestamp(&self) -> i64 {
-        be_i64(self.bytes, 35)
+        i64_at::<MAX_TIMESTAMP_AT>(self.header)
     }
-    /// `producerId`.
+    /// `producerId` ([`NO_PRODUCER_ID`] if not idempotent).
     #[must_use]
     pub fn producer_id(&self) -> i64 {
-        be_i64(self.bytes, 43)
+        i64_at::<PRODUCER_ID_AT>(self.header)
     }
     /// `producerEpoch`.
     #[must_use]
     pub fn producer_epoch(&self) -> i16 {
-        be_i16(self.bytes, 51)
+        i16_at::<PRODUCER_EPOCH_AT>(self.header)
     }
-    /// `baseSequence`.
+    /// `baseSequence`: the idempotent producer's sequence number of the first record.
     #[must_use]
     pub fn base_sequence(&self) -> i32 {
-        be_i32(self.bytes, 53)
+        i32_at::<BASE_SEQUENCE_AT>(self.header)
     }
-    /// `recordsCount`.
+    /// `recordsCount` as declared in the header (not yet checked against the records).
     #[must_use]
     pub fn record_count(&self) -> i32 {
-        be_i32(self.bytes, 57)
+        i32_at::<RECORDS_COUNT_AT>(self.header)
     }
-    /// The records section (compressed or not).
+    /// The records section, compressed or not.
     #[must_use]
     pub fn records_bytes(&self) -> &'a [u8] {
-        &self.bytes[HEADER_SIZE..]
+        self.records
     }
 
-    /// Checks what a client batch must satisfy beyond structure: the CRC, and a record
-    /// count of at least one equal to `lastOffsetDelta + 1` (clients never send gaps).
+    /// Checks what a batch from a client must satisfy beyond its frame: the CRC (again, so
+    /// that batches from [`RecordBatch::parse_unchecked_crc`] are covered), at least one
+    /// record, and `lastOffsetDelta == recordsCount - 1`, because a client numbers its
+    /// records 0, 1, 2, ... without gaps. The produce path and log recovery rely on the
+    /// last relation to compute offsets from the header alone.
+    ///
+    /// Batches rewritten by compaction may have gaps or no records and fail this; such
+    /// batches never come from clients. Records are not decoded here: see
+    /// [`RecordBatch::validate_records`].
     ///
     /// # Errors
     /// [`BatchError::BadCrc`] or [`BatchError::BadRecordCount`].
@@ -358,355 +614,134 @@ impl<'a> RecordBatch<'a> {
                 computed,
             });
         }
-        let (count, delta) = (self.record_count(), self.last_offset_delta());
-        if count < 1 || delta < 0 || i64::from(delta) + 1 != i64::from(count) {
+        let (count, last_offset_delta) = (self.record_count(), self.last_offset_delta());
+        if count < 1 || i64::from(last_offset_delta) != i64::from(count) - 1 {
             return Err(BatchError::BadRecordCount {
                 count,
-                last_offset_delta: delta,
+                last_offset_delta,
             });
         }
         Ok(())
     }
 
-    /// Iterates every record of an uncompressed batch, checking offset deltas are
-    /// `0..count` and that the records fill the batch exactly.
+    /// Decodes every record of an uncompressed batch and checks that there are exactly
+    /// `recordsCount` of them, filling the records section, with offset deltas
+    /// `0, 1, ..., recordsCount - 1`. Together with [`RecordBatch::validate`] this is
+    /// everything a well-formed client batch satisfies.
     ///
     /// # Errors
-    /// The first malformed record, [`BatchError::Compressed`], or a count mismatch.
+    /// [`BatchError::Compressed`] (records cannot be checked without decompressing), the
+    /// first error of [`RecordBatch::records`], or [`BatchError::BadOffsetDelta`].
     pub fn validate_records(&self) -> Result<(), BatchError> {
-        for (n, r) in (0_i32..).zip(self.records()?) {
-            let r = r?;
-            if r.offset_delta != n {
-                return Err(BatchError::BadOffsetDelta {
-                    index: n,
-                    delta: r.offset_delta,
-                });
+        for (index, r) in (0_i32..).zip(self.records()?) {
+            let delta = r?.offset_delta;
+            if delta != index {
+                return Err(BatchError::BadOffsetDelta { index, delta });
             }
         }
         Ok(())
     }
 
-    /// The records of an uncompressed batch.
+    /// The records of an uncompressed batch, decoded lazily and without copying; see
+    /// [`Records`] for what the iterator checks.
     ///
     /// # Errors
-    /// [`BatchError::Compressed`] for a compressed batch.
+    /// [`BatchError::Compressed`] for a compressed batch, [`BatchError::BadRecordCount`] if
+    /// the record count is negative.
     pub fn records(&self) -> Result<Records<'a>, BatchError> {
-        match self.compression() {
-            Compression::None => Ok(Records {
-                rest: self.records_bytes(),
-                index: 0,
-                count: self.record_count(),
-                done: false,
-            }),
-            c => Err(BatchError::Compressed(c)),
+        if self.compression != Compression::None {
+            return Err(BatchError::Compressed(self.compression));
         }
+        let count = self.record_count();
+        if count < 0 {
+            return Err(BatchError::BadRecordCount {
+                count,
+                last_offset_delta: self.last_offset_delta(),
+            });
+        }
+        Ok(Records::new(self.records, count))
     }
 }
 
-/// One record header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header<'a> {
-    /// The key (not nullable).
-    pub key: &'a [u8],
-    /// The value (nullable).
-    pub value: Option<&'a [u8]>,
+impl fmt::Debug for RecordBatch<'_> {
+    /// The header fields, not the bytes: a batch can be megabytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordBatch")
+            .field("base_offset", &self.base_offset())
+            .field("last_offset_delta", &self.last_offset_delta())
+            .field("size", &self.size())
+            .field("partition_leader_epoch", &self.partition_leader_epoch())
+            .field("crc", &format_args!("{:#010x}", self.crc()))
+            .field("attributes", &format_args!("{:#06x}", self.attributes()))
+            .field("compression", &self.compression)
+            .field("base_timestamp", &self.base_timestamp())
+            .field("max_timestamp", &self.max_timestamp())
+            .field("producer_id", &self.producer_id())
+            .field("producer_epoch", &self.producer_epoch())
+            .field("base_sequence", &self.base_sequence())
+            .field("record_count", &self.record_count())
+            .finish()
+    }
 }
 
-/// One record of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record<'a> {
-    /// Record attributes (unused by Kafka today).
-    pub attributes: i8,
-    /// Timestamp relative to the batch's base timestamp.
-    pub timestamp_delta: i64,
-    /// Offset relative to the batch's base offset.
-    pub offset_delta: i32,
-    /// The key, or `None` for null.
-    pub key: Option<&'a [u8]>,
-    /// The value, or `None` for null (a tombstone).
-    pub value: Option<&'a [u8]>,
-    /// Headers in order, repeated keys kept.
-    pub headers: Vec<Header<'a>>,
+/// Iterates the consecutive batches in `buf` (a log segment, a fetch response's records),
+/// each CRC-checked by [`RecordBatch::parse`].
+pub fn batches(buf: &[u8]) -> Batches<'_> {
+    Batches {
+        rest: buf,
+        position: 0,
+        failed: false,
+    }
 }
 
-/// Iterator over the records of an uncompressed batch.
-#[derive(Debug)]
-pub struct Records<'a> {
+/// Iterator over consecutive batches, from [`batches`].
+///
+/// Yields each batch, then stops at the end of the buffer or after yielding the first
+/// error: once a batch cannot be framed, nothing after it can be located. A buffer that
+/// ends inside a batch yields [`BatchError::TooShort`] last (Kafka fetch responses may end
+/// with a partial batch; a log file may end with a torn write).
+#[derive(Debug, Clone)]
+pub struct Batches<'a> {
     rest: &'a [u8],
-    index: i32,
-    count: i32,
-    done: bool,
+    position: usize,
+    failed: bool,
 }
 
-/// Reads a zigzag varint of at most `max_bytes` bytes.
-fn varint(buf: &mut &[u8], max_bytes: u32) -> Option<i64> {
-    let mut raw: u64 = 0;
-    for i in 0..max_bytes {
-        let (&b, rest) = buf.split_first()?;
-        *buf = rest;
-        raw |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if i + 1 == max_bytes && max_bytes == 5 && b > 0x0f {
-                return None; // more than 32 bits
-            }
-            if i + 1 == max_bytes && max_bytes == 10 && b > 0x01 {
-                return None; // more than 64 bits
-            }
-            if i > 0 && b == 0 {
-                return None; // overlong encoding
-            }
-            return Some((raw >> 1) as i64 ^ -((raw & 1) as i64));
-        }
+impl<'a> Batches<'a> {
+    /// Bytes consumed by the valid batches yielded so far: where the next batch (or the
+    /// error) starts. After an error, the length of the cleanly readable prefix, which is
+    /// where log recovery truncates.
+    #[must_use]
+    pub fn position(&self) -> usize {
+        self.position
     }
-    None
+
+    /// The bytes from [`Batches::position`] on.
+    #[must_use]
+    pub fn remaining(&self) -> &'a [u8] {
+        self.rest
+    }
 }
 
-fn varint32(buf: &mut &[u8]) -> Option<i32> {
-    varint(buf, 5).and_then(|v| i32::try_from(v).ok())
-}
-
-fn bytes_field<'a>(buf: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let len = varint32(buf)?;
-    if len == -1 {
-        return Some(None);
-    }
-    let len = usize::try_from(len).ok()?;
-    if buf.len() < len {
-        return None;
-    }
-    let (v, rest) = buf.split_at(len);
-    *buf = rest;
-    Some(Some(v))
-}
-
-fn parse_record<'a>(body: &'a [u8]) -> Result<Record<'a>, &'static str> {
-    let mut b = body;
-    let (&attributes, rest) = b.split_first().ok_or("missing attributes")?;
-    b = rest;
-    let timestamp_delta = varint(&mut b, 10).ok_or("bad timestamp delta")?;
-    let offset_delta = varint32(&mut b).ok_or("bad offset delta")?;
-    let key = bytes_field(&mut b).ok_or("bad key")?;
-    let value = bytes_field(&mut b).ok_or("bad value")?;
-    let n = varint32(&mut b).ok_or("bad header count")?;
-    let n = usize::try_from(n).map_err(|_| "negative header count")?;
-    if n > b.len() {
-        return Err("header count exceeds the record");
-    }
-    let mut headers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let key = bytes_field(&mut b)
-            .ok_or("bad header key")?
-            .ok_or("null header key")?;
-        let value = bytes_field(&mut b).ok_or("bad header value")?;
-        headers.push(Header { key, value });
-    }
-    if !b.is_empty() {
-        return Err("bytes left inside the record");
-    }
-    Ok(Record {
-        attributes: attributes as i8,
-        timestamp_delta,
-        offset_delta,
-        key,
-        value,
-        headers,
-    })
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<Record<'a>, BatchError>;
+impl<'a> Iterator for Batches<'a> {
+    type Item = Result<RecordBatch<'a>, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
+        if self.failed || self.rest.is_empty() {
             return None;
         }
-        let index = self.index;
-        let fail = |s: &mut Self, reason| {
-            s.done = true;
-            Some(Err(BatchError::BadRecord { index, reason }))
-        };
-        if self.index >= self.count {
-            self.done = true;
-            if !self.rest.is_empty() {
-                return Some(Err(BatchError::BadRecord {
-                    index,
-                    reason: "bytes after the last record",
-                }));
+        match RecordBatch::parse(self.rest) {
+            Ok((batch, rest)) => {
+                self.position = self.position.saturating_add(batch.size());
+                self.rest = rest;
+                Some(Ok(batch))
             }
-            return None;
-        }
-        let mut b = self.rest;
-        let Some(len) = varint32(&mut b) else {
-            return fail(self, "bad record length");
-        };
-        let Ok(len) = usize::try_from(len) else {
-            return fail(self, "negative record length");
-        };
-        if len > b.len() {
-            return fail(self, "record length exceeds the batch");
-        }
-        let (body, rest) = b.split_at(len);
-        self.rest = rest;
-        self.index += 1;
-        match parse_record(body) {
-            Ok(r) => Some(Ok(r)),
-            Err(reason) => fail(self, reason),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    match v {
-        None => put_varint(out, -1),
-        Some(v) => {
-            put_varint(out, v.len() as i64);
-            out.extend_from_slice(v);
-        }
-    }
-}
-
-/// Builds uncompressed batches, for tests and the client.
-#[derive(Debug, Clone)]
-pub struct RecordBatchBuilder {
-    base_offset: Offset,
-    epoch: Epoch,
-    base_timestamp: i64,
-    max_timestamp: Option<i64>,
-    attributes: i16,
-    producer_id: i64,
-    producer_epoch: i16,
-    base_sequence: i32,
-    records: Vec<u8>,
-    count: i32,
-}
-
-impl RecordBatchBuilder {
-    /// An empty batch at `base_offset`, no producer, epoch -1, timestamp 0.
-    #[must_use]
-    pub fn new(base_offset: Offset) -> RecordBatchBuilder {
-        RecordBatchBuilder {
-            base_offset,
-            epoch: Epoch::NONE,
-            base_timestamp: 0,
-            max_timestamp: None,
-            attributes: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-            records: Vec::new(),
-            count: 0,
-        }
-    }
-    /// Sets the partition leader epoch.
-    pub fn partition_leader_epoch(&mut self, epoch: Epoch) -> &mut Self {
-        self.epoch = epoch;
-        self
-    }
-    /// Sets the base timestamp.
-    pub fn base_timestamp(&mut self, ts: i64) -> &mut Self {
-        self.base_timestamp = ts;
-        self
-    }
-    /// Sets the idempotent producer fields.
-    pub fn producer(&mut self, id: i64, epoch: i16, base_sequence: i32) -> &mut Self {
-        self.producer_id = id;
-        self.producer_epoch = epoch;
-        self.base_sequence = base_sequence;
-        self
-    }
-    /// Marks the batch transactional.
-    pub fn transactional(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on {
-            self.attributes | 0x10
-        } else {
-            self.attributes & !0x10
-        };
-        self
-    }
-    /// Marks the batch a control batch.
-    pub fn control(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on {
-            self.attributes | 0x20
-        } else {
-            self.attributes & !0x20
-        };
-        self
-    }
-    /// Marks timestamps as log-append time.
-    pub fn log_append_time(&mut self, on: bool) -> &mut Self {
-        self.attributes = if on {
-            self.attributes | 0x8
-        } else {
-            self.attributes & !0x8
-        };
-        self
-    }
-    /// Adds a record.
-    pub fn push(
-        &mut self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[(&[u8], Option<&[u8]>)],
-        timestamp_delta: i64,
-    ) -> &mut Self {
-        let mut body =
-            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
-        body.push(0);
-        put_varint(&mut body, timestamp_delta);
-        put_varint(&mut body, i64::from(self.count));
-        put_bytes(&mut body, key);
-        put_bytes(&mut body, value);
-        put_varint(&mut body, headers.len() as i64);
-        for (k, v) in headers {
-            put_bytes(&mut body, Some(k));
-            put_bytes(&mut body, *v);
-        }
-        put_varint(&mut self.records, body.len() as i64);
-        self.records.extend_from_slice(&body);
-        let ts = self.base_timestamp.saturating_add(timestamp_delta);
-        self.max_timestamp = Some(self.max_timestamp.map_or(ts, |m| m.max(ts)));
-        self.count += 1;
-        self
-    }
-    /// The encoded batch.
-    #[must_use]
-    pub fn build(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_SIZE + self.records.len());
-        out.extend_from_slice(&self.base_offset.0.to_be_bytes());
-        let len = (HEADER_SIZE - LOG_OVERHEAD + self.records.len()) as i32;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&self.epoch.0.to_be_bytes());
-        out.push(MAGIC_V2 as u8);
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&self.attributes.to_be_bytes());
-        out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
-        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
-        out.extend_from_slice(
-            &self
-                .max_timestamp
-                .unwrap_or(self.base_timestamp)
-                .to_be_bytes(),
-        );
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.records);
-        let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
-        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        out
-    }
-}
+impl FusedIterator for Batches<'_> {}

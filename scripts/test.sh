@@ -21,6 +21,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "tests"
 cargo test --workspace --all-features --locked
 
+step "real Kafka clients (kafka-python, confluent-kafka, aiokafka, kcat) against lode"
+cargo build -p lode-cli --locked
+bash tests/clients/run.sh
+
 step "simulation build (--cfg madsim, own target dir)"
 # The simulator and the tests that exist only under madsim. A separate target dir keeps
 # the two configurations from rebuilding each other.

@@ -22,8 +22,10 @@ lode: a Kafka-compatible replicated log
 usage:
   lode dev [--port PORT] [--data-dir DIR]
       a local broker for Kafka clients: bootstrap 127.0.0.1:9092, data in ./lode-data
-  lode broker --node-id N --listen HOST:PORT --data-dir DIR [options]
-      one broker node; options:
+  lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
+      one broker node; flags override the TOML file (keys: node_id, listen, advertised,
+      data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
+      message_bytes_max, frame_bytes_max, segment_bytes_max, connections_max); options:
         --advertised HOST:PORT   address given to clients (default: the listen address)
         --fsync always|interval  sync policy (default always: group commit)
         --no-auto-create         do not create topics on metadata requests
@@ -181,40 +183,103 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
     serve(config, data.join("broker-0"), true)
 }
 
+/// The broker's TOML configuration file; every key is optional, flags override it.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<i32>,
+    listen: Option<String>,
+    advertised: Option<String>,
+    data_dir: Option<PathBuf>,
+    fsync: Option<String>,
+    fsync_interval_ms: Option<u64>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    message_bytes_max: Option<usize>,
+    frame_bytes_max: Option<usize>,
+    segment_bytes_max: Option<u64>,
+    connections_max: Option<usize>,
+}
+
 fn broker(args: &[&str]) -> anyhow::Result<()> {
     let mut f = Flags::new(args);
-    let node: i32 = f
-        .value("--node-id")?
-        .context("--node-id is required")?
-        .parse()
-        .context("--node-id takes a number")?;
-    let listen: SocketAddr = f
+    let file: FileConfig = match f.value("--config")? {
+        None => FileConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            toml::from_str(&text).with_context(|| format!("{path}"))?
+        }
+    };
+    let node: i32 = match f.value("--node-id")? {
+        Some(v) => v.parse().context("--node-id takes a number")?,
+        None => file
+            .node_id
+            .context("--node-id (or node_id in the config file) is required")?,
+    };
+    let listen = f
         .value("--listen")?
-        .context("--listen is required")?
+        .map(str::to_owned)
+        .or(file.listen)
+        .context("--listen is required")?;
+    let listen: SocketAddr = listen
         .parse()
-        .context("--listen takes HOST:PORT (an IP address)")?;
-    let data = PathBuf::from(f.value("--data-dir")?.context("--data-dir is required")?);
+        .with_context(|| format!("listen address {listen:?}: give IP:PORT"))?;
+    let data = f
+        .value("--data-dir")?
+        .map(PathBuf::from)
+        .or(file.data_dir)
+        .context("--data-dir is required")?;
     let mut config = BrokerConfig::new(BrokerId(node), listen);
-    if let Some(adv) = f.value("--advertised")? {
+    if let Some(adv) = f
+        .value("--advertised")?
+        .map(str::to_owned)
+        .or(file.advertised)
+    {
         let (host, port) = adv
             .rsplit_once(':')
-            .context("--advertised takes HOST:PORT")?;
+            .context("advertised address takes HOST:PORT")?;
         config.advertised_host = host.to_owned();
-        config.advertised_port = port.parse().context("--advertised port")?;
+        config.advertised_port = port.parse().context("advertised port")?;
     }
-    match f.value("--fsync")? {
+    let interval = Duration::from_millis(file.fsync_interval_ms.unwrap_or(1000));
+    match f
+        .value("--fsync")?
+        .map(str::to_owned)
+        .or(file.fsync)
+        .as_deref()
+    {
         None | Some("always") => config.fsync = FsyncPolicy::Always,
-        Some("interval") => config.fsync = FsyncPolicy::Interval(Duration::from_secs(1)),
-        Some(other) => bail!("--fsync takes always or interval, not {other:?}"),
+        Some("interval") => config.fsync = FsyncPolicy::Interval(interval),
+        Some(other) => bail!("fsync takes always or interval, not {other:?}"),
+    }
+    if let Some(v) = file.auto_create_topics {
+        config.auto_create_topics = v;
     }
     if f.switch("--no-auto-create") {
         config.auto_create_topics = false;
     }
-    if let Some(n) = f.value("--partitions")? {
-        config.default_partitions = n.parse().context("--partitions takes a number")?;
+    match f.value("--partitions")? {
+        Some(n) => config.default_partitions = n.parse().context("--partitions takes a number")?,
+        None => {
+            config.default_partitions = file.default_partitions.unwrap_or(config.default_partitions)
+        }
     }
-    if let Some(n) = f.value("--message-bytes-max")? {
-        config.message_bytes_max = n.parse().context("--message-bytes-max takes a number")?;
+    match f.value("--message-bytes-max")? {
+        Some(n) => {
+            config.message_bytes_max = n.parse().context("--message-bytes-max takes a number")?
+        }
+        None => {
+            config.message_bytes_max = file.message_bytes_max.unwrap_or(config.message_bytes_max)
+        }
+    }
+    config.frame_bytes_max = file.frame_bytes_max.unwrap_or(config.frame_bytes_max);
+    config.segment_bytes_max = file.segment_bytes_max.unwrap_or(config.segment_bytes_max);
+    config.connections_max = file.connections_max.unwrap_or(config.connections_max);
+    if config.default_partitions < 1
+        || config.message_bytes_max < 64
+        || config.frame_bytes_max < config.message_bytes_max
+    {
+        bail!("invalid limits: partitions >= 1, message_bytes_max >= 64, frame_bytes_max >= message_bytes_max");
     }
     f.finish()?;
     serve(config, data, false)

@@ -207,7 +207,7 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
         None => FileConfig::default(),
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            toml::from_str(&text).with_context(|| format!("{path}"))?
+            toml::from_str(&text).with_context(|| path.to_string())?
         }
     };
     let node: i32 = match f.value("--node-id")? {

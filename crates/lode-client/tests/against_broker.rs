@@ -199,3 +199,60 @@ async fn acks_zero_and_one_and_oversized() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_not_written_twice() {
+    use bytes::Bytes;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use lode_proto::batch::RecordBatchBuilder;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = broker(tmp.path()).await;
+    let client = Client::connect(&b.local_addr.to_string(), "test")
+        .await
+        .unwrap();
+    client.create_topic("idem", 1, 1).await.unwrap();
+    let mut conn = lode_client::Connection::connect(b.local_addr, "raw")
+        .await
+        .unwrap();
+    let produce = |seq: i32| {
+        let mut batch = RecordBatchBuilder::new(Offset(0));
+        batch.producer(4242, 0, seq);
+        batch
+            .push(None, Some(b"a"), &[], 0)
+            .push(None, Some(b"b"), &[], 0);
+        let mut pd = PartitionProduceData::default();
+        pd.index = 0;
+        pd.records = Some(Bytes::from(batch.build()));
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_string("idem".into()));
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 10_000;
+        req.topic_data = vec![td];
+        req
+    };
+    let answer = |r: kafka_protocol::messages::ProduceResponse| {
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(answer(conn.call(&produce(0)).await.unwrap()), (0, 0));
+    assert_eq!(answer(conn.call(&produce(2)).await.unwrap()), (0, 2));
+    // A retry of either batch is answered with its original offset, not written again.
+    assert_eq!(answer(conn.call(&produce(0)).await.unwrap()), (0, 0));
+    assert_eq!(answer(conn.call(&produce(2)).await.unwrap()), (0, 2));
+    // A gap is refused: OUT_OF_ORDER_SEQUENCE_NUMBER.
+    assert_eq!(answer(conn.call(&produce(9)).await.unwrap()).0, 45);
+    let mut consumer = Consumer::new(client.clone());
+    consumer.assign("idem", 0, Offset(0));
+    let got = read_all(&mut consumer, 4).await;
+    assert_eq!(
+        got.len(),
+        4,
+        "two batches of two records, each written once"
+    );
+    b.shutdown().await;
+}

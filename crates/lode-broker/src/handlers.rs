@@ -45,50 +45,87 @@ fn respond<R: Encodable>(
     encode_response(key, version, correlation_id, body).map(Some)
 }
 
-/// Runs the handler for `key`.
-pub(crate) async fn dispatch(
-    broker: &Arc<Broker>,
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: Bytes,
-) -> Result<Option<Bytes>, ConnectionError> {
-    match key {
-        ApiKey::ApiVersions => respond(
-            key,
-            version,
-            correlation_id,
-            &crate::server::api_versions_response(),
-        ),
-        ApiKey::Metadata => {
-            let req: MetadataRequest = decode(key, version, body)?;
-            respond(key, version, correlation_id, &metadata(broker, req).await)
-        }
-        ApiKey::CreateTopics => {
-            let req: CreateTopicsRequest = decode(key, version, body)?;
-            respond(
-                key,
-                version,
-                correlation_id,
-                &create_topics(broker, req).await,
-            )
-        }
-        ApiKey::DeleteTopics => {
-            let req: DeleteTopicsRequest = decode(key, version, body)?;
-            respond(
-                key,
-                version,
-                correlation_id,
-                &delete_topics(broker, req).await,
-            )
-        }
+/// A decoded request body, one variant per API this broker serves.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// ApiVersions (the body carries nothing the answer depends on).
+    ApiVersions,
+    /// Metadata.
+    Metadata(MetadataRequest),
+    /// CreateTopics.
+    CreateTopics(CreateTopicsRequest),
+    /// DeleteTopics.
+    DeleteTopics(DeleteTopicsRequest),
+    /// Produce (v3+).
+    Produce(ProduceRequest),
+    /// Fetch.
+    Fetch(FetchRequest),
+    /// ListOffsets.
+    ListOffsets(ListOffsetsRequest),
+    /// InitProducerId.
+    InitProducerId(InitProducerIdRequest),
+}
+
+/// Decodes the body of a `key` request at `version` (header already consumed).
+///
+/// # Errors
+/// [`ConnectionError::Protocol`] for anything undecodable or unsupported.
+pub fn decode_body(key: ApiKey, version: i16, body: Bytes) -> Result<RequestBody, ConnectionError> {
+    Ok(match key {
+        ApiKey::ApiVersions => RequestBody::ApiVersions,
+        ApiKey::Metadata => RequestBody::Metadata(decode(key, version, body)?),
+        ApiKey::CreateTopics => RequestBody::CreateTopics(decode(key, version, body)?),
+        ApiKey::DeleteTopics => RequestBody::DeleteTopics(decode(key, version, body)?),
         ApiKey::Produce => {
             if version < 3 {
                 return Err(ConnectionError::Protocol(format!(
                     "Produce v{version}: only RecordBatch v2 (Produce v3+) is accepted"
                 )));
             }
-            let req: ProduceRequest = decode(key, version, body)?;
+            RequestBody::Produce(decode(key, version, body)?)
+        }
+        ApiKey::Fetch => RequestBody::Fetch(decode(key, version, body)?),
+        ApiKey::ListOffsets => RequestBody::ListOffsets(decode(key, version, body)?),
+        ApiKey::InitProducerId => RequestBody::InitProducerId(decode(key, version, body)?),
+        other => {
+            return Err(ConnectionError::Protocol(format!(
+                "no handler for {other:?}"
+            )))
+        }
+    })
+}
+
+/// Runs the handler for a decoded request; `None` means no response (acks=0 Produce).
+pub(crate) async fn dispatch(
+    broker: &Arc<Broker>,
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: RequestBody,
+) -> Result<Option<Bytes>, ConnectionError> {
+    match body {
+        RequestBody::ApiVersions => respond(
+            key,
+            version,
+            correlation_id,
+            &crate::server::api_versions_response(),
+        ),
+        RequestBody::Metadata(req) => {
+            respond(key, version, correlation_id, &metadata(broker, req).await)
+        }
+        RequestBody::CreateTopics(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &create_topics(broker, req).await,
+        ),
+        RequestBody::DeleteTopics(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &delete_topics(broker, req).await,
+        ),
+        RequestBody::Produce(req) => {
             let acks = req.acks;
             let resp = produce(broker, req).await;
             if acks == 0 {
@@ -96,31 +133,19 @@ pub(crate) async fn dispatch(
             }
             respond(key, version, correlation_id, &resp)
         }
-        ApiKey::Fetch => {
-            let req: FetchRequest = decode(key, version, body)?;
-            respond(key, version, correlation_id, &fetch(broker, req).await)
-        }
-        ApiKey::ListOffsets => {
-            let req: ListOffsetsRequest = decode(key, version, body)?;
-            respond(
-                key,
-                version,
-                correlation_id,
-                &list_offsets(broker, req).await,
-            )
-        }
-        ApiKey::InitProducerId => {
-            let req: InitProducerIdRequest = decode(key, version, body)?;
-            respond(
-                key,
-                version,
-                correlation_id,
-                &init_producer_id(broker, req).await,
-            )
-        }
-        other => Err(ConnectionError::Protocol(format!(
-            "no handler for {other:?}"
-        ))),
+        RequestBody::Fetch(req) => respond(key, version, correlation_id, &fetch(broker, req).await),
+        RequestBody::ListOffsets(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &list_offsets(broker, req).await,
+        ),
+        RequestBody::InitProducerId(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &init_producer_id(broker, req).await,
+        ),
     }
 }
 

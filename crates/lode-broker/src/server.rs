@@ -176,11 +176,40 @@ fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
     r
 }
 
-/// Handles one request frame; `None` means no response is sent (acks=0 Produce).
-async fn handle_frame(
-    broker: &Arc<Broker>,
-    frame: Bytes,
-) -> Result<Option<Bytes>, ConnectionError> {
+/// A request frame, parsed.
+#[derive(Debug)]
+pub enum Parsed {
+    /// An ApiVersions request at a version this broker does not know: answer KIP-511 style.
+    UnknownApiVersionsVersion {
+        /// To echo.
+        correlation_id: i32,
+    },
+    /// A request to serve.
+    Request {
+        /// The API.
+        key: ApiKey,
+        /// Its version.
+        version: i16,
+        /// To echo.
+        correlation_id: i32,
+        /// The client's id, for logs.
+        client_id: String,
+        /// The decoded body.
+        body: handlers::RequestBody,
+    },
+}
+
+/// Parses a request frame (without its length prefix): header, version checks, body.
+///
+/// # Errors
+/// [`ConnectionError::Protocol`] for anything the connection must be closed for.
+pub fn parse_frame(frame: Bytes) -> Result<Parsed, ConnectionError> {
+    if frame.len() < 8 {
+        return Err(ConnectionError::Protocol(format!(
+            "frame of {} bytes has no header",
+            frame.len()
+        )));
+    }
     let mut peek = frame.clone();
     let key_raw = peek.get_i16();
     let version = peek.get_i16();
@@ -196,19 +225,7 @@ async fn handle_frame(
         )));
     };
     if key == ApiKey::ApiVersions && !(lo..=hi).contains(&version) {
-        // KIP-511: answer an unknown ApiVersions version with a v0 body carrying
-        // UNSUPPORTED_VERSION and our ranges, so the client can retry with one we know.
-        tracing::debug!(
-            version,
-            "ApiVersions version unsupported; answering with v0"
-        );
-        return encode_response(
-            key,
-            0,
-            correlation_id,
-            &api_versions_body(codes::UNSUPPORTED_VERSION),
-        )
-        .map(Some);
+        return Ok(Parsed::UnknownApiVersionsVersion { correlation_id });
     }
     if !(lo..=hi).contains(&version) {
         return Err(ConnectionError::Protocol(format!(
@@ -218,15 +235,57 @@ async fn handle_frame(
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, key.request_header_version(version))
         .map_err(|e| ConnectionError::Protocol(format!("bad request header: {e}")))?;
-    let client = header
+    let client_id = header
         .client_id
         .as_ref()
         .map(|c| c.to_string())
         .unwrap_or_default();
-    let span = tracing::debug_span!("request", api = ?key, version, correlation_id, %client);
-    let _e = span.enter();
-    drop(_e);
-    handlers::dispatch(broker, key, version, correlation_id, buf).await
+    let body = handlers::decode_body(key, version, buf)?;
+    Ok(Parsed::Request {
+        key,
+        version,
+        correlation_id,
+        client_id,
+        body,
+    })
+}
+
+/// Handles one request frame; `None` means no response is sent (acks=0 Produce).
+async fn handle_frame(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+) -> Result<Option<Bytes>, ConnectionError> {
+    match parse_frame(frame)? {
+        Parsed::UnknownApiVersionsVersion { correlation_id } => {
+            // KIP-511: answer an unknown ApiVersions version with a v0 body carrying
+            // UNSUPPORTED_VERSION and our ranges, so the client can retry with one we know.
+            tracing::debug!("ApiVersions version unsupported; answering with v0");
+            let body = api_versions_body(codes::UNSUPPORTED_VERSION);
+            encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).map(Some)
+        }
+        Parsed::Request {
+            key,
+            version,
+            correlation_id,
+            client_id,
+            body,
+        } => {
+            let span = tracing::debug_span!("request", api = ?key, version, correlation_id, client = %client_id);
+            let _e = span.enter();
+            drop(_e);
+            handlers::dispatch(broker, key, version, correlation_id, body).await
+        }
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` and the tests that replay their corpora.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `data` as a request frame exactly as a connection does. Must never panic or
+    /// allocate without bound.
+    pub fn request_frame(data: &[u8]) {
+        let _ = super::parse_frame(bytes::Bytes::copy_from_slice(data));
+    }
 }
 
 /// The ApiVersions answer for a supported version.

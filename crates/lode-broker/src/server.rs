@@ -194,8 +194,8 @@ pub enum Parsed {
         correlation_id: i32,
         /// The client's id, for logs.
         client_id: String,
-        /// The decoded body.
-        body: handlers::RequestBody,
+        /// The decoded body (boxed: the variants differ a lot in size).
+        body: Box<handlers::RequestBody>,
     },
 }
 
@@ -240,7 +240,7 @@ pub fn parse_frame(frame: Bytes) -> Result<Parsed, ConnectionError> {
         .as_ref()
         .map(|c| c.to_string())
         .unwrap_or_default();
-    let body = handlers::decode_body(key, version, buf)?;
+    let body = Box::new(handlers::decode_body(key, version, buf)?);
     Ok(Parsed::Request {
         key,
         version,
@@ -273,7 +273,7 @@ async fn handle_frame(
             let span = tracing::debug_span!("request", api = ?key, version, correlation_id, client = %client_id);
             let _e = span.enter();
             drop(_e);
-            handlers::dispatch(broker, key, version, correlation_id, body).await
+            handlers::dispatch(broker, key, version, correlation_id, *body).await
         }
     }
 }

@@ -84,6 +84,11 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             .unwrap_or("1")
             .parse()
             .context("--partitions")?;
+        let linger_ms: u64 = f
+            .value("--linger-ms")?
+            .unwrap_or("1")
+            .parse()
+            .context("--linger-ms")?;
         let rate: f64 = f
             .value("--rate")?
             .unwrap_or("0")
@@ -110,7 +115,7 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         let topic = format!("lode-bench-{:08x}", lode_env::rng::seed_u64() as u32);
         client.create_topic(&topic, partitions, -1).await?;
         println!(
-            "workload: {records} records of {record_bytes} B, {partitions} partitions, acks={acks}, rate {}",
+            "workload: {records} records of {record_bytes} B, {partitions} partitions, acks={acks}, linger {linger_ms} ms, rate {}",
             if rate > 0.0 { format!("{rate:.0}/s") } else { "max".into() }
         );
 

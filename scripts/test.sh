@@ -29,8 +29,8 @@ step "simulation build (--cfg madsim, own target dir)"
 # The simulator and the tests that exist only under madsim. A separate target dir keeps
 # the two configurations from rebuilding each other.
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim \
-  cargo clippy -p lode-env -p lode-storage -p lode-sim --all-targets --all-features --locked -- -D warnings
+  cargo clippy -p lode-env -p lode-storage -p lode-broker -p lode-client -p lode-sim --all-targets --all-features --locked -- -D warnings
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim \
-  cargo test -p lode-env -p lode-storage -p lode-sim --all-features --locked
+  cargo test -p lode-env -p lode-storage -p lode-broker -p lode-client -p lode-sim --all-features --locked
 
 step "done in $(( $(date +%s) - started ))s"

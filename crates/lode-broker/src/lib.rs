@@ -13,6 +13,7 @@ mod handlers;
 pub mod partition;
 pub mod server;
 pub mod topics;
+pub mod wire_check;
 
 use std::sync::Arc;
 

@@ -240,6 +240,12 @@ pub fn parse_frame(frame: Bytes) -> Result<Parsed, ConnectionError> {
         .as_ref()
         .map(|c| c.to_string())
         .unwrap_or_default();
+    if !(key == ApiKey::Produce && version < 3) {
+        // kafka-protocol sizes arrays from the wire before reading them: reject any length
+        // the body cannot hold before it gets the chance to allocate for it.
+        crate::wire_check::check_request(key as i16, version, &buf)
+            .map_err(|e| ConnectionError::Protocol(format!("{key:?} v{version}: {e}")))?;
+    }
     let body = Box::new(handlers::decode_body(key, version, buf)?);
     Ok(Parsed::Request {
         key,

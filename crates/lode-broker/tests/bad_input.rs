@@ -116,6 +116,18 @@ async fn hostile_connections_are_closed_and_the_broker_stays_up() {
             ]
             .concat(),
         ),
+        ("array bomb: 2^31-1 topics in a 15-byte frame", {
+            let body = [
+                3_i16.to_be_bytes().to_vec(),
+                1_i16.to_be_bytes().to_vec(),
+                8_i32.to_be_bytes().to_vec(),
+                (-1_i16).to_be_bytes().to_vec(),
+                i32::MAX.to_be_bytes().to_vec(),
+                vec![0],
+            ]
+            .concat();
+            [(body.len() as i32).to_be_bytes().to_vec(), body].concat()
+        }),
         ("undecodable metadata", {
             let body = [
                 3_i16.to_be_bytes().to_vec(),

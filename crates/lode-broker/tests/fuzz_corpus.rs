@@ -106,6 +106,25 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     bomb.put_i32(0x0100_0000); // a topic array claiming 16M entries in a few bytes
     bomb.put_u8(0);
     out.push(("metadata-array-bomb-small".into(), bomb.to_vec()));
+    // The same with 2^31-1 entries: without the pre-decode check this aborts the process.
+    let mut bomb = BytesMut::new();
+    bomb.put_i16(3);
+    bomb.put_i16(1);
+    bomb.put_i32(1);
+    bomb.put_i16(-1);
+    bomb.put_i32(i32::MAX);
+    bomb.put_u8(0);
+    out.push(("metadata-array-bomb".into(), bomb.to_vec()));
+    // Flexible version: a compact array length as a maximal varint.
+    let mut bomb = BytesMut::new();
+    bomb.put_i16(3);
+    bomb.put_i16(12);
+    bomb.put_i32(1);
+    bomb.put_i16(-1);
+    bomb.put_u8(0); // header tagged fields
+    bomb.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    bomb.put_u8(0);
+    out.push(("metadata-v12-compact-array-bomb".into(), bomb.to_vec()));
     out
 }
 

@@ -34,7 +34,33 @@
 //!    record and `lastOffsetDelta == recordsCount - 1`. The produce path and log recovery
 //!    use it.
 //! 3. [`RecordBatch::validate_records`]: decodes every record of an uncompressed batch and
-//!    requires offset deltas `0..recordsCount` and records that fill the section exactly.
+//!    requires offset deltas `0..recordsCount` and records that fill the section exactly
+//!    ([`RecordBatch::validate_records_in`] for the decompressed records of a compressed
+//!    one).
+//!
+//! # Compression
+//!
+//! The records section of a compressed batch (gzip, snappy, lz4, zstd: attribute bits 0-2)
+//! is one compressed unit; the header and CRC are as for any batch, the CRC covering the
+//! compressed bytes. [`RecordBatch::records`] iterates uncompressed batches in place; for
+//! any batch, decompress with a bound on the output, then iterate the buffer:
+//!
+//! ```
+//! use lode_proto::batch::{Compression, RecordBatch, RecordBatchBuilder};
+//! use lode_proto::Offset;
+//!
+//! let mut b = RecordBatchBuilder::new(Offset(0));
+//! b.compression(Compression::Lz4)
+//!     .push(Some(b"key"), Some(b"value"), &[], 0);
+//! let bytes = b.build();
+//! let (batch, _) = RecordBatch::parse(&bytes).unwrap();
+//! let buf = batch.decompressed_records(1 << 20).unwrap();
+//! for r in batch.records_in(&buf).unwrap() {
+//!     assert_eq!(r.unwrap().value, Some(&b"value"[..]));
+//! }
+//! ```
+//!
+//! See [`compression`] for the formats read and written and how decompression is bounded.
 //!
 //! # Never panics on input
 //!
@@ -44,18 +70,21 @@
 //! offsets checked at compile time. A fuzz target (`fuzz/`) drives
 //! [`fuzzing::fuzz_record_batch`] and its corpus is replayed by `cargo test`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::iter::FusedIterator;
 
 use crate::types::{Epoch, Offset};
 
 mod builder;
+pub mod compression;
 #[doc(hidden)]
 pub mod fuzzing;
 mod records;
 pub(crate) mod varint;
 
 pub use builder::RecordBatchBuilder;
+pub use compression::{compress, decompress};
 pub use records::{Header, HeaderIter, Headers, Record, Records};
 
 /// Bytes of the batch header, up to the first record.
@@ -183,10 +212,37 @@ pub enum BatchError {
     /// The compression bits of the attributes are 5, 6 or 7, which name no codec.
     #[error("unknown compression codec {0}")]
     BadCompression(u8),
-    /// The records are compressed; this crate does not decompress, so they cannot be
-    /// iterated.
+    /// The records are compressed, so they cannot be read in place: decompress them with
+    /// [`RecordBatch::decompressed_records`] and iterate with [`RecordBatch::records_in`].
     #[error("records are compressed with {0}; decompress them to read records")]
     Compressed(Compression),
+    /// The compressed records are not valid for their codec: corrupt, truncated, failing a
+    /// checksum, or with bytes after the compressed data.
+    #[error("{codec} decompression failed: {reason}")]
+    Decompress {
+        /// The codec of the batch.
+        codec: Compression,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// Decompressing would produce more bytes than the caller's limit (a decompression bomb,
+    /// or simply a batch larger than the caller accepts). Nothing past the limit was
+    /// allocated.
+    #[error("{codec} records decompress to more than the limit of {limit} bytes")]
+    DecompressedTooLarge {
+        /// The codec of the batch.
+        codec: Compression,
+        /// The limit that was passed.
+        limit: usize,
+    },
+    /// The encoder failed to compress the records.
+    #[error("{codec} compression failed: {reason}")]
+    Compress {
+        /// The codec asked for.
+        codec: Compression,
+        /// What the encoder reported.
+        reason: String,
+    },
     /// A record is malformed.
     #[error("record {index} is malformed: {reason}")]
     BadRecord {
@@ -232,7 +288,7 @@ pub enum Compression {
     None,
     /// gzip.
     Gzip,
-    /// snappy (xerial framing).
+    /// snappy (xerial framing written; xerial framing or a raw block read).
     Snappy,
     /// lz4 (frame format).
     Lz4,
@@ -594,6 +650,39 @@ impl<'a> RecordBatch<'a> {
         self.records
     }
 
+    /// The records section decompressed: borrowed from the batch if it is uncompressed
+    /// (the limit then does not apply: nothing is allocated), otherwise decompressed into
+    /// a buffer of at most `limit_bytes` bytes. Iterate it with [`RecordBatch::records_in`].
+    ///
+    /// # Errors
+    /// [`BatchError::DecompressedTooLarge`] if the records decompress to more than
+    /// `limit_bytes`, [`BatchError::Decompress`] if they are not valid for the codec (see
+    /// [`compression::decompress`]).
+    pub fn decompressed_records(&self, limit_bytes: usize) -> Result<Cow<'a, [u8]>, BatchError> {
+        if self.compression == Compression::None {
+            return Ok(Cow::Borrowed(self.records));
+        }
+        compression::decompress(self.compression, self.records, limit_bytes).map(Cow::Owned)
+    }
+
+    /// The records of `records_bytes`, the decompressed records section of this batch (from
+    /// [`RecordBatch::decompressed_records`]), decoded lazily with this batch's record count;
+    /// see [`Records`] for what the iterator checks. For an uncompressed batch,
+    /// `records_in(batch.records_bytes())` is [`RecordBatch::records`].
+    ///
+    /// # Errors
+    /// [`BatchError::BadRecordCount`] if the record count is negative.
+    pub fn records_in<'b>(&self, records_bytes: &'b [u8]) -> Result<Records<'b>, BatchError> {
+        let count = self.record_count();
+        if count < 0 {
+            return Err(BatchError::BadRecordCount {
+                count,
+                last_offset_delta: self.last_offset_delta(),
+            });
+        }
+        Ok(Records::new(records_bytes, count))
+    }
+
     /// Checks what a batch from a client must satisfy beyond its frame: the CRC (again, so
     /// that batches from [`RecordBatch::parse_unchecked_crc`] are covered), at least one
     /// record, and `lastOffsetDelta == recordsCount - 1`, because a client numbers its
@@ -633,13 +722,18 @@ impl<'a> RecordBatch<'a> {
     /// [`BatchError::Compressed`] (records cannot be checked without decompressing), the
     /// first error of [`RecordBatch::records`], or [`BatchError::BadOffsetDelta`].
     pub fn validate_records(&self) -> Result<(), BatchError> {
-        for (index, r) in (0_i32..).zip(self.records()?) {
-            let delta = r?.offset_delta;
-            if delta != index {
-                return Err(BatchError::BadOffsetDelta { index, delta });
-            }
-        }
-        Ok(())
+        check_offset_deltas(self.records()?)
+    }
+
+    /// [`RecordBatch::validate_records`] for the decompressed records section of a
+    /// compressed batch (or the records section of an uncompressed one), from
+    /// [`RecordBatch::decompressed_records`].
+    ///
+    /// # Errors
+    /// The first error of [`RecordBatch::records_in`] or of its records, or
+    /// [`BatchError::BadOffsetDelta`].
+    pub fn validate_records_in(&self, records_bytes: &[u8]) -> Result<(), BatchError> {
+        check_offset_deltas(self.records_in(records_bytes)?)
     }
 
     /// The records of an uncompressed batch, decoded lazily and without copying; see
@@ -661,6 +755,17 @@ impl<'a> RecordBatch<'a> {
         }
         Ok(Records::new(self.records, count))
     }
+}
+
+/// Requires every record to decode and offset deltas `0, 1, ..., count - 1`.
+fn check_offset_deltas(records: Records<'_>) -> Result<(), BatchError> {
+    for (index, r) in (0_i32..).zip(records) {
+        let delta = r?.offset_delta;
+        if delta != index {
+            return Err(BatchError::BadOffsetDelta { index, delta });
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for RecordBatch<'_> {

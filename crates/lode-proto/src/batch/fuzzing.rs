@@ -4,11 +4,16 @@
 //! Not part of the API: it panics, on purpose, when an invariant of this module breaks,
 //! which is how a fuzzer reports a finding.
 
+use std::borrow::Cow;
+
 use super::{
     batches, peek_size, set_base_offset, set_partition_leader_epoch, BatchError, Compression,
-    Header, Record, RecordBatch, RecordBatchBuilder, HEADER_SIZE, LOG_OVERHEAD, MAGIC_V2,
+    Header, Record, RecordBatch, RecordBatchBuilder, Records, HEADER_SIZE, LOG_OVERHEAD, MAGIC_V2,
 };
 use crate::types::{Epoch, Offset};
+
+/// The decompression limit of the harness: small, so that a bomb fails fast.
+pub const DECOMPRESS_LIMIT: usize = 1 << 20;
 
 /// Feeds `data` to every decoder of [`super`] and checks their invariants. Must not panic
 /// for any input; a panic is a bug in the decoders (or in an invariant stated here).
@@ -96,23 +101,65 @@ fn check_batch(b: RecordBatch<'_>) {
     check_patching(b);
 }
 
-/// Iterates the records and, for a batch that passes `validate_records`, checks that the
-/// builder re-encodes them to the same bytes (varints are canonical, so decoding is
-/// injective on what it accepts).
+/// Iterates the records (decompressing them first if the batch is compressed) and, for a
+/// batch that passes `validate_records`, checks that the builder re-encodes them to the same
+/// bytes (varints are canonical, so decoding is injective on what it accepts).
 fn check_records(b: RecordBatch<'_>) {
     let records = match b.records() {
         Ok(records) => records,
         Err(BatchError::Compressed(c)) => {
             assert_ne!(c, Compression::None);
             assert_eq!(b.validate_records(), Err(BatchError::Compressed(c)));
+            check_compressed(b, c);
             return;
         }
         Err(BatchError::BadRecordCount { count, .. }) => {
             assert!(count < 0);
+            assert!(b.records_in(b.records_bytes()).is_err());
             return;
         }
         Err(e) => panic!("records() returned an unexpected error: {e}"),
     };
+    let Ok(again) = b.records_in(b.records_bytes()) else {
+        panic!("records_in() failed where records() did not");
+    };
+    assert!(
+        again.eq(records.clone()),
+        "records_in(records_bytes()) differs from records()"
+    );
+    assert!(matches!(
+        b.decompressed_records(0),
+        Ok(Cow::Borrowed(r)) if r == b.records_bytes()
+    ));
+    check_decoded(b, records, b.records_bytes());
+}
+
+/// Decompresses a compressed batch with a small limit and checks its records as
+/// [`check_records`] does those of an uncompressed one.
+fn check_compressed(b: RecordBatch<'_>, codec: Compression) {
+    let section = match b.decompressed_records(DECOMPRESS_LIMIT) {
+        Ok(Cow::Owned(section)) => section,
+        Ok(Cow::Borrowed(_)) => panic!("decompressed_records() borrowed compressed records"),
+        Err(BatchError::Decompress { codec: c, .. }) => {
+            assert_eq!(c, codec);
+            return;
+        }
+        Err(BatchError::DecompressedTooLarge { codec: c, limit }) => {
+            assert_eq!((c, limit), (codec, DECOMPRESS_LIMIT));
+            return;
+        }
+        Err(e) => panic!("decompressed_records() returned an unexpected error: {e}"),
+    };
+    assert!(section.len() <= DECOMPRESS_LIMIT);
+    match b.records_in(&section) {
+        Ok(records) => check_decoded(b, records, &section),
+        Err(BatchError::BadRecordCount { count, .. }) => assert!(count < 0),
+        Err(e) => panic!("records_in() returned an unexpected error: {e}"),
+    }
+}
+
+/// Checks the records decoded from `section`, the (decompressed) records section of `b`.
+fn check_decoded(b: RecordBatch<'_>, records: Records<'_>, section: &[u8]) {
     let mut it = records;
     let mut decoded: Vec<Record<'_>> = Vec::new();
     let mut failed = false;
@@ -135,7 +182,10 @@ fn check_records(b: RecordBatch<'_>) {
         assert_eq!(i32::try_from(decoded.len()).ok(), Some(b.record_count()));
     }
 
-    let valid = b.validate_records();
+    let valid = b.validate_records_in(section);
+    if b.compression() == Compression::None {
+        assert_eq!(valid, b.validate_records());
+    }
     if failed {
         assert!(valid.is_err(), "validate_records() missed a bad record");
         return;
@@ -146,7 +196,9 @@ fn check_records(b: RecordBatch<'_>) {
         return; // the builder writes consecutive deltas and zero attributes only
     }
     let mut builder = RecordBatchBuilder::new(b.base_offset());
-    builder.base_timestamp(b.base_timestamp());
+    builder
+        .base_timestamp(b.base_timestamp())
+        .compression(b.compression());
     for r in &decoded {
         let headers: Vec<(&[u8], Option<&[u8]>)> = r
             .headers
@@ -161,11 +213,12 @@ fn check_records(b: RecordBatch<'_>) {
     let Ok((again, _)) = RecordBatch::parse(&rebuilt) else {
         panic!("the builder produced a batch that does not parse");
     };
-    assert_eq!(
-        again.records_bytes(),
-        b.records_bytes(),
-        "re-encoding differs"
-    );
+    assert_eq!(again.compression(), b.compression());
+    // Compressed bytes depend on the encoder; what they decompress to must not.
+    let Ok(again_section) = again.decompressed_records(section.len()) else {
+        panic!("the builder's compressed records do not decompress");
+    };
+    assert_eq!(&*again_section, section, "re-encoding differs");
     assert_eq!(again.record_count(), b.record_count());
     if !decoded.is_empty() {
         assert_eq!(
@@ -198,6 +251,29 @@ fn check_patching(b: RecordBatch<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompresses_and_checks_compressed_batches() {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = RecordBatchBuilder::new(Offset(7));
+            b.compression(codec);
+            for i in 0..20_u8 {
+                b.push(Some(b"key"), Some(&[i; 40]), &[(b"h", Some(b"x"))], 3);
+            }
+            let one = b.build();
+            fuzz_record_batch(&one);
+            for i in HEADER_SIZE..one.len() {
+                let mut flipped = one.clone();
+                flipped[i] ^= 0x55;
+                fuzz_record_batch(&flipped);
+            }
+        }
+    }
 
     #[test]
     fn accepts_valid_invalid_and_empty_input() {

@@ -84,6 +84,7 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             .unwrap_or("1")
             .parse()
             .context("--partitions")?;
+        let compression = crate::commands::parse_compression(f.value("--compression")?)?;
         let linger_ms: u64 = f
             .value("--linger-ms")?
             .unwrap_or("1")
@@ -161,6 +162,7 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         let config = ProducerConfig {
             acks,
             idempotent: acks == -1,
+            compression,
             ..ProducerConfig::default()
         };
         let producer = Producer::new(Arc::clone(&client), config).await?;

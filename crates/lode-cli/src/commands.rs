@@ -27,6 +27,19 @@ async fn connect(f: &mut Flags<'_>) -> anyhow::Result<Arc<Client>> {
         .with_context(|| format!("connecting to {bootstrap}"))
 }
 
+/// Parses a `--compression` value.
+pub(crate) fn parse_compression(v: Option<&str>) -> anyhow::Result<lode_proto::batch::Compression> {
+    use lode_proto::batch::Compression;
+    Ok(match v {
+        None | Some("none") => Compression::None,
+        Some("gzip") => Compression::Gzip,
+        Some("snappy") => Compression::Snappy,
+        Some("lz4") => Compression::Lz4,
+        Some("zstd") => Compression::Zstd,
+        Some(other) => bail!("--compression takes none, gzip, snappy, lz4 or zstd, not {other:?}"),
+    })
+}
+
 fn parse_acks(v: Option<&str>) -> anyhow::Result<i16> {
     Ok(match v {
         None | Some("all" | "-1") => -1,
@@ -96,6 +109,7 @@ pub(crate) fn produce(args: Vec<String>) -> Cmd {
         let a = strs(&args);
         let mut f = Flags::new(&a);
         let acks = parse_acks(f.value("--acks")?)?;
+        let compression = parse_compression(f.value("--compression")?)?;
         let sep = f.value("--key-separator")?.map(str::to_owned);
         let client = connect(&mut f).await?;
         let pos = f.positional();
@@ -107,6 +121,7 @@ pub(crate) fn produce(args: Vec<String>) -> Cmd {
         let config = ProducerConfig {
             acks,
             idempotent: acks == -1,
+            compression,
             ..ProducerConfig::default()
         };
         let producer = Producer::new(Arc::clone(&client), config).await?;

@@ -33,12 +33,12 @@ usage:
         --message-bytes-max N    largest record batch accepted (default 1048588)
   lode topic create NAME [--partitions N] [--replication-factor R]
   lode topic list | describe NAME | delete NAME
-  lode produce TOPIC [--acks 0|1|all] [--key-separator SEP]
+  lode produce TOPIC [--acks 0|1|all] [--key-separator SEP] [--compression CODEC]
       one record per line of standard input
   lode consume TOPIC [--partition P] [--from beginning|end|OFFSET] [--count N]
       prints values, one per line; stops after --count records or when idle for 2 s
   lode bench [--records N] [--record-bytes B] [--partitions P] [--acks 0|1|all]
-             [--rate MSG_PER_S] [--linger-ms MS]
+             [--rate MSG_PER_S] [--linger-ms MS] [--compression none|gzip|snappy|lz4|zstd]
       produce throughput and latency against a running broker, beside the loopback ceiling
   (client commands take --bootstrap HOST:PORT, default 127.0.0.1:9092)
   lode log recover DIR        recover a partition directory and verify it

@@ -200,9 +200,16 @@ impl Consumer {
                             next = next.max(b.next_offset());
                             continue;
                         }
-                        let recs = b.records().map_err(|e| {
+                        // Compressed batches are decompressed here, bounded by the fetch
+                        // size times a generous ratio, so a bomb fails with a typed error.
+                        let limit = usize::try_from(self.partition_bytes_max.max(1))
+                            .unwrap_or(1 << 20)
+                            .saturating_mul(64);
+                        let bad = |e: lode_proto::batch::BatchError| {
                             ClientError::Protocol(format!("{topic}-{}: {e}", p.partition_index))
-                        })?;
+                        };
+                        let buf = b.decompressed_records(limit).map_err(bad)?;
+                        let recs = b.records_in(&buf).map_err(bad)?;
                         for r in recs {
                             let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
                             let offset = b.base_offset().add(i64::from(r.offset_delta));

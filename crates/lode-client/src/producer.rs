@@ -14,7 +14,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use lode_env::Clock;
-use lode_proto::batch::RecordBatchBuilder;
+use lode_proto::batch::{Compression, RecordBatchBuilder};
 use lode_proto::{Instant, Offset};
 use tokio::sync::{oneshot, Mutex, Notify, Semaphore};
 
@@ -52,6 +52,8 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Records buffered at most; `send` waits for room beyond it.
     pub buffered_records_max: usize,
+    /// Compression of each batch's records.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -64,6 +66,7 @@ impl Default for ProducerConfig {
             retries: 5,
             request_timeout: Duration::from_secs(30),
             buffered_records_max: 100_000,
+            compression: Compression::None,
         }
     }
 }
@@ -382,7 +385,7 @@ impl Inner {
         }
     }
 
-    fn build(&self, pending: &Pending, sequence: i32) -> Vec<u8> {
+    fn build(&self, pending: &Pending, sequence: i32) -> Result<Vec<u8>, ClientError> {
         let base_ts = pending
             .records
             .first()
@@ -390,6 +393,7 @@ impl Inner {
             .unwrap_or_else(|| self.clock.wall_ms());
         let mut b = RecordBatchBuilder::new(Offset(0));
         b.base_timestamp(base_ts);
+        b.compression(self.config.compression);
         if self.producer_id >= 0 {
             b.producer(self.producer_id, self.producer_epoch, sequence);
         }
@@ -402,7 +406,8 @@ impl Inner {
             let delta = r.timestamp_ms.map_or(0, |t| t - base_ts);
             b.push(r.key.as_deref(), r.value.as_deref(), &headers, delta);
         }
-        b.build()
+        b.try_build()
+            .map_err(|e| ClientError::Protocol(format!("building a batch: {e}")))
     }
 
     async fn send_batch(&self, topic: &str, partition: i32, pending: Pending) {
@@ -417,7 +422,15 @@ impl Inner {
         } else {
             -1
         };
-        let batch = Bytes::from(self.build(&pending, sequence));
+        let batch = match self.build(&pending, sequence) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                for ack in pending.acks {
+                    let _ = ack.send(Err(ClientError::Protocol(e.to_string())));
+                }
+                return;
+            }
+        };
         let mut req = ProduceRequest::default();
         req.acks = self.config.acks;
         req.timeout_ms = i32::try_from(self.config.request_timeout.as_millis()).unwrap_or(i32::MAX);

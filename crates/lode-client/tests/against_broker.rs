@@ -256,3 +256,49 @@ async fn idempotent_retries_are_not_written_twice() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_round_trips_through_the_broker() {
+    use lode_proto::batch::Compression;
+    let tmp = tempfile::tempdir().unwrap();
+    let b = broker(tmp.path()).await;
+    let client = Client::connect(&b.local_addr.to_string(), "test")
+        .await
+        .unwrap();
+    for codec in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let topic = format!("codec-{}", codec.name());
+        client.create_topic(&topic, 1, 1).await.unwrap();
+        let config = ProducerConfig {
+            compression: codec,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..200_u32 {
+            let rec = Record {
+                value: Some(format!("value {i} {}", "x".repeat(100)).into_bytes()),
+                ..Record::default()
+            };
+            deliveries.push(producer.send(&topic, rec).await.unwrap());
+        }
+        producer.flush().await;
+        for d in deliveries {
+            d.await.unwrap().unwrap();
+        }
+        let mut consumer = Consumer::new(client.clone());
+        consumer.assign(&topic, 0, Offset(0));
+        let got = read_all(&mut consumer, 200).await;
+        assert_eq!(got.len(), 200, "{codec:?}");
+        assert_eq!(
+            got[199].value.as_deref(),
+            Some(format!("value 199 {}", "x".repeat(100)).as_bytes()),
+            "{codec:?}"
+        );
+    }
+    b.shutdown().await;
+}

@@ -243,8 +243,24 @@ pub fn parse_frame(frame: Bytes) -> Result<Parsed, ConnectionError> {
     if !(key == ApiKey::Produce && version < 3) {
         // kafka-protocol sizes arrays from the wire before reading them: reject any length
         // the body cannot hold before it gets the chance to allocate for it.
-        crate::wire_check::check_request(key as i16, version, &buf)
-            .map_err(|e| ConnectionError::Protocol(format!("{key:?} v{version}: {e}")))?;
+        match crate::wire_check::check_request(key as i16, version, &buf) {
+            Ok(()) => {}
+            // Kafka's own parser ignores bytes after the last field, and librdkafka sends
+            // some (Metadata v12); they cannot make anything allocate, so tolerate them.
+            Err(crate::wire_check::WireError::TrailingBytes { count }) => {
+                tracing::debug!(
+                    ?key,
+                    version,
+                    count,
+                    "trailing bytes after the request body ignored"
+                );
+            }
+            Err(e) => {
+                return Err(ConnectionError::Protocol(format!(
+                    "{key:?} v{version}: {e}"
+                )))
+            }
+        }
     }
     let body = Box::new(handlers::decode_body(key, version, buf)?);
     Ok(Parsed::Request {

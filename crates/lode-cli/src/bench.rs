@@ -5,7 +5,6 @@
 //! consumer receiving the record (the send instant travels in the record's first bytes).
 //! The first tenth of the records are a warm-up and are not measured.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -166,10 +165,26 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             ..ProducerConfig::default()
         };
         let producer = Producer::new(Arc::clone(&client), config).await?;
-        let mut pending: VecDeque<(usize, Instant, lode_client::producer::Delivery)> =
-            VecDeque::new();
-        let mut latencies = Vec::with_capacity(records);
-        let mut failed = 0;
+        // A collector task awaits each acknowledgement as it arrives, so produce latency is
+        // measured when the ack lands, not when the sending loop next looks. Acks of one
+        // partition complete in order; across partitions, awaiting in send order can only
+        // overstate a latency.
+        let (ack_tx, mut ack_rx) =
+            tokio::sync::mpsc::channel::<(usize, Instant, lode_client::producer::Delivery)>(
+                100_000,
+            );
+        let collector = tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(records);
+            let mut failed = 0_usize;
+            while let Some((j, sent, d)) = ack_rx.recv().await {
+                match d.await {
+                    Ok(Ok(_)) if j >= warmup => latencies.push(sent.elapsed()),
+                    Ok(Ok(_)) => {}
+                    _ => failed += 1,
+                }
+            }
+            (latencies, failed)
+        });
         let start = Instant::now();
         let mut measured_start = start;
         let mut value = vec![0x42_u8; record_bytes];
@@ -187,43 +202,20 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             value[..8]
                 .copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
             value[8..16].copy_from_slice(&(i as u64).to_be_bytes());
-            let d = producer
-                .send(
-                    &topic,
-                    Record {
-                        value: Some(value.clone()),
-                        partition: Some((i as i32) % partitions),
-                        ..Record::default()
-                    },
-                )
-                .await?;
-            pending.push_back((i, now, d));
-            // Collect acknowledgements already in, without waiting.
-            while let Some((j, sent, mut d)) = pending.pop_front() {
-                match d.try_recv() {
-                    Ok(r) => {
-                        if r.is_err() {
-                            failed += 1;
-                        } else if j >= warmup {
-                            latencies.push(sent.elapsed());
-                        }
-                    }
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                        pending.push_front((j, sent, d));
-                        break;
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
+            let record = Record {
+                value: Some(value.clone()),
+                partition: Some((i as i32) % partitions),
+                ..Record::default()
+            };
+            let d = producer.send(&topic, record).await?;
+            ack_tx
+                .send((i, now, d))
+                .await
+                .context("ack collector stopped")?;
         }
         producer.flush().await;
-        for (j, sent, d) in pending {
-            match d.await {
-                Ok(Ok(_)) if j >= warmup => latencies.push(sent.elapsed()),
-                Ok(Ok(_)) => {}
-                _ => failed += 1,
-            }
-        }
+        drop(ack_tx);
+        let (mut latencies, failed) = collector.await.context("ack collector")?;
         let elapsed = measured_start.elapsed().as_secs_f64();
         expected.store(records - failed, std::sync::atomic::Ordering::Release);
         let measured = records - warmup;

@@ -238,6 +238,8 @@ impl Producer {
         let mut accum = inner.accum.lock().await;
         let now = inner.clock.now();
         let queue = accum.entry((topic.to_owned(), partition)).or_default();
+        // A first batch for the partition starts a linger timer the sender must hear of.
+        let first = queue.is_empty();
         // A record that would overflow the open batch starts the next one.
         let open = queue
             .back()
@@ -262,7 +264,7 @@ impl Producer {
         // same lock and subtracts only after, so the count never underflows.
         inner.buffered.fetch_add(1, Ordering::AcqRel);
         drop(accum);
-        if full {
+        if full || first {
             inner.wake.notify_one();
         }
         Ok(rx)

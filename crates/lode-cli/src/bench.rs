@@ -162,6 +162,7 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             acks,
             idempotent: acks == -1,
             compression,
+            linger: Duration::from_millis(linger_ms),
             ..ProducerConfig::default()
         };
         let producer = Producer::new(Arc::clone(&client), config).await?;

@@ -325,10 +325,12 @@ impl Inner {
             };
             match next_due {
                 Some(due) => {
-                    let _ = self
-                        .clock
-                        .timeout(due.saturating_since(self.clock.now()), self.wake.notified())
-                        .await;
+                    // A batch already due goes at once: a zero timeout would still wait for
+                    // the timer driver's next turn, which measured several milliseconds.
+                    let left = due.saturating_since(self.clock.now());
+                    if !left.is_zero() {
+                        let _ = self.clock.timeout(left, self.wake.notified()).await;
+                    }
                 }
                 None => {
                     if self.closed.load(Ordering::Acquire) {

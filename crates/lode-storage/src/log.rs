@@ -302,7 +302,8 @@ impl Log {
             });
         }
         let (count, max_ts) = {
-            let (b, rest) = RecordBatch::parse(batch_bytes)?;
+            // `validate` checks the CRC: parsing checks structure only, so it is done once.
+            let (b, rest) = RecordBatch::parse_unchecked_crc(batch_bytes)?;
             if !rest.is_empty() {
                 return Err(LogError::InvalidBatch(batch::BatchError::TrailingBytes));
             }
@@ -336,7 +337,7 @@ impl Log {
         let mut info: Option<AppendInfo> = None;
         let mut rest = batches;
         while !rest.is_empty() {
-            let (b, tail) = RecordBatch::parse(rest)?;
+            let (b, tail) = RecordBatch::parse_unchecked_crc(rest)?;
             b.validate()?;
             if b.size() > self.config.batch_bytes_max {
                 return Err(LogError::BatchTooLarge {

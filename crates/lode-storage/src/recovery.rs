@@ -167,74 +167,71 @@ struct LogCheckpoint {
     log_start: Offset,
 }
 
-async fn read_log_checkpoint(
+/// Reads checkpoint `name` and decodes its payload with `parse`. A missing checkpoint is
+/// `None`; a corrupt one, or a payload `parse` rejects, is `None` too, with the reason and
+/// `fallback` (what recovery does instead) added to the report.
+async fn read_checkpoint<T>(
     dir: &Dir,
+    name: &str,
     report: &mut RecoveryReport,
-) -> Result<Option<LogCheckpoint>, LogError> {
-    match checkpoint::read(dir, LOG_CHECKPOINT).await? {
+    fallback: &str,
+    parse: impl FnOnce(&mut Reader<'_>) -> Option<T>,
+) -> Result<Option<T>, LogError> {
+    match checkpoint::read(dir, name).await? {
         None => Ok(None),
         Some(Err(e)) => {
-            report
-                .fallbacks
-                .push(format!("{e}: scanning the whole log"));
+            report.fallbacks.push(format!("{e}: {fallback}"));
             Ok(None)
         }
-        Some(Ok(p)) => {
-            let mut r = Reader(&p);
-            let parsed = (|| {
-                let c = LogCheckpoint {
-                    recovery_point: Offset(r.i64()?),
-                    high_watermark: Offset(r.i64()?),
-                    log_start: Offset(r.i64()?),
-                };
-                r.is_empty().then_some(c)
-            })();
+        Some(Ok(payload)) => {
+            let mut r = Reader(&payload);
+            let parsed = parse(&mut r).filter(|_| r.is_empty());
             if parsed.is_none() {
-                report.fallbacks.push(format!(
-                    "{LOG_CHECKPOINT} has a bad payload: scanning the whole log"
-                ));
+                report
+                    .fallbacks
+                    .push(format!("{name} has a bad payload: {fallback}"));
             }
             Ok(parsed)
         }
     }
 }
 
+async fn read_log_checkpoint(
+    dir: &Dir,
+    report: &mut RecoveryReport,
+) -> Result<Option<LogCheckpoint>, LogError> {
+    read_checkpoint(dir, LOG_CHECKPOINT, report, "scanning the whole log", |r| {
+        Some(LogCheckpoint {
+            recovery_point: Offset(r.i64()?),
+            high_watermark: Offset(r.i64()?),
+            log_start: Offset(r.i64()?),
+        })
+    })
+    .await
+}
+
 async fn read_epoch_checkpoint(
     dir: &Dir,
     report: &mut RecoveryReport,
 ) -> Result<Option<LeaderEpochCache>, LogError> {
-    match checkpoint::read(dir, EPOCH_CHECKPOINT).await? {
-        None => Ok(None),
-        Some(Err(e)) => {
-            report
-                .fallbacks
-                .push(format!("{e}: rebuilding epochs from the whole log"));
-            Ok(None)
-        }
-        Some(Ok(p)) => {
-            let mut r = Reader(&p);
-            let parsed = (|| {
-                let n = r.u32()?;
-                let mut entries = Vec::new();
-                for _ in 0..n {
-                    entries.push(EpochEntry {
-                        epoch: Epoch(r.i32()?),
-                        start_offset: Offset(r.i64()?),
-                    });
-                }
-                if !r.is_empty() {
-                    return None;
-                }
-                LeaderEpochCache::from_entries(entries)
-            })();
-            if parsed.is_none() {
-                report.fallbacks.push(format!(
-                    "{EPOCH_CHECKPOINT} has a bad payload: rebuilding epochs"
-                ));
+    read_checkpoint(
+        dir,
+        EPOCH_CHECKPOINT,
+        report,
+        "rebuilding epochs from the whole log",
+        |r| {
+            let n = r.u32()?;
+            let mut entries = Vec::new();
+            for _ in 0..n {
+                entries.push(EpochEntry {
+                    epoch: Epoch(r.i32()?),
+                    start_offset: Offset(r.i64()?),
+                });
             }
-            Ok(parsed)
-        }
-    }
+            LeaderEpochCache::from_entries(entries)
+        },
+    )
+    .await
 }
 
 /// The clean-shutdown marker: log end, active segment base and size at the clean close.
@@ -242,22 +239,14 @@ async fn read_clean_marker(
     dir: &Dir,
     report: &mut RecoveryReport,
 ) -> Result<Option<(Offset, Offset, u64)>, LogError> {
-    match checkpoint::read(dir, CLEAN_SHUTDOWN).await? {
-        None => Ok(None),
-        Some(Err(e)) => {
-            report
-                .fallbacks
-                .push(format!("{e}: recovering as after a crash"));
-            Ok(None)
-        }
-        Some(Ok(p)) => {
-            let mut r = Reader(&p);
-            Ok((|| {
-                let m = (Offset(r.i64()?), Offset(r.i64()?), r.u64()?);
-                r.is_empty().then_some(m)
-            })())
-        }
-    }
+    read_checkpoint(
+        dir,
+        CLEAN_SHUTDOWN,
+        report,
+        "recovering as after a crash",
+        |r| Some((Offset(r.i64()?), Offset(r.i64()?), r.u64()?)),
+    )
+    .await
 }
 
 async fn load_index(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
@@ -14,11 +15,12 @@ use lode_proto::Offset;
 
 use crate::{Client, ClientError};
 
-/// A record read from a partition.
+/// A record read from a partition. Its key, value and headers are slices of the fetch
+/// response (of the decompressed records for a compressed batch): no copy per record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
     /// Topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -26,11 +28,11 @@ pub struct ConsumerRecord {
     /// Timestamp (create or log-append time).
     pub timestamp_ms: i64,
     /// Key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// Value.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// Headers in order; keys may repeat.
-    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
 /// See the module documentation.
@@ -93,7 +95,7 @@ impl Consumer {
         req.replica_id = BrokerId(-1);
         req.topics = vec![t];
         let conn = self.client.leader(topic, partition).await?;
-        let resp = conn.lock().await.call(&req).await?;
+        let resp = conn.call(&req).await?;
         let r = resp
             .topics
             .first()
@@ -119,7 +121,7 @@ impl Consumer {
             BTreeMap::new();
         for ((topic, partition), offset) in &self.positions {
             let conn = self.client.leader(topic, *partition).await?;
-            let addr = conn.lock().await.addr();
+            let addr = conn.addr();
             by_leader
                 .entry(addr)
                 .or_default()
@@ -154,15 +156,11 @@ impl Consumer {
                 })
                 .collect();
             let conn = self.client.conn(addr).await?;
-            let resp = {
-                let mut c = conn.lock().await;
-                match c.call(&req).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        drop(c);
-                        self.client.drop_conn(addr).await;
-                        return Err(e);
-                    }
+            let resp = match conn.call(&req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.client.drop_conn(addr).await;
+                    return Err(e);
                 }
             };
             if resp.error_code != 0 {
@@ -173,6 +171,7 @@ impl Consumer {
             }
             for t in resp.responses {
                 let topic = t.topic.0.to_string();
+                let shared_topic: Arc<str> = Arc::from(topic.as_str());
                 for p in t.partitions {
                     if p.error_code != 0 {
                         if p.error_code == 6 || p.error_code == 3 {
@@ -208,8 +207,12 @@ impl Consumer {
                         let bad = |e: lode_proto::batch::BatchError| {
                             ClientError::Protocol(format!("{topic}-{}: {e}", p.partition_index))
                         };
-                        let buf = b.decompressed_records(limit).map_err(bad)?;
+                        let buf = match b.decompressed_records(limit).map_err(bad)? {
+                            std::borrow::Cow::Borrowed(section) => records.slice_ref(section),
+                            std::borrow::Cow::Owned(v) => Bytes::from(v),
+                        };
                         let recs = b.records_in(&buf).map_err(bad)?;
+                        let share = |s: &[u8]| buf.slice_ref(s);
                         for r in recs {
                             let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
                             let offset = b.base_offset().add(i64::from(r.offset_delta));
@@ -217,7 +220,7 @@ impl Consumer {
                                 continue;
                             }
                             out.push(ConsumerRecord {
-                                topic: topic.clone(),
+                                topic: Arc::clone(&shared_topic),
                                 partition: p.partition_index,
                                 offset,
                                 timestamp_ms: if b.timestamp_type_log_append() {
@@ -225,12 +228,12 @@ impl Consumer {
                                 } else {
                                     b.base_timestamp().saturating_add(r.timestamp_delta)
                                 },
-                                key: r.key.map(<[u8]>::to_vec),
-                                value: r.value.map(<[u8]>::to_vec),
+                                key: r.key.map(share),
+                                value: r.value.map(share),
                                 headers: r
                                     .headers
                                     .iter()
-                                    .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                                    .map(|h| (share(h.key), h.value.map(share)))
                                     .collect(),
                             });
                         }

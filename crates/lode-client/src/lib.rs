@@ -144,7 +144,7 @@ pub struct Client {
     bootstrap: Vec<SocketAddr>,
     client_id: String,
     brokers: Mutex<BTreeMap<i32, SocketAddr>>,
-    conns: Mutex<BTreeMap<SocketAddr, Arc<Mutex<Connection>>>>,
+    conns: Mutex<BTreeMap<SocketAddr, Arc<Connection>>>,
     topics: Mutex<BTreeMap<String, TopicInfo>>,
 }
 
@@ -169,18 +169,14 @@ impl Client {
         Ok(client)
     }
 
-    /// The shared connection to `addr`, opened on first use.
-    pub(crate) async fn conn(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<Arc<Mutex<Connection>>, ClientError> {
+    /// The shared connection to `addr`, opened on first use and again after an error broke
+    /// it. Requests from many tasks are pipelined on it.
+    pub(crate) async fn conn(&self, addr: SocketAddr) -> Result<Arc<Connection>, ClientError> {
         let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr) {
+        if let Some(c) = conns.get(&addr).filter(|c| !c.is_broken()) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(Mutex::new(
-            Connection::connect(addr, &self.client_id).await?,
-        ));
+        let c = Arc::new(Connection::connect(addr, &self.client_id).await?);
         conns.insert(addr, Arc::clone(&c));
         Ok(c)
     }
@@ -191,7 +187,7 @@ impl Client {
     }
 
     /// Any broker: the first known one, else a bootstrap address.
-    pub(crate) async fn any_broker(&self) -> Result<Arc<Mutex<Connection>>, ClientError> {
+    pub(crate) async fn any_broker(&self) -> Result<Arc<Connection>, ClientError> {
         let known: Vec<SocketAddr> = self.brokers.lock().await.values().copied().collect();
         let mut last = ClientError::Timeout;
         for addr in known.iter().chain(self.bootstrap.iter()) {
@@ -221,16 +217,11 @@ impl Client {
         });
         req.allow_auto_topic_creation = true;
         let conn = self.any_broker().await?;
-        let resp: MetadataResponse = {
-            let mut c = conn.lock().await;
-            let addr = c.addr();
-            match c.call(&req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    drop(c);
-                    self.drop_conn(addr).await;
-                    return Err(e);
-                }
+        let resp: MetadataResponse = match conn.call(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_conn(conn.addr()).await;
+                return Err(e);
             }
         };
         let mut brokers = self.brokers.lock().await;
@@ -285,12 +276,23 @@ impl Client {
             .ok_or_else(|| ClientError::UnknownPartition(topic.to_owned()))
     }
 
+    /// How many partitions `topic` has, fetching metadata if the client knows nothing of it.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownPartition`] if the cluster does not have it.
+    pub async fn partition_count(&self, topic: &str) -> Result<usize, ClientError> {
+        if let Some(t) = self.topics.lock().await.get(topic) {
+            return Ok(t.partitions.len());
+        }
+        Ok(self.topic(topic).await?.partitions.len())
+    }
+
     /// The connection to the leader of `topic`/`partition`.
     pub(crate) async fn leader(
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Arc<Mutex<Connection>>, ClientError> {
+    ) -> Result<Arc<Connection>, ClientError> {
         let t = self.topic(topic).await?;
         let p = t
             .partitions
@@ -327,7 +329,7 @@ impl Client {
         req.topics = vec![t];
         req.timeout_ms = 30_000;
         let conn = self.any_broker().await?;
-        let resp = conn.lock().await.call(&req).await?;
+        let resp = conn.call(&req).await?;
         match resp.topics.first().map(|r| r.error_code) {
             Some(0) => Ok(()),
             Some(code) => Err(ClientError::Broker {
@@ -351,7 +353,7 @@ impl Client {
         req.topic_names = vec![tn];
         req.timeout_ms = 30_000;
         let conn = self.any_broker().await?;
-        let resp = conn.lock().await.call(&req).await?;
+        let resp = conn.call(&req).await?;
         self.invalidate(name).await;
         match resp.responses.first().map(|r| r.error_code) {
             Some(0) => Ok(()),

@@ -11,14 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProducerId, TopicName};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use lode_env::Clock;
 use lode_proto::batch::{Compression, RecordBatchBuilder};
 use lode_proto::{Instant, Offset};
 use tokio::sync::{oneshot, Mutex, Notify, Semaphore};
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Connection};
 
 /// One record to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,7 +88,7 @@ struct Inner {
     config: ProducerConfig,
     clock: Clock,
     /// Per partition, batches waiting to be sent, oldest first; only the last one grows.
-    accum: Mutex<BTreeMap<(String, i32), VecDeque<Pending>>>,
+    accum: Mutex<BTreeMap<(String, i32), Queue>>,
     buffered: AtomicU32,
     wake: Notify,
     room: Semaphore,
@@ -172,7 +174,7 @@ impl Producer {
             req.producer_id = ProducerId(-1);
             req.producer_epoch = -1;
             let conn = client.any_broker().await?;
-            let resp = conn.lock().await.call(&req).await?;
+            let resp = conn.call(&req).await?;
             if resp.error_code != 0 {
                 return Err(ClientError::Broker {
                     api: "InitProducerId",
@@ -223,7 +225,7 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?
             .forget();
-        let partitions = inner.client.topic(topic).await?.partitions.len();
+        let partitions = inner.client.partition_count(topic).await?;
         if partitions == 0 {
             return Err(ClientError::UnknownPartition(topic.to_owned()));
         }
@@ -237,7 +239,10 @@ impl Producer {
         let size = record_bytes(&record);
         let mut accum = inner.accum.lock().await;
         let now = inner.clock.now();
-        let queue = accum.entry((topic.to_owned(), partition)).or_default();
+        let queue = &mut accum
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .batches;
         // A first batch for the partition starts a linger timer the sender must hear of.
         let first = queue.is_empty();
         // A record that would overflow the open batch starts the next one.
@@ -252,14 +257,14 @@ impl Producer {
                 created: now,
             });
         }
+        let queued = queue.len();
         let Some(p) = queue.back_mut() else {
             return Err(ClientError::Closed);
         };
         p.records.push(record);
         p.acks.push(tx);
         p.bytes += size;
-        let full =
-            p.bytes >= inner.config.batch_bytes || queue_len_gt_one(&accum, topic, partition);
+        let full = p.bytes >= inner.config.batch_bytes || queued > 1;
         // Counted under the accumulator's lock: the sender takes the record out under the
         // same lock and subtracts only after, so the count never underflows.
         inner.buffered.fetch_add(1, Ordering::AcqRel);
@@ -302,24 +307,41 @@ impl Drop for Producer {
     }
 }
 
-fn queue_len_gt_one(
-    accum: &BTreeMap<(String, i32), VecDeque<Pending>>,
-    topic: &str,
+/// A partition's batches: waiting ones, oldest first (only the last one grows), and whether
+/// one is on the wire. One batch per partition is in flight at a time, so a retry can never
+/// reorder a partition's records.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Pending>,
+    in_flight: bool,
+}
+
+impl Queue {
+    fn is_idle(&self) -> bool {
+        self.batches.is_empty() && !self.in_flight
+    }
+}
+
+/// A batch on its way: where it goes, its records' acknowledgements, and its bytes.
+struct Outgoing {
+    topic: String,
     partition: i32,
-) -> bool {
-    accum
-        .get(&(topic.to_owned(), partition))
-        .is_some_and(|q| q.len() > 1)
+    records: usize,
+    acks: Vec<oneshot::Sender<Result<Offset, ClientError>>>,
+    batch: Result<Bytes, ClientError>,
 }
 
 impl Inner {
+    /// The sender: each round takes the due batch of every partition with none in flight
+    /// and sends them, one Produce request per leader, without waiting for the answers.
     async fn run(self: Arc<Self>) {
         loop {
             let next_due = {
                 let accum = self.accum.lock().await;
                 accum
                     .values()
-                    .filter_map(VecDeque::front)
+                    .filter(|q| !q.in_flight)
+                    .filter_map(|q| q.batches.front())
                     .map(|p| p.created.saturating_add(self.config.linger))
                     .min()
             };
@@ -333,7 +355,9 @@ impl Inner {
                     }
                 }
                 None => {
-                    if self.closed.load(Ordering::Acquire) {
+                    if self.closed.load(Ordering::Acquire)
+                        && self.buffered.load(Ordering::Acquire) == 0
+                    {
                         return;
                     }
                     let _ = self
@@ -342,49 +366,57 @@ impl Inner {
                         .await;
                 }
             }
-            let flush =
-                self.flush.swap(false, Ordering::AcqRel) || self.closed.load(Ordering::Acquire);
+            let flush = self.flush.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire);
             let now = self.clock.now();
-            // At most one batch per partition per round: batches of a partition go out in
-            // order, one at a time.
             let ready: Vec<((String, i32), Pending)> = {
                 let mut accum = self.accum.lock().await;
                 let mut out = Vec::new();
                 for (key, queue) in accum.iter_mut() {
-                    let Some(front) = queue.front() else { continue };
+                    if queue.in_flight {
+                        continue;
+                    }
+                    let Some(front) = queue.batches.front() else {
+                        continue;
+                    };
                     let due = flush
-                        || queue.len() > 1
+                        || queue.batches.len() > 1
                         || front.bytes >= self.config.batch_bytes
                         || now.saturating_since(front.created) >= self.config.linger;
                     if due {
-                        if let Some(p) = queue.pop_front() {
+                        if let Some(p) = queue.batches.pop_front() {
+                            queue.in_flight = true;
                             out.push((key.clone(), p));
                         }
                     }
                 }
-                accum.retain(|_, q| !q.is_empty());
+                accum.retain(|_, q| !q.is_idle());
                 out
             };
-            let more_due = !ready.is_empty();
-            for ((topic, partition), pending) in ready {
-                let n = pending.records.len();
-                tracing::debug!(
-                    topic,
-                    partition,
-                    records = n,
-                    bytes = pending.bytes,
-                    "sending batch"
-                );
-                self.send_batch(&topic, partition, pending).await;
-                self.buffered
-                    .fetch_sub(u32::try_from(n).unwrap_or(0), Ordering::AcqRel);
-                self.room.add_permits(n);
+            if ready.is_empty() {
+                continue;
             }
-            if self.buffered.load(Ordering::Acquire) == 0 {
-                self.drained.notify_waiters();
-            } else if more_due {
-                // Batches may have queued up behind the ones just sent: look again at once.
-                self.wake.notify_one();
+            // One request per leader, carrying every partition it leads.
+            let mut by_leader: BTreeMap<std::net::SocketAddr, (Arc<Connection>, Vec<Outgoing>)> =
+                BTreeMap::new();
+            let mut orphans = Vec::new();
+            for ((topic, partition), pending) in ready {
+                let out = self.outgoing(topic, partition, pending).await;
+                match self.client.leader(&out.topic, out.partition).await {
+                    Ok(conn) => by_leader
+                        .entry(conn.addr())
+                        .or_insert_with(|| (conn, Vec::new()))
+                        .1
+                        .push(out),
+                    Err(e) => orphans.push((out, e)),
+                }
+            }
+            for (_, (conn, batches)) in by_leader {
+                let me = Arc::clone(&self);
+                lode_env::task::spawn(async move { me.send_request(conn, batches).await });
+            }
+            for (out, e) in orphans {
+                let me = Arc::clone(&self);
+                lode_env::task::spawn(async move { me.retry_alone(out, e).await });
             }
         }
     }
@@ -396,6 +428,7 @@ impl Inner {
             .and_then(|r| r.timestamp_ms)
             .unwrap_or_else(|| self.clock.wall_ms());
         let mut b = RecordBatchBuilder::new(Offset(0));
+        b.reserve(pending.bytes);
         b.base_timestamp(base_ts);
         b.compression(self.config.compression);
         if self.producer_id >= 0 {
@@ -410,113 +443,224 @@ impl Inner {
             let delta = r.timestamp_ms.map_or(0, |t| t - base_ts);
             b.push(r.key.as_deref(), r.value.as_deref(), &headers, delta);
         }
-        b.try_build()
+        b.try_finish()
             .map_err(|e| ClientError::Protocol(format!("building a batch: {e}")))
     }
 
-    async fn send_batch(&self, topic: &str, partition: i32, pending: Pending) {
-        let count = i32::try_from(pending.records.len()).unwrap_or(i32::MAX);
+    /// Builds the batch of `pending` with the partition's next sequence number.
+    async fn outgoing(&self, topic: String, partition: i32, pending: Pending) -> Outgoing {
         let sequence = if self.producer_id >= 0 {
             *self
                 .sequences
                 .lock()
                 .await
-                .get(&(topic.to_owned(), partition))
+                .get(&(topic.clone(), partition))
                 .unwrap_or(&0)
         } else {
             -1
         };
-        let batch = match self.build(&pending, sequence) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                for ack in pending.acks {
-                    let _ = ack.send(Err(ClientError::Protocol(e.to_string())));
-                }
-                return;
-            }
-        };
-        let mut req = ProduceRequest::default();
-        req.acks = self.config.acks;
-        req.timeout_ms = i32::try_from(self.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
-        let mut pd = PartitionProduceData::default();
-        pd.index = partition;
-        pd.records = Some(batch);
-        let mut td = TopicProduceData::default();
-        td.name = TopicName(StrBytes::from_string(topic.to_owned()));
-        td.partition_data = vec![pd];
-        req.topic_data = vec![td];
-        let mut attempt = 0;
-        let result = loop {
-            let r = self.try_send(topic, partition, &req).await;
-            match r {
-                Err(e) if attempt < self.config.retries && should_retry(&e) => {
-                    attempt += 1;
-                    tracing::debug!(topic, partition, attempt, error = %e, "produce retry");
-                    self.client.invalidate(topic).await;
-                    self.clock
-                        .sleep(Duration::from_millis(50 * u64::from(attempt)))
-                        .await;
-                }
-                other => break other,
-            }
-        };
-        if result.is_ok() && self.producer_id >= 0 {
-            let mut seqs = self.sequences.lock().await;
-            let s = seqs.entry((topic.to_owned(), partition)).or_insert(0);
-            *s = s.wrapping_add(count) & i32::MAX;
-        }
-        for (i, ack) in pending.acks.into_iter().enumerate() {
-            let r = match &result {
-                Ok(base) if base.0 >= 0 => Ok(base.add(i as i64)),
-                Ok(base) => Ok(*base),
-                Err(ClientError::Broker { api, code }) => {
-                    Err(ClientError::Broker { api, code: *code })
-                }
-                Err(e) => Err(ClientError::Protocol(e.to_string())),
-            };
-            let _ = ack.send(r);
+        let batch = self.build(&pending, sequence).map(Bytes::from);
+        Outgoing {
+            topic,
+            partition,
+            records: pending.records.len(),
+            acks: pending.acks,
+            batch,
         }
     }
 
-    async fn try_send(
-        &self,
-        topic: &str,
-        partition: i32,
-        req: &ProduceRequest,
-    ) -> Result<Offset, ClientError> {
-        let conn = self.client.leader(topic, partition).await?;
-        let mut c = conn.lock().await;
-        let addr = c.addr();
-        if req.acks == 0 {
-            return match c.send_only(req).await {
-                Ok(()) => Ok(Offset(-1)),
+    fn request(&self, batches: &[&Outgoing]) -> ProduceRequest {
+        let mut req = ProduceRequest::default();
+        req.acks = self.config.acks;
+        req.timeout_ms = i32::try_from(self.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        for out in batches {
+            let Ok(batch) = &out.batch else { continue };
+            let mut pd = PartitionProduceData::default();
+            pd.index = out.partition;
+            pd.records = Some(batch.clone());
+            match req
+                .topic_data
+                .iter_mut()
+                .find(|t| t.name.0.as_str() == out.topic)
+            {
+                Some(t) => t.partition_data.push(pd),
+                None => {
+                    let mut td = TopicProduceData::default();
+                    td.name = TopicName(StrBytes::from_string(out.topic.clone()));
+                    td.partition_data = vec![pd];
+                    req.topic_data.push(td);
+                }
+            }
+        }
+        req
+    }
+
+    /// Sends one request with the batches of several partitions of one leader; a batch whose
+    /// partition fails with a retriable error is retried on its own.
+    async fn send_request(self: Arc<Self>, conn: Arc<Connection>, batches: Vec<Outgoing>) {
+        let (built, broken): (Vec<Outgoing>, Vec<Outgoing>) =
+            batches.into_iter().partition(|o| o.batch.is_ok());
+        for out in broken {
+            let e = match &out.batch {
+                Err(e) => ClientError::Protocol(e.to_string()),
+                Ok(_) => ClientError::Closed,
+            };
+            self.complete(out, Err(e)).await;
+        }
+        if built.is_empty() {
+            return;
+        }
+        let req = self.request(&built.iter().collect::<Vec<_>>());
+        let answers = self.exchange(&conn, &req).await;
+        for out in built {
+            let result = match &answers {
+                Err(e) => Err(copy_error(e)),
+                Ok(None) => Ok(Offset(-1)),
+                Ok(Some(resp)) => partition_result(resp, &out.topic, out.partition),
+            };
+            match result {
+                Err(e) if should_retry(&e) && self.config.retries > 0 => {
+                    let me = Arc::clone(&self);
+                    lode_env::task::spawn(async move { me.retry_alone(out, e).await });
+                }
+                other => self.complete(out, other).await,
+            }
+        }
+    }
+
+    /// Retries one batch alone after `first` failed it, up to the configured retries.
+    async fn retry_alone(self: Arc<Self>, out: Outgoing, first: ClientError) {
+        let mut error = first;
+        let mut attempt = 0;
+        let result = loop {
+            if attempt >= self.config.retries || !should_retry(&error) {
+                break Err(error);
+            }
+            attempt += 1;
+            tracing::debug!(
+                topic = out.topic,
+                partition = out.partition,
+                attempt,
+                error = %error,
+                "produce retry"
+            );
+            self.client.invalidate(&out.topic).await;
+            self.clock
+                .sleep(Duration::from_millis(50 * u64::from(attempt)))
+                .await;
+            let conn = match self.client.leader(&out.topic, out.partition).await {
+                Ok(c) => c,
                 Err(e) => {
-                    drop(c);
-                    self.client.drop_conn(addr).await;
-                    Err(e)
+                    error = e;
+                    continue;
                 }
             };
-        }
-        let resp = match c.call(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                drop(c);
-                self.client.drop_conn(addr).await;
-                return Err(e);
+            let req = self.request(&[&out]);
+            let r = match self.exchange(&conn, &req).await {
+                Err(e) => Err(e),
+                Ok(None) => Ok(Offset(-1)),
+                Ok(Some(resp)) => partition_result(&resp, &out.topic, out.partition),
+            };
+            match r {
+                Ok(base) => break Ok(base),
+                Err(e) => error = e,
             }
         };
-        let p = resp
-            .responses
-            .first()
-            .and_then(|t| t.partition_responses.first())
-            .ok_or_else(|| ClientError::Protocol("empty Produce response".into()))?;
-        match p.error_code {
-            0 => Ok(Offset(p.base_offset)),
-            code => Err(ClientError::Broker {
-                api: "Produce",
-                code,
-            }),
+        self.complete(out, result).await;
+    }
+
+    /// One Produce exchange; `None` for acks=0, which has no response.
+    async fn exchange(
+        &self,
+        conn: &Connection,
+        req: &ProduceRequest,
+    ) -> Result<Option<ProduceResponse>, ClientError> {
+        let r = if req.acks == 0 {
+            conn.send_only(req).await.map(|()| None)
+        } else {
+            conn.call(req).await.map(Some)
+        };
+        if r.is_err() && conn.is_broken() {
+            self.client.drop_conn(conn.addr()).await;
         }
+        r
+    }
+
+    /// Ends a batch: advances the partition's sequence on success, answers every record,
+    /// frees the partition for its next batch and the buffer for more records.
+    async fn complete(&self, out: Outgoing, result: Result<Offset, ClientError>) {
+        let count = i32::try_from(out.records).unwrap_or(i32::MAX);
+        let key = (out.topic, out.partition);
+        if result.is_ok() && self.producer_id >= 0 {
+            let mut seqs = self.sequences.lock().await;
+            let s = seqs.entry(key.clone()).or_insert(0);
+            *s = s.wrapping_add(count) & i32::MAX;
+        }
+        for (i, ack) in out.acks.into_iter().enumerate() {
+            let r = match &result {
+                Ok(base) if base.0 >= 0 => Ok(base.add(i as i64)),
+                Ok(base) => Ok(*base),
+                Err(e) => Err(copy_error(e)),
+            };
+            let _ = ack.send(r);
+        }
+        {
+            let mut accum = self.accum.lock().await;
+            if let Some(q) = accum.get_mut(&key) {
+                q.in_flight = false;
+                if q.is_idle() {
+                    accum.remove(&key);
+                }
+            }
+        }
+        self.buffered
+            .fetch_sub(u32::try_from(out.records).unwrap_or(0), Ordering::AcqRel);
+        self.room.add_permits(out.records);
+        if self.buffered.load(Ordering::Acquire) == 0 {
+            self.flush.store(false, Ordering::Release);
+            self.drained.notify_waiters();
+        }
+        // The partition may have its next batch waiting.
+        self.wake.notify_one();
+    }
+}
+
+/// A copy of an error for each record of a failed batch.
+fn copy_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Broker { api, code } => ClientError::Broker { api, code: *code },
+        ClientError::Timeout => ClientError::Timeout,
+        ClientError::Closed => ClientError::Closed,
+        ClientError::UnknownPartition(s) => ClientError::UnknownPartition(s.clone()),
+        ClientError::Io { addr, source } => ClientError::Io {
+            addr: *addr,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => ClientError::Protocol(other.to_string()),
+    }
+}
+
+/// The outcome for one partition in a Produce response.
+fn partition_result(
+    resp: &ProduceResponse,
+    topic: &str,
+    partition: i32,
+) -> Result<Offset, ClientError> {
+    let p = resp
+        .responses
+        .iter()
+        .filter(|t| t.name.0.as_str() == topic)
+        .flat_map(|t| t.partition_responses.iter())
+        .find(|p| p.index == partition)
+        .ok_or_else(|| {
+            ClientError::Protocol(format!("Produce response without {topic}-{partition}"))
+        })?;
+    match p.error_code {
+        0 => Ok(Offset(p.base_offset)),
+        code => Err(ClientError::Broker {
+            api: "Produce",
+            code,
+        }),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use lode_broker::{Broker, BrokerConfig};
 use lode_client::{Client, ClientError, Consumer, Producer, ProducerConfig, Record};
 use lode_env::Env;
@@ -83,13 +84,16 @@ async fn produce_consume_round_trip() {
     assert_eq!(got.len(), 300);
     let mut values: Vec<u32> = got
         .iter()
-        .map(|r| u32::from_be_bytes(r.value.clone().unwrap().try_into().unwrap()))
+        .map(|r| u32::from_be_bytes(r.value.as_deref().unwrap().try_into().unwrap()))
         .collect();
     values.sort_unstable();
     assert_eq!(values, (0..300).collect::<Vec<_>>());
     assert_eq!(
         got[0].headers,
-        vec![(b"h".to_vec(), Some(b"1".to_vec())), (b"h".to_vec(), None)]
+        vec![
+            (Bytes::from_static(b"h"), Some(Bytes::from_static(b"1"))),
+            (Bytes::from_static(b"h"), None)
+        ]
     );
     // Same key, same partition; offsets increase per partition.
     for p in 0..3 {
@@ -202,7 +206,6 @@ async fn acks_zero_and_one_and_oversized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retries_are_not_written_twice() {
-    use bytes::Bytes;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
@@ -214,7 +217,7 @@ async fn idempotent_retries_are_not_written_twice() {
         .await
         .unwrap();
     client.create_topic("idem", 1, 1).await.unwrap();
-    let mut conn = lode_client::Connection::connect(b.local_addr, "raw")
+    let conn = lode_client::Connection::connect(b.local_addr, "raw")
         .await
         .unwrap();
     let produce = |seq: i32| {

@@ -200,23 +200,34 @@ proptest! {
         records in proptest::collection::vec(
             (proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
              proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
-             -1000_i64..1000),
+             -100_000_000_i64..100_000_000,
+             0_usize..3),
             1..20),
+        big in proptest::option::of(0_usize..40_000),
     ) {
         let mut b = RecordBatchBuilder::new(Offset(7));
-        for (k, v, ts) in &records {
-            b.push(k.as_deref(), v.as_deref(), &[], *ts);
+        // A large value now and then, so length varints take three bytes.
+        let big_value = big.map(|n| vec![0x5a_u8; n]);
+        b.push(None, big_value.as_deref(), &[], 0);
+        for (k, v, ts, headers) in &records {
+            let hs: Vec<(&[u8], Option<&[u8]>)> =
+                (0..*headers).map(|i| (&b"h"[..], (i > 0).then_some(&b"v"[..]))).collect();
+            b.push(k.as_deref(), v.as_deref(), &hs, *ts);
         }
         let bytes = b.build();
+        // Finishing in place gives the very same bytes.
+        prop_assert_eq!(&b.clone().try_finish().unwrap(), &bytes);
         let (batch, _) = RecordBatch::parse(&bytes).unwrap();
         batch.validate().unwrap();
         let back: Vec<_> = batch.records().unwrap().map(Result::unwrap).collect();
-        prop_assert_eq!(back.len(), records.len());
-        for (r, (k, v, ts)) in back.iter().zip(&records) {
+        prop_assert_eq!(back.len(), records.len() + 1);
+        prop_assert_eq!(back[0].value, big_value.as_deref());
+        for (r, (k, v, ts, headers)) in back[1..].iter().zip(&records) {
             prop_assert_eq!(r.key, k.as_deref());
             prop_assert_eq!(r.value, v.as_deref());
             prop_assert_eq!(r.timestamp_delta, *ts);
+            prop_assert_eq!(r.headers.len(), *headers);
         }
-        prop_assert_eq!(batch.max_timestamp(), records.iter().map(|r| r.2).max().unwrap_or(0));
+        prop_assert_eq!(batch.max_timestamp(), records.iter().map(|r| r.2).max().unwrap_or(0).max(0));
     }
 }

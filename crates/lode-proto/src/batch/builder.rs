@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use super::compression::compress;
-use super::varint::{write_varint, write_varlong};
+use super::varint::{varint_size, varlong_size, write_varint, write_varlong};
 use super::{
     crc_of, put, BatchError, Compression, ATTRIBUTES_AT, BASE_OFFSET_AT, BASE_SEQUENCE_AT,
     BASE_TIMESTAMP_AT, BATCH_LENGTH_AT, COMPRESSION_MASK, CONTROL_BIT, CRC_AT, HEADER_SIZE,
@@ -47,11 +47,10 @@ pub struct RecordBatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    /// The encoded records section.
-    records: Vec<u8>,
+    /// Room for the header (filled in by [`RecordBatchBuilder::try_finish`]), then the
+    /// encoded records section.
+    buf: Vec<u8>,
     count: usize,
-    /// Reused to encode each record's body before its length prefix is known.
-    scratch: Vec<u8>,
 }
 
 impl RecordBatchBuilder {
@@ -69,10 +68,20 @@ impl RecordBatchBuilder {
             producer_id: NO_PRODUCER_ID,
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
-            records: Vec::new(),
+            buf: vec![0; HEADER_SIZE],
             count: 0,
-            scratch: Vec::new(),
         }
+    }
+
+    /// Reserves room for `bytes` more bytes of records, so pushing them does not grow the
+    /// buffer step by step (each step a copy).
+    pub fn reserve(&mut self, bytes: usize) -> &mut Self {
+        self.buf.reserve(bytes);
+        self
+    }
+
+    fn records(&self) -> &[u8] {
+        self.buf.get(HEADER_SIZE..).unwrap_or_default()
     }
 
     /// Sets the partition leader epoch.
@@ -143,20 +152,30 @@ impl RecordBatchBuilder {
         headers: &[(&[u8], Option<&[u8]>)],
         timestamp_delta: i64,
     ) -> &mut Self {
-        let body = &mut self.scratch;
-        body.clear();
-        body.push(0); // record attributes: none are defined
-        write_varlong(body, timestamp_delta);
-        write_varint(body, saturate(self.count));
-        put_nullable(body, key);
-        put_nullable(body, value);
-        write_varint(body, saturate(headers.len()));
+        let index = saturate(self.count);
+        let body_len = 1
+            + varlong_size(timestamp_delta)
+            + varint_size(index)
+            + nullable_size(key)
+            + nullable_size(value)
+            + varint_size(saturate(headers.len()))
+            + headers
+                .iter()
+                .map(|(k, v)| nullable_size(Some(k)) + nullable_size(*v))
+                .sum::<usize>();
+        let out = &mut self.buf;
+        out.reserve(varint_size(saturate(body_len)) + body_len);
+        write_varint(out, saturate(body_len));
+        out.push(0); // record attributes: none are defined
+        write_varlong(out, timestamp_delta);
+        write_varint(out, index);
+        put_nullable(out, key);
+        put_nullable(out, value);
+        write_varint(out, saturate(headers.len()));
         for (k, v) in headers {
-            put_nullable(body, Some(k));
-            put_nullable(body, *v);
+            put_nullable(out, Some(k));
+            put_nullable(out, *v);
         }
-        write_varint(&mut self.records, saturate(body.len()));
-        self.records.extend_from_slice(body);
 
         let ts = self.base_timestamp.saturating_add(timestamp_delta);
         self.max_timestamp = Some(self.max_timestamp.map_or(ts, |m| m.max(ts)));
@@ -175,7 +194,7 @@ impl RecordBatchBuilder {
     /// smaller (and at worst a few bytes per 32 KiB larger, for incompressible records).
     #[must_use]
     pub fn size(&self) -> usize {
-        HEADER_SIZE.saturating_add(self.records.len())
+        self.buf.len()
     }
 
     /// The encoded batch, its records compressed with the codec set (if any).
@@ -192,14 +211,23 @@ impl RecordBatchBuilder {
         };
         let count = i32::try_from(self.count).map_err(|_| too_large())?;
         let records: Cow<'_, [u8]> = match self.compression {
-            Compression::None => Cow::Borrowed(&self.records),
-            codec => Cow::Owned(compress(codec, &self.records)?),
+            Compression::None => Cow::Borrowed(self.records()),
+            codec => Cow::Owned(compress(codec, self.records())?),
         };
         let batch_length = i32::try_from(records.len())
             .ok()
             .and_then(|l| l.checked_add(MIN_BATCH_LENGTH))
             .ok_or_else(too_large)?;
 
+        let h = self.header(batch_length, count, &records);
+        let mut out = Vec::with_capacity(HEADER_SIZE + records.len());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&records);
+        Ok(out)
+    }
+
+    /// The batch header for `records`, CRC included.
+    fn header(&self, batch_length: i32, count: i32, records: &[u8]) -> [u8; HEADER_SIZE] {
         let mut h = [0_u8; HEADER_SIZE];
         put::<BASE_OFFSET_AT, 8>(&mut h, self.base_offset.0.to_be_bytes());
         put::<BATCH_LENGTH_AT, 4>(&mut h, batch_length.to_be_bytes());
@@ -216,13 +244,32 @@ impl RecordBatchBuilder {
         put::<PRODUCER_EPOCH_AT, 2>(&mut h, self.producer_epoch.to_be_bytes());
         put::<BASE_SEQUENCE_AT, 4>(&mut h, self.base_sequence.to_be_bytes());
         put::<RECORDS_COUNT_AT, 4>(&mut h, count.to_be_bytes());
-        let crc = crc_of(&h, &records);
+        let crc = crc_of(&h, records);
         put::<CRC_AT, 4>(&mut h, crc.to_be_bytes());
+        h
+    }
 
-        let mut out = Vec::with_capacity(HEADER_SIZE + records.len());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&records);
-        Ok(out)
+    /// The encoded batch, like [`RecordBatchBuilder::try_build`], but consuming the builder:
+    /// without compression the records are not copied again, the header is written in
+    /// front of them.
+    ///
+    /// # Errors
+    /// As [`RecordBatchBuilder::try_build`].
+    pub fn try_finish(mut self) -> Result<Vec<u8>, BatchError> {
+        if self.compression != Compression::None {
+            return self.try_build();
+        }
+        let records_len = self.records().len();
+        let batch_length = i32::try_from(records_len)
+            .ok()
+            .and_then(|l| l.checked_add(MIN_BATCH_LENGTH));
+        let count = i32::try_from(self.count).ok();
+        let (Some(batch_length), Some(count)) = (batch_length, count) else {
+            return self.try_build();
+        };
+        let h = self.header(batch_length, count, self.records());
+        self.buf[..HEADER_SIZE].copy_from_slice(&h);
+        Ok(self.buf)
     }
 
     /// The encoded batch, for callers that keep batches far below 2 GiB (tests, and a
@@ -243,6 +290,13 @@ impl RecordBatchBuilder {
 /// [`RecordBatchBuilder::try_build`] then rejects.
 fn saturate(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn nullable_size(v: Option<&[u8]>) -> usize {
+    match v {
+        None => 1,
+        Some(v) => varint_size(saturate(v.len())) + v.len(),
+    }
 }
 
 fn put_nullable(out: &mut Vec<u8>, v: Option<&[u8]>) {

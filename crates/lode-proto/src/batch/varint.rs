@@ -82,6 +82,23 @@ fn write_unsigned(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
+/// Bytes `v` takes as an unsigned varint.
+const fn unsigned_size(v: u64) -> usize {
+    // 1 byte per 7 significant bits, at least one byte.
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Bytes `v` takes as a zigzag varint.
+pub(crate) const fn varint_size(v: i32) -> usize {
+    unsigned_size(zigzag_encode_32(v) as u64)
+}
+
+/// Bytes `v` takes as a zigzag varlong.
+pub(crate) const fn varlong_size(v: i64) -> usize {
+    unsigned_size(zigzag_encode_64(v))
+}
+
 /// Appends `v` as a zigzag varint.
 pub(crate) fn write_varint(out: &mut Vec<u8>, v: i32) {
     write_unsigned(out, u64::from(zigzag_encode_32(v)));

@@ -59,6 +59,28 @@ async fn loopback_ceiling(secs: f64) -> anyhow::Result<f64> {
     Ok(received.min(sent) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Bytes per second of a plain buffered write of `bytes` into a fresh file in `dir`, without
+/// and with the fdatasync at the end: what the broker's log appends cost on this machine's
+/// page cache and disk, before any protocol work.
+fn disk_ceiling(dir: &std::path::Path, bytes: usize) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write;
+    let path = dir.join(format!(".lode-bench-disk-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path).with_context(|| format!("{}", path.display()))?;
+    let chunk = vec![0x5a_u8; 256 << 10];
+    let start = Instant::now();
+    let mut written = 0;
+    while written < bytes {
+        f.write_all(&chunk)?;
+        written += chunk.len();
+    }
+    let write_secs = start.elapsed().as_secs_f64();
+    f.sync_data()?;
+    let synced_secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok((written as f64 / write_secs, written as f64 / synced_secs))
+}
+
 /// `lode bench`.
 pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>> {
     Box::pin(async move {
@@ -108,6 +130,14 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         println!("loopback ceiling: measuring one TCP stream for 2 s ...");
         let ceiling = loopback_ceiling(2.0).await?;
         println!("loopback ceiling: {:.0} MB/s", ceiling / 1e6);
+        let disk_dir = std::env::temp_dir();
+        let (disk, synced) = disk_ceiling(&disk_dir, records.saturating_mul(record_bytes))?;
+        println!(
+            "disk ceiling: {:.0} MB/s written, {:.0} MB/s with the fdatasync (the same volume written plainly into a fresh file in {})",
+            disk / 1e6,
+            synced / 1e6,
+            disk_dir.display()
+        );
 
         let client = Client::connect(&bootstrap, "lode-bench")
             .await
@@ -225,10 +255,11 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         e2e.sort_unstable();
         let mbps = measured as f64 * record_bytes as f64 / elapsed;
         println!(
-            "produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling), {failed} failed",
+            "produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling, {:.2} of the disk write ceiling), {failed} failed",
             measured as f64 / elapsed,
             mbps / 1e6,
-            mbps / ceiling
+            mbps / ceiling,
+            mbps / disk
         );
         println!(
             "produce latency: p50 {} p99 {} p99.9 {} max {}",

@@ -1,8 +1,11 @@
 //! A batching producer: records accumulate per partition until the batch is full or has
 //! lingered long enough, then go out as one RecordBatch v2. With idempotence on, batches
 //! carry the producer id, epoch and per-partition sequence numbers, so a retry after a
-//! lost response is recognised by the broker and never written twice. One batch per
-//! partition is in flight at a time, so retries never reorder records.
+//! lost response is recognised by the broker and never written twice; one batch per
+//! partition is then in flight at a time, so retries never reorder records. Without
+//! idempotence up to `in_flight_per_partition_max` batches of a partition are on the wire.
+//! Each round the sender takes every due batch and sends one Produce per leader; requests
+//! are pipelined on the connection.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -56,6 +59,10 @@ pub struct ProducerConfig {
     pub buffered_records_max: usize,
     /// Compression of each batch's records.
     pub compression: Compression,
+    /// Batches of one partition on the wire at once, without idempotence (with it, one:
+    /// sequence numbers then keep order across retries). As in Kafka, more than one lets a
+    /// retried batch land after a later one.
+    pub in_flight_per_partition_max: usize,
 }
 
 impl Default for ProducerConfig {
@@ -69,6 +76,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             buffered_records_max: 100_000,
             compression: Compression::None,
+            in_flight_per_partition_max: 5,
         }
     }
 }
@@ -307,18 +315,17 @@ impl Drop for Producer {
     }
 }
 
-/// A partition's batches: waiting ones, oldest first (only the last one grows), and whether
-/// one is on the wire. One batch per partition is in flight at a time, so a retry can never
-/// reorder a partition's records.
+/// A partition's batches: waiting ones, oldest first (only the last one grows), and how
+/// many are on the wire (see [`ProducerConfig::in_flight_per_partition_max`]).
 #[derive(Default)]
 struct Queue {
     batches: VecDeque<Pending>,
-    in_flight: bool,
+    in_flight: usize,
 }
 
 impl Queue {
     fn is_idle(&self) -> bool {
-        self.batches.is_empty() && !self.in_flight
+        self.batches.is_empty() && self.in_flight == 0
     }
 }
 
@@ -340,7 +347,7 @@ impl Inner {
                 let accum = self.accum.lock().await;
                 accum
                     .values()
-                    .filter(|q| !q.in_flight)
+                    .filter(|q| q.in_flight < self.in_flight_max())
                     .filter_map(|q| q.batches.front())
                     .map(|p| p.created.saturating_add(self.config.linger))
                     .min()
@@ -372,7 +379,7 @@ impl Inner {
                 let mut accum = self.accum.lock().await;
                 let mut out = Vec::new();
                 for (key, queue) in accum.iter_mut() {
-                    if queue.in_flight {
+                    if queue.in_flight >= self.in_flight_max() {
                         continue;
                     }
                     let Some(front) = queue.batches.front() else {
@@ -384,7 +391,7 @@ impl Inner {
                         || now.saturating_since(front.created) >= self.config.linger;
                     if due {
                         if let Some(p) = queue.batches.pop_front() {
-                            queue.in_flight = true;
+                            queue.in_flight += 1;
                             out.push((key.clone(), p));
                         }
                     }
@@ -418,6 +425,14 @@ impl Inner {
                 let me = Arc::clone(&self);
                 lode_env::task::spawn(async move { me.retry_alone(out, e).await });
             }
+        }
+    }
+
+    fn in_flight_max(&self) -> usize {
+        if self.producer_id >= 0 {
+            1
+        } else {
+            self.config.in_flight_per_partition_max.max(1)
         }
     }
 
@@ -607,7 +622,7 @@ impl Inner {
         {
             let mut accum = self.accum.lock().await;
             if let Some(q) = accum.get_mut(&key) {
-                q.in_flight = false;
+                q.in_flight = q.in_flight.saturating_sub(1);
                 if q.is_idle() {
                     accum.remove(&key);
                 }

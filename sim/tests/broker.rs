@@ -73,7 +73,10 @@ fn run(seed: u64) -> Vec<(i64, Vec<u8>)> {
                 let mut got = Vec::new();
                 for _ in 0..50 {
                     for r in consumer.poll().await.unwrap() {
-                        got.push((i64::from(r.partition) * 1000 + r.offset.0, r.value.unwrap()));
+                        got.push((
+                            i64::from(r.partition) * 1000 + r.offset.0,
+                            r.value.unwrap().to_vec(),
+                        ));
                     }
                     if got.len() >= 100 {
                         break;

@@ -15,3 +15,4 @@ pub use epoch_cache::{Assigned, EpochEntry, LeaderEpochCache};
 pub mod producer;
 
 pub use producer::{BatchMeta, ProducerStates, Verdict};
+pub mod raft;

@@ -90,44 +90,67 @@ pub async fn serve(broker: Arc<Broker>, listener: Listener) {
     }
 }
 
+/// Reads the next request frame, keeping bytes already read past it in `buf` (pipelined
+/// requests): one read call takes in as much as the socket has, and no buffer is zeroed
+/// first. `None` at a clean end of stream between frames.
 async fn read_frame(
     broker: &Broker,
     stream: &mut Stream,
+    buf: &mut BytesMut,
 ) -> Result<Option<Bytes>, ConnectionError> {
-    let mut len = [0_u8; 4];
-    // Waiting for the next request is bounded by the idle timeout...
-    match broker
-        .clock
-        .timeout(broker.config.idle_timeout, stream.read_exact(&mut len))
-        .await
-    {
-        Err(_) => return Err(ConnectionError::Timeout("idle")),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Ok(r) => r?,
-    };
-    let len = i32::from_be_bytes(len);
     let max = broker.config.frame_bytes_max;
-    if len < 8 || len as usize > max {
-        return Err(ConnectionError::Protocol(format!(
-            "frame length {len} outside 8..={max}"
-        )));
+    loop {
+        let need = if buf.len() >= 4 {
+            let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if len < 8 || len as usize > max {
+                return Err(ConnectionError::Protocol(format!(
+                    "frame length {len} outside 8..={max}"
+                )));
+            }
+            let total = 4 + len as usize;
+            if buf.len() >= total {
+                buf.advance(4);
+                return Ok(Some(buf.split_to(total - 4).freeze()));
+            }
+            total
+        } else {
+            4
+        };
+        // Room for the rest of this frame (its length is checked above, so never more
+        // than the maximum) or, between frames, a read's worth.
+        buf.reserve(
+            need.saturating_sub(buf.len())
+                .max(if buf.is_empty() { 64 << 10 } else { 0 }),
+        );
+        // Waiting for the next request is bounded by the idle timeout, the rest of a
+        // frame, once started, by the frame timeout.
+        let (limit, what) = if buf.is_empty() {
+            (broker.config.idle_timeout, "idle")
+        } else {
+            (broker.config.frame_timeout, "stalled mid-frame")
+        };
+        match broker.clock.timeout(limit, stream.read_buf(buf)).await {
+            Err(_) => return Err(ConnectionError::Timeout(what)),
+            Ok(Ok(0)) if buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) => {
+                return Err(ConnectionError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-frame",
+                )))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() => {
+                return Ok(None)
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
     }
-    let mut body = vec![0_u8; len as usize];
-    // ...and the rest of a frame, once started, by the frame timeout.
-    match broker
-        .clock
-        .timeout(broker.config.frame_timeout, stream.read_exact(&mut body))
-        .await
-    {
-        Err(_) => return Err(ConnectionError::Timeout("stalled mid-frame")),
-        Ok(r) => r?,
-    };
-    Ok(Some(Bytes::from(body)))
 }
 
 /// Serves one connection, one request at a time.
 async fn connection(broker: Arc<Broker>, mut stream: Stream) -> Result<(), ConnectionError> {
-    while let Some(frame) = read_frame(&broker, &mut stream).await? {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = read_frame(&broker, &mut stream, &mut buf).await? {
         let reply = handle_frame(&broker, frame).await?;
         if let Some(bytes) = reply {
             stream.write_all(&bytes).await?;
@@ -147,7 +170,13 @@ pub(crate) fn encode_response<R: Encodable>(
     let header_version = key.response_header_version(version);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
-    let mut buf = BytesMut::with_capacity(64);
+    // Sized up front: a fetch response carries whole batches, and growing the buffer
+    // would copy them again.
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| body.compute_size(version).map(|b| h + b))
+        .unwrap_or(64);
+    let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(0);
     header
         .encode(&mut buf, header_version)

@@ -10,10 +10,12 @@ pub mod checkpoint;
 pub mod error;
 pub mod index;
 mod log;
+pub mod raft_store;
 mod recovery;
 
 pub use error::LogError;
 pub use log::{AppendInfo, Log, LogConfig, RecoveryReport, SyncJob, SyncPolicy};
+pub use raft_store::{RaftStore, RaftStoreError};
 
 #[cfg(feature = "planted-bugs")]
 pub use log::PlantedBug;

@@ -15,4 +15,7 @@ pub use epoch_cache::{Assigned, EpochEntry, LeaderEpochCache};
 pub mod producer;
 
 pub use producer::{BatchMeta, ProducerStates, Verdict};
+pub mod metadata;
+
+pub use metadata::{Controller, ControllerConfig, MetadataRecord, MetadataState};
 pub mod raft;

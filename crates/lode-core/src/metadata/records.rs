@@ -1,0 +1,84 @@
+//! The records of the metadata log.
+
+use lode_proto::{BrokerId, PartitionId};
+use serde::{Deserialize, Serialize};
+
+use super::state::{PartitionState, TopicConfig};
+use super::{BrokerEpoch, TopicId};
+
+/// One entry of the metadata log. Applying the same records in the same order gives the
+/// same [`MetadataState`](super::MetadataState) on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataRecord {
+    /// A broker process registers. Its epoch is the offset of this record; it starts fenced.
+    /// A registration while an older epoch of the same id is unfenced is rejected by
+    /// `apply`: the controller fences the old epoch first.
+    RegisterBroker {
+        /// The broker id.
+        id: BrokerId,
+        /// Random id the process picked at start: tells a retry from a new process.
+        incarnation: u64,
+        /// Host the broker listens on.
+        host: String,
+        /// Port the broker listens on.
+        port: u16,
+        /// The epoch read from the broker's clean-shutdown marker, `None` when missing
+        /// (kept for visibility: the controller already acted on it, KIP-966).
+        clean_shutdown_epoch: Option<BrokerEpoch>,
+    },
+    /// The broker's epoch is fenced: it may not lead or be in an ISR.
+    Fence {
+        /// The broker id.
+        id: BrokerId,
+        /// The epoch being fenced (must be the current one).
+        epoch: BrokerEpoch,
+    },
+    /// The broker's epoch caught up with the metadata log and may serve again.
+    Unfence {
+        /// The broker id.
+        id: BrokerId,
+        /// The epoch being unfenced (must be the current one).
+        epoch: BrokerEpoch,
+    },
+    /// The broker asked to shut down: it leaves every ISR and leads nothing.
+    ControlledShutdown {
+        /// The broker id.
+        id: BrokerId,
+        /// The broker's current epoch.
+        epoch: BrokerEpoch,
+    },
+    /// A topic is created; its partitions follow as [`MetadataRecord::Partition`] records.
+    Topic {
+        /// The topic id.
+        id: TopicId,
+        /// The topic name.
+        name: String,
+        /// Number of partitions.
+        partitions: i32,
+        /// Replicas per partition.
+        replication_factor: i16,
+        /// The topic's configuration.
+        config: TopicConfig,
+    },
+    /// A topic's configuration changes.
+    TopicConfig {
+        /// The topic id.
+        id: TopicId,
+        /// The new configuration.
+        config: TopicConfig,
+    },
+    /// The whole new state of one partition: its creation or any change to it.
+    Partition {
+        /// The topic id.
+        topic: TopicId,
+        /// The partition.
+        partition: PartitionId,
+        /// The partition's new state.
+        state: PartitionState,
+    },
+    /// A topic and its partitions are deleted.
+    RemoveTopic {
+        /// The topic id.
+        id: TopicId,
+    },
+}

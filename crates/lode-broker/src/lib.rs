@@ -11,6 +11,8 @@ pub mod codes;
 pub mod config;
 mod handlers;
 pub mod partition;
+pub mod quorum;
+pub mod rpc;
 pub mod server;
 pub mod topics;
 pub mod wire_check;

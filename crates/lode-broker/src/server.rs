@@ -122,14 +122,25 @@ async fn read_frame(
             need.saturating_sub(buf.len())
                 .max(if buf.is_empty() { 64 << 10 } else { 0 }),
         );
-        // Waiting for the next request is bounded by the idle timeout, the rest of a
-        // frame, once started, by the frame timeout.
+        // Waiting for the next request is bounded by the idle timeout; the rest of a frame,
+        // once started, by one frame timeout for all the reads it takes.
         let (limit, what) = if buf.is_empty() {
             (broker.config.idle_timeout, "idle")
         } else {
             (broker.config.frame_timeout, "stalled mid-frame")
         };
-        match broker.clock.timeout(limit, stream.read_buf(buf)).await {
+        let filled = broker
+            .clock
+            .timeout(limit, async {
+                loop {
+                    let n = stream.read_buf(buf).await?;
+                    if n == 0 || buf.len() >= need {
+                        return Ok::<usize, std::io::Error>(n);
+                    }
+                }
+            })
+            .await;
+        match filled {
             Err(_) => return Err(ConnectionError::Timeout(what)),
             Ok(Ok(0)) if buf.is_empty() => return Ok(None),
             Ok(Ok(0)) => {

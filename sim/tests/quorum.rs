@@ -36,7 +36,7 @@ async fn node_main(id: i32, disk: SimDisk, shared: Arc<Mutex<Shared>>) {
     let voters: BTreeMap<BrokerId, SocketAddr> = (0..3).map(|i| (BrokerId(i), addr(i))).collect();
     let mut config = QuorumConfig::new(BrokerId(id), voters, addr(id));
     config.fetch_timeout = Duration::from_millis(500);
-    let (quorum, mut committed) = Quorum::start(config, Dir::sim(&disk), Clock::system())
+    let (quorum, mut committed) = Quorum::start(config, Dir::sim(&disk), Clock::system(), None)
         .await
         .unwrap();
     let s = Arc::clone(&shared);

@@ -9,6 +9,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod control;
 mod handlers;
 pub mod partition;
 pub mod quorum;

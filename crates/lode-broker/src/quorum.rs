@@ -75,6 +75,8 @@ pub struct QuorumStatus {
     pub leader: Option<BrokerId>,
     /// Its high watermark.
     pub high_watermark: Offset,
+    /// Its log end offset.
+    pub end_offset: Offset,
     /// Whether the driver stopped on a disk error.
     pub failed: bool,
 }
@@ -110,8 +112,17 @@ pub enum QuorumError {
     Stopped,
 }
 
+/// A frame on a controller connection: Raft's own messages, or those of the layer above
+/// (controller requests and replies), which the quorum only carries.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Wire {
+    Raft(Message),
+    App(Vec<u8>),
+}
+
 enum Input {
     Message(BrokerId, Message),
+    SendApp(BrokerId, Vec<u8>),
     Hello(BrokerId, SocketAddr),
     Propose(Vec<u8>, oneshot::Sender<Result<Offset, ProposeError>>),
 }
@@ -126,7 +137,8 @@ pub struct Quorum {
 
 impl Quorum {
     /// Opens the Raft store in `dir`, binds the controller listener and starts the driver.
-    /// Committed entries arrive on the returned receiver (the driver waits when it is full).
+    /// Committed entries arrive on the returned receiver (the driver waits when it is full);
+    /// messages of the layer above ([`Quorum::send_app`]) on `app`, with their sender.
     ///
     /// # Errors
     /// A damaged store or a listener that cannot bind.
@@ -134,6 +146,7 @@ impl Quorum {
         config: QuorumConfig,
         dir: Dir,
         clock: Clock,
+        app: Option<mpsc::Sender<(BrokerId, Vec<u8>)>>,
     ) -> Result<(Quorum, mpsc::Receiver<Committed>), QuorumError> {
         let (store, durable) = RaftStore::open(dir).await?;
         let listener = lode_env::net::listen(config.listen)
@@ -162,7 +175,7 @@ impl Quorum {
         );
         let status = watch::Sender::new(status_of(&node, false));
         let status_rx = status.subscribe();
-        lode_env::task::spawn(listen_loop(listener, inputs_tx.clone()));
+        lode_env::task::spawn(listen_loop(listener, inputs_tx.clone(), app));
         let driver = Driver {
             me: config.node,
             my_addr: local_addr,
@@ -203,6 +216,12 @@ impl Quorum {
         self.status.clone()
     }
 
+    /// Sends `bytes` to `to`'s layer above the quorum, over the controller connections.
+    /// Best effort: a message may be lost.
+    pub async fn send_app(&self, to: BrokerId, bytes: Vec<u8>) {
+        let _ = self.inputs.send(Input::SendApp(to, bytes)).await;
+    }
+
     /// Appends `data` if this node leads; returns its offset (committed once the high
     /// watermark passes it).
     ///
@@ -224,6 +243,7 @@ fn status_of(node: &RaftNode, failed: bool) -> QuorumStatus {
         epoch: node.epoch(),
         leader: node.leader(),
         high_watermark: node.high_watermark(),
+        end_offset: node.end_offset(),
         failed,
     }
 }
@@ -231,7 +251,11 @@ fn status_of(node: &RaftNode, failed: bool) -> QuorumStatus {
 /// The first frame of a controller connection: who sends, and where it listens.
 type Hello = (BrokerId, SocketAddr);
 
-async fn listen_loop(listener: Listener, inputs: mpsc::Sender<Input>) {
+async fn listen_loop(
+    listener: Listener,
+    inputs: mpsc::Sender<Input>,
+    app: Option<mpsc::Sender<(BrokerId, Vec<u8>)>>,
+) {
     loop {
         let (mut stream, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -241,6 +265,7 @@ async fn listen_loop(listener: Listener, inputs: mpsc::Sender<Input>) {
             }
         };
         let inputs = inputs.clone();
+        let app = app.clone();
         lode_env::task::spawn(async move {
             let mut buf = BytesMut::new();
             let from = match rpc::read::<Hello>(&mut stream, &mut buf, addr).await {
@@ -255,10 +280,17 @@ async fn listen_loop(listener: Listener, inputs: mpsc::Sender<Input>) {
                 }
             };
             loop {
-                match rpc::read::<Message>(&mut stream, &mut buf, addr).await {
-                    Ok(Some(msg)) => {
+                match rpc::read::<Wire>(&mut stream, &mut buf, addr).await {
+                    Ok(Some(Wire::Raft(msg))) => {
                         if inputs.send(Input::Message(from, msg)).await.is_err() {
                             return;
+                        }
+                    }
+                    Ok(Some(Wire::App(bytes))) => {
+                        if let Some(app) = &app {
+                            if app.send((from, bytes)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(None) => return,
@@ -294,6 +326,10 @@ impl Driver {
                 input = inputs.recv() => match input {
                     None => return,
                     Some(Input::Message(from, msg)) => self.node.receive(self.clock.now(), from, msg),
+                    Some(Input::SendApp(to, bytes)) => {
+                        self.send(to, &Wire::App(bytes));
+                        Vec::new()
+                    }
                     Some(Input::Hello(id, addr)) => {
                         if !self.addresses.contains_key(&id) || self.addresses.get(&id) != Some(&addr) {
                             self.addresses.insert(id, addr);
@@ -334,7 +370,7 @@ impl Driver {
         for a in actions {
             match a {
                 Action::Persist(p) => self.store.persist(&p).await?,
-                Action::Send { to, msg } => self.send(to, &msg),
+                Action::Send { to, msg } => self.send(to, &Wire::Raft(msg)),
                 Action::InstallSnapshot(s) => {
                     let _ = self.apply.send(Committed::Snapshot(s)).await;
                 }
@@ -346,7 +382,7 @@ impl Driver {
         Ok(())
     }
 
-    fn send(&mut self, to: BrokerId, msg: &Message) {
+    fn send(&mut self, to: BrokerId, msg: &Wire) {
         let frame = match rpc::encode(msg) {
             Ok(f) => f,
             Err(e) => {

@@ -81,7 +81,7 @@ impl ControllerConfig {
 }
 
 /// A `BrokerRegistration` request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BrokerRegistrationRequest {
     /// The broker id.
     pub id: BrokerId,
@@ -96,7 +96,7 @@ pub struct BrokerRegistrationRequest {
 }
 
 /// A `BrokerHeartbeat` request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeartbeatRequest {
     /// The broker id.
     pub id: BrokerId,
@@ -109,7 +109,7 @@ pub struct HeartbeatRequest {
 }
 
 /// A `CreateTopics` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CreateTopicRequest {
     /// The topic name.
     pub name: String,
@@ -126,7 +126,7 @@ pub struct CreateTopicRequest {
 }
 
 /// One member of a proposed ISR, with the broker epoch the leader knows it by (KIP-903).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IsrMember {
     /// The broker id.
     pub id: BrokerId,
@@ -135,7 +135,7 @@ pub struct IsrMember {
 }
 
 /// An `AlterPartition` request (KIP-497) for one partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlterPartitionRequest {
     /// The sending broker (the leader, if the request is current).
     pub broker_id: BrokerId,

@@ -1,0 +1,512 @@
+//! The control plane of one node in combined mode: the metadata log (through [`Quorum`]),
+//! the metadata state every node applies, and, on the node that leads the quorum, the
+//! active controller.
+//!
+//! - Entries of the metadata log carry a batch of [`MetadataRecord`]s: one controller
+//!   decision, applied together. A record's metadata offset is `(raft offset << 16) | index
+//!   in its batch`, so offsets strictly increase and a broker epoch (the offset of its
+//!   registration) is unique.
+//! - The active controller keeps a working copy of the state with every record it has
+//!   proposed applied (Kafka's QuorumController does the same), decides each request on it
+//!   with [`Controller`], proposes the records and answers once they are committed and
+//!   applied here. It activates only once it has applied its whole log, marker included, so
+//!   it decides from everything committed before its epoch.
+//! - A request reaches the active controller from any node: locally, or forwarded over the
+//!   controller connections with a request id; a node that is not the leader answers
+//!   NOT_CONTROLLER and the caller retries at the leader it learns of.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lode_core::metadata::{
+    BrokerEpoch, BrokerRegistrationRequest, Controller, ControllerConfig, CreateTopicRequest,
+    HeartbeatRequest, MetadataRecord, MetadataState,
+};
+use lode_core::raft::Role;
+use lode_env::{Clock, Dir};
+use lode_proto::{BrokerId, Offset};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+
+use crate::quorum::{Committed, Quorum, QuorumConfig, QuorumError};
+
+/// Kafka's NOT_CONTROLLER.
+pub const NOT_CONTROLLER: i16 = 41;
+/// Kafka's REQUEST_TIMED_OUT.
+pub const REQUEST_TIMED_OUT: i16 = 7;
+/// Requests queued for the active controller.
+const REQUEST_QUEUE_MAX: usize = 1024;
+/// Records of one decision, at most (the low 16 bits of a metadata offset).
+const BATCH_RECORDS_MAX: usize = 1 << 16;
+/// Epochs of the most recently applied entries kept, to tell a controller whether the entry
+/// committed at its offset is the one it proposed.
+const RECENT_ENTRIES_MAX: usize = 4096;
+
+/// The epochs of recently applied entries, by raft offset.
+type Recent = Arc<std::sync::Mutex<BTreeMap<Offset, lode_proto::Epoch>>>;
+
+/// A request to the active controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// BrokerRegistration.
+    Register(BrokerRegistrationRequest),
+    /// BrokerHeartbeat.
+    Heartbeat(HeartbeatRequest),
+    /// CreateTopics, one topic.
+    CreateTopic(CreateTopicRequest),
+    /// DeleteTopics, one topic.
+    DeleteTopic(String),
+}
+
+/// The active controller's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Done and committed; a registration returns the broker's epoch.
+    Done {
+        /// The broker epoch granted by a registration.
+        broker_epoch: Option<BrokerEpoch>,
+    },
+    /// Refused with a Kafka error code.
+    Refused {
+        /// The code.
+        code: i16,
+        /// Why.
+        message: String,
+    },
+}
+
+impl ControlReply {
+    fn refused(code: i16, message: impl Into<String>) -> ControlReply {
+        ControlReply::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum ControlMsg {
+    Request { id: u64, req: ControlRequest },
+    Reply { id: u64, reply: ControlReply },
+}
+
+/// Where a request's answer goes.
+enum ReplyTo {
+    Local(oneshot::Sender<ControlReply>),
+    Remote(BrokerId, u64),
+}
+
+/// The metadata offset of record `index` in the batch at raft offset `raft`.
+#[must_use]
+pub fn metadata_offset(raft: Offset, index: usize) -> Offset {
+    Offset((raft.0 << 16) | index as i64)
+}
+
+/// One node's control plane.
+pub struct ControlPlane {
+    me: BrokerId,
+    quorum: Arc<Quorum>,
+    state: Arc<RwLock<MetadataState>>,
+    /// The raft offset below which every entry is applied to `state`.
+    applied: watch::Receiver<Offset>,
+    requests: mpsc::Sender<(ControlRequest, ReplyTo)>,
+    pending: Arc<Mutex<BTreeMap<u64, oneshot::Sender<ControlReply>>>>,
+    next_id: AtomicU64,
+    clock: Clock,
+}
+
+impl ControlPlane {
+    /// Starts the quorum member, the applier and the controller task.
+    ///
+    /// # Errors
+    /// When the quorum cannot start.
+    pub async fn start(
+        quorum_config: QuorumConfig,
+        controller_config: ControllerConfig,
+        dir: Dir,
+        clock: Clock,
+    ) -> Result<Arc<ControlPlane>, QuorumError> {
+        let me = quorum_config.node;
+        let (app_tx, app_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let (quorum, committed) =
+            Quorum::start(quorum_config, dir, clock.clone(), Some(app_tx)).await?;
+        let quorum = Arc::new(quorum);
+        let state = Arc::new(RwLock::new(MetadataState::new()));
+        let (applied_tx, applied_rx) = watch::channel(Offset(0));
+        let recent: Recent = Arc::default();
+        let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let plane = Arc::new(ControlPlane {
+            me,
+            quorum: Arc::clone(&quorum),
+            state: Arc::clone(&state),
+            applied: applied_rx.clone(),
+            requests: req_tx,
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            clock: clock.clone(),
+        });
+        lode_env::task::spawn(apply_loop(
+            committed,
+            Arc::clone(&state),
+            applied_tx,
+            Arc::clone(&recent),
+        ));
+        lode_env::task::spawn(inbound_loop(Arc::clone(&plane), app_rx));
+        let active = Active {
+            me,
+            quorum,
+            state,
+            applied: applied_rx,
+            controller: Controller::new(controller_config),
+            clock,
+            recent,
+        };
+        lode_env::task::spawn(active.run(req_rx));
+        Ok(plane)
+    }
+
+    /// Reads the applied metadata (without holding it across an await).
+    pub fn read<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
+        f(&self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The active controller, as far as this node knows.
+    #[must_use]
+    pub fn controller_id(&self) -> Option<BrokerId> {
+        self.quorum.status().leader
+    }
+
+    /// The raft offset below which everything is applied here.
+    #[must_use]
+    pub fn applied_offset(&self) -> Offset {
+        *self.applied.borrow()
+    }
+
+    /// The quorum member.
+    #[must_use]
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
+    }
+
+    /// Sends `req` to the active controller (wherever it is) and waits for its committed
+    /// answer, retrying at the current leader until `timeout`.
+    pub async fn request(&self, req: ControlRequest, timeout: Duration) -> ControlReply {
+        let deadline = self.clock.now().saturating_add(timeout);
+        loop {
+            let left = deadline.saturating_since(self.clock.now());
+            if left.is_zero() {
+                return ControlReply::refused(REQUEST_TIMED_OUT, "no controller answered in time");
+            }
+            let reply = match self.controller_id() {
+                None => None,
+                Some(leader) if leader == self.me => {
+                    let (tx, rx) = oneshot::channel();
+                    if self
+                        .requests
+                        .send((req.clone(), ReplyTo::Local(tx)))
+                        .await
+                        .is_err()
+                    {
+                        return ControlReply::refused(NOT_CONTROLLER, "controller stopped");
+                    }
+                    self.clock.timeout(left, rx).await.ok().and_then(Result::ok)
+                }
+                Some(leader) => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = oneshot::channel();
+                    self.pending.lock().await.insert(id, tx);
+                    if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Request {
+                        id,
+                        req: req.clone(),
+                    }) {
+                        self.quorum.send_app(leader, bytes).await;
+                    }
+                    let wait = left.min(Duration::from_secs(2));
+                    let r = self.clock.timeout(wait, rx).await.ok().and_then(Result::ok);
+                    self.pending.lock().await.remove(&id);
+                    r
+                }
+            };
+            match reply {
+                Some(ControlReply::Refused { code, .. }) if code == NOT_CONTROLLER => {}
+                Some(r) => return r,
+                None => {}
+            }
+            // No leader known, or it moved: look again shortly.
+            self.clock.sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn apply_loop(
+    mut committed: mpsc::Receiver<Committed>,
+    state: Arc<RwLock<MetadataState>>,
+    applied: watch::Sender<Offset>,
+    recent: Recent,
+) {
+    while let Some(c) = committed.recv().await {
+        let mut st = state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match c {
+            Committed::Snapshot(s) => match postcard::from_bytes::<MetadataState>(&s.data) {
+                Ok(restored) => {
+                    *st = restored;
+                    applied.send_replace(s.end_offset);
+                }
+                Err(e) => tracing::error!(error = %e, "undecodable metadata snapshot ignored"),
+            },
+            Committed::Entries(entries) => {
+                for e in entries {
+                    if !e.data.is_empty() {
+                        match postcard::from_bytes::<Vec<MetadataRecord>>(&e.data) {
+                            Ok(records) => {
+                                for (i, r) in records.iter().enumerate() {
+                                    if let Err(err) = st.apply(metadata_offset(e.offset, i), r) {
+                                        // The controller decided on the same state: a refusal
+                                        // here is a bug, but every node refuses alike.
+                                        tracing::error!(offset = e.offset.0, error = %err, "metadata record refused");
+                                    }
+                                }
+                            }
+                            Err(err) => {
+                                tracing::error!(offset = e.offset.0, error = %err, "undecodable metadata entry")
+                            }
+                        }
+                    }
+                    {
+                        let mut r = recent
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        r.insert(e.offset, e.epoch);
+                        while r.len() > RECENT_ENTRIES_MAX {
+                            r.pop_first();
+                        }
+                    }
+                    applied.send_replace(e.offset.next());
+                }
+            }
+        }
+    }
+}
+
+async fn inbound_loop(plane: Arc<ControlPlane>, mut app: mpsc::Receiver<(BrokerId, Vec<u8>)>) {
+    while let Some((from, bytes)) = app.recv().await {
+        match postcard::from_bytes::<ControlMsg>(&bytes) {
+            Ok(ControlMsg::Request { id, req }) => {
+                // Full queue: the requester times out and retries.
+                let _ = plane.requests.try_send((req, ReplyTo::Remote(from, id)));
+            }
+            Ok(ControlMsg::Reply { id, reply }) => {
+                if let Some(tx) = plane.pending.lock().await.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Err(e) => tracing::debug!(from = from.0, error = %e, "undecodable control message"),
+        }
+    }
+}
+
+/// The active controller (a task on every node, working only while it leads).
+struct Active {
+    me: BrokerId,
+    quorum: Arc<Quorum>,
+    state: Arc<RwLock<MetadataState>>,
+    applied: watch::Receiver<Offset>,
+    controller: Controller,
+    clock: Clock,
+    recent: Recent,
+}
+
+impl Active {
+    fn reply(&self, to: ReplyTo, reply: ControlReply) {
+        match to {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Remote(node, id) => {
+                if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Reply { id, reply }) {
+                    let q = Arc::clone(&self.quorum);
+                    lode_env::task::spawn(async move { q.send_app(node, bytes).await });
+                }
+            }
+        }
+    }
+
+    async fn run(mut self, mut requests: mpsc::Receiver<(ControlRequest, ReplyTo)>) {
+        // The working state while active: the applied state plus what this controller
+        // proposed since. `None` while not (yet) active.
+        let mut working: Option<(lode_proto::Epoch, MetadataState)> = None;
+        let tick = Duration::from_millis(100);
+        loop {
+            let status = self.quorum.status();
+            // Activate once the whole log at election time is applied here.
+            if status.role == Role::Leader {
+                let current = working.as_ref().map(|(e, _)| *e);
+                if current != Some(status.epoch) {
+                    working = None;
+                    if *self.applied.borrow() >= status.end_offset
+                        && status.high_watermark >= status.end_offset
+                    {
+                        let st = self
+                            .state
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        self.controller.activate(&st, self.clock.now());
+                        tracing::info!(
+                            node = self.me.0,
+                            epoch = status.epoch.0,
+                            "active controller"
+                        );
+                        working = Some((status.epoch, st));
+                    }
+                }
+            } else if working.is_some() {
+                tracing::info!(node = self.me.0, "no longer the active controller");
+                working = None;
+            }
+            let next = tokio::select! {
+                r = requests.recv() => match r {
+                    None => return,
+                    Some(r) => Some(r),
+                },
+                () = self.clock.sleep(tick) => None,
+            };
+            let Some((_, st)) = working.as_mut() else {
+                if let Some((_, to)) = next {
+                    self.reply(
+                        to,
+                        ControlReply::refused(NOT_CONTROLLER, "not the active controller"),
+                    );
+                }
+                continue;
+            };
+            let now = self.clock.now();
+            let (records, to, broker_epoch) = match next {
+                None => (self.controller.tick(st, now), None, None),
+                Some((req, to)) => {
+                    let decided = match &req {
+                        ControlRequest::Register(r) => self
+                            .controller
+                            .register_broker(st, r, now)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
+                        ControlRequest::Heartbeat(h) => self
+                            .controller
+                            .heartbeat(st, h, now)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
+                        ControlRequest::CreateTopic(c) => self
+                            .controller
+                            .create_topic(st, c)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
+                        ControlRequest::DeleteTopic(name) => self
+                            .controller
+                            .delete_topic(st, name)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
+                    };
+                    match decided {
+                        Ok(records) => {
+                            let epoch_of = match &req {
+                                ControlRequest::Register(r) => Some(r.id),
+                                _ => None,
+                            };
+                            (records, Some(to), epoch_of)
+                        }
+                        Err((code, message)) => {
+                            self.reply(to, ControlReply::Refused { code, message });
+                            continue;
+                        }
+                    }
+                }
+            };
+            if records.is_empty() {
+                if let Some(to) = to {
+                    let epoch = broker_epoch.and_then(|id| st.broker(id).map(|b| b.epoch));
+                    self.reply(
+                        to,
+                        ControlReply::Done {
+                            broker_epoch: epoch,
+                        },
+                    );
+                }
+                continue;
+            }
+            assert!(
+                records.len() < BATCH_RECORDS_MAX,
+                "a decision fits a metadata batch"
+            );
+            let bytes = match postcard::to_allocvec(&records) {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(to) = to {
+                        self.reply(to, ControlReply::refused(REQUEST_TIMED_OUT, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            let offset = match self.quorum.propose(bytes).await {
+                Ok(o) => o,
+                Err(e) => {
+                    working = None;
+                    if let Some(to) = to {
+                        self.reply(to, ControlReply::refused(NOT_CONTROLLER, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            for (i, r) in records.iter().enumerate() {
+                if let Err(e) = st.apply(metadata_offset(offset, i), r) {
+                    tracing::error!(error = %e, "controller's own record refused by its working state");
+                }
+            }
+            let epoch = broker_epoch.and_then(|id| st.broker(id).map(|b| b.epoch));
+            let proposed_in = working.as_ref().map(|(e, _)| *e);
+            if let Some(to) = to {
+                let recent = Arc::clone(&self.recent);
+                // Answer once committed and applied here, without holding up the next
+                // decision.
+                let mut applied = self.applied.clone();
+                let clock = self.clock.clone();
+                let reply_once = move |reply: ControlReply, to: ReplyTo, q: Arc<Quorum>| match to {
+                    ReplyTo::Local(tx) => {
+                        let _ = tx.send(reply);
+                    }
+                    ReplyTo::Remote(node, id) => {
+                        if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Reply { id, reply }) {
+                            lode_env::task::spawn(async move { q.send_app(node, bytes).await });
+                        }
+                    }
+                };
+                let q = Arc::clone(&self.quorum);
+                lode_env::task::spawn(async move {
+                    let done = clock
+                        .timeout(Duration::from_secs(30), applied.wait_for(|a| *a > offset))
+                        .await;
+                    // Committed at that offset, but was it this controller's entry? A deposed
+                    // leader's entry can be replaced by the next leader's.
+                    let ours = recent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&offset)
+                        .copied()
+                        == proposed_in;
+                    let reply = match done {
+                        Ok(Ok(_)) if ours => ControlReply::Done {
+                            broker_epoch: epoch,
+                        },
+                        Ok(Ok(_)) => {
+                            ControlReply::refused(NOT_CONTROLLER, "superseded by a new controller")
+                        }
+                        _ => ControlReply::refused(REQUEST_TIMED_OUT, "not committed in time"),
+                    };
+                    reply_once(reply, to, q);
+                });
+            }
+        }
+    }
+}

@@ -138,6 +138,32 @@ fn check_source(file: &str, src: &str, rules: &[&[(&str, &str)]]) -> Vec<Violati
     found
 }
 
+/// `select!` picks among ready branches at random unless told `biased;`, from a generator
+/// the simulator does not seed: every select in simulated code must be biased.
+fn check_select(file: &str, src: &str) -> Vec<Violation> {
+    let lines = normalise(src);
+    let mut found = Vec::new();
+    for (i, (line, text)) in lines.iter().enumerate() {
+        if !text.contains("select! {") {
+            continue;
+        }
+        let biased = lines[i..]
+            .iter()
+            .take(4)
+            .any(|(_, t)| t.contains("biased;"));
+        if !biased {
+            found.push(Violation {
+                file: file.to_owned(),
+                line: *line,
+                pattern: "select!".to_owned(),
+                why: "an unbiased select chooses at random outside the seed: add `biased;`"
+                    .to_owned(),
+            });
+        }
+    }
+    found
+}
+
 fn check_manifest(file: &str, toml: &str, banned: &[&str]) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut section = String::new();
@@ -197,6 +223,7 @@ fn simulated_crates_reach_the_world_only_through_lode_env() {
         ("lode-proto", true),
         ("lode-storage", false),
         ("lode-broker", false),
+        ("lode-client", false),
     ];
     let mut files_checked = 0;
     for (krate, is_core) in crates {
@@ -216,6 +243,7 @@ fn simulated_crates_reach_the_world_only_through_lode_env() {
                 vec![BYPASS]
             };
             violations.extend(check_source(&rel, &src, &rules));
+            violations.extend(check_select(&rel, &src));
             files_checked += 1;
         }
         let manifest = dir.join("Cargo.toml");
@@ -268,6 +296,14 @@ fn core_may_not_use_the_environment_or_a_runtime() {
         &[BYPASS, CORE_EXTRA],
     );
     assert_eq!(v.len(), 2, "{v:?}");
+}
+
+#[test]
+fn catches_an_unbiased_select() {
+    let src = "let x = tokio::select! {\n    a = f() => a,\n    b = g() => b,\n};\nlet y = tokio::select! {\n    // why\n    biased;\n    a = f() => a,\n};\n";
+    let v = check_select("x.rs", src);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].line, 1);
 }
 
 #[test]

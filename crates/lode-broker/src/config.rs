@@ -1,5 +1,6 @@
 //! Broker configuration.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -45,6 +46,18 @@ pub struct BrokerConfig {
     pub idle_timeout: Duration,
     /// A request frame that takes longer than this to arrive closes the connection.
     pub frame_timeout: Duration,
+    /// The controller quorum's voters and their controller listeners. Empty: this broker
+    /// is a cluster of its own (no metadata log). Otherwise combined mode: the broker is a
+    /// voter if listed, an observer if not, and takes its metadata from the log.
+    pub voters: BTreeMap<BrokerId, SocketAddr>,
+    /// Where this broker listens for controller traffic (default: its voter address).
+    pub controller_listen: Option<SocketAddr>,
+    /// `broker.session.timeout.ms`: a broker silent for longer is fenced.
+    pub session_timeout: Duration,
+    /// How often the broker heartbeats to the controller.
+    pub heartbeat_interval: Duration,
+    /// Replication factor of auto-created topics.
+    pub default_replication_factor: i16,
 }
 
 impl BrokerConfig {
@@ -65,6 +78,11 @@ impl BrokerConfig {
             connections_max: 4096,
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(30),
+            voters: BTreeMap::new(),
+            controller_listen: None,
+            session_timeout: Duration::from_secs(9),
+            heartbeat_interval: Duration::from_millis(500),
+            default_replication_factor: 1,
         }
     }
 }

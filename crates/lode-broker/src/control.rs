@@ -181,6 +181,12 @@ impl ControlPlane {
         self.quorum.status().leader
     }
 
+    /// A receiver of the applied raft offset, to wake on metadata changes.
+    #[must_use]
+    pub fn quorum_applied(&self) -> watch::Receiver<Offset> {
+        self.applied.clone()
+    }
+
     /// The raft offset below which everything is applied here.
     #[must_use]
     pub fn applied_offset(&self) -> Offset {
@@ -372,6 +378,8 @@ impl Active {
                 working = None;
             }
             let next = tokio::select! {
+                // Biased: tokio's random branch order would break deterministic replay.
+                biased;
                 r = requests.recv() => match r {
                     None => return,
                     Some(r) => Some(r),

@@ -26,6 +26,7 @@ use lode_proto::Offset;
 use lode_storage::LogError;
 
 use crate::codes;
+use crate::control::{ControlPlane, ControlReply, ControlRequest};
 use crate::partition::{AppendError, Partition};
 use crate::server::{encode_response, ConnectionError};
 use crate::topics::{CreateError, Topic};
@@ -154,6 +155,9 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataResponse {
+    if let Some(plane) = &broker.control {
+        return metadata_from_log(broker, plane, req).await;
+    }
     let mut resp = MetadataResponse::default();
     let mut b = MetadataResponseBroker::default();
     b.node_id = BrokerId(broker.config.node_id.0);
@@ -234,6 +238,9 @@ async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataRespons
 }
 
 async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    if let Some(plane) = &broker.control {
+        return create_topics_through_controller(broker, plane, req).await;
+    }
     let mut resp = CreateTopicsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -319,6 +326,18 @@ async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> Delete
     for name in names {
         let mut r = DeletableTopicResult::default();
         r.name = Some(TopicName(str_bytes(&name)));
+        if let Some(plane) = &broker.control {
+            let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0));
+            let (code, msg) = controller_answer(
+                plane
+                    .request(ControlRequest::DeleteTopic(name.clone()), timeout)
+                    .await,
+            );
+            r.error_code = code;
+            r.error_message = msg.map(|m| str_bytes(&m));
+            resp.responses.push(r);
+            continue;
+        }
         r.error_code = match broker.topics.delete(&name).await {
             Ok(true) => codes::NONE,
             Ok(false) => codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -330,6 +349,19 @@ async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> Delete
         resp.responses.push(r);
     }
     resp
+}
+
+/// In combined mode, whether this broker leads `topic`/`index` (always true otherwise).
+fn leads(broker: &Broker, topic: &str, index: i32) -> bool {
+    let Some(plane) = &broker.control else {
+        return true;
+    };
+    let me = broker.config.node_id;
+    plane.read(|s| {
+        s.topic_id(topic)
+            .and_then(|id| s.partition(id, lode_proto::PartitionId(index)))
+            .is_some_and(|p| p.leader == Some(me))
+    })
 }
 
 async fn partition(broker: &Broker, topic: &str, index: i32) -> Option<Arc<Partition>> {
@@ -374,6 +406,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                 codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
             } else {
                 match partition(broker, &name, pd.index).await {
+                    Some(_) if !leads(broker, &name, pd.index) => codes::NOT_LEADER_OR_FOLLOWER,
                     None => codes::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(p) => {
                         let records = pd.records.unwrap_or_default();
@@ -498,6 +531,9 @@ async fn fetch_once(
             pd.last_stable_offset = -1;
             pd.log_start_offset = -1;
             match partition(broker, &name, fp.partition).await {
+                Some(_) if !leads(broker, &name, fp.partition) => {
+                    pd.error_code = codes::NOT_LEADER_OR_FOLLOWER;
+                }
                 None => pd.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
                 Some(p) => {
                     let hw = p.high_watermark();
@@ -596,6 +632,202 @@ async fn init_producer_id(
             tracing::error!(error = %e, "producer id allocation failed");
             resp.error_code = codes::KAFKA_STORAGE_ERROR;
         }
+    }
+    resp
+}
+
+/// A controller reply as a Kafka error code and message.
+fn controller_answer(reply: ControlReply) -> (i16, Option<String>) {
+    match reply {
+        ControlReply::Done { .. } => (codes::NONE, None),
+        ControlReply::Refused { code, message } => (code, Some(message)),
+    }
+}
+
+/// Waits (bounded) until this node has applied metadata in which `f` holds, so that a
+/// client's next request here sees what the controller just committed.
+async fn await_metadata(
+    broker: &Broker,
+    plane: &ControlPlane,
+    f: impl Fn(&lode_core::metadata::MetadataState) -> bool,
+) {
+    let mut applied = plane.quorum_applied();
+    let _ = broker
+        .clock
+        .timeout(Duration::from_secs(5), async {
+            loop {
+                if plane.read(&f) {
+                    crate::cluster::reconcile(broker, plane).await;
+                    return;
+                }
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+}
+
+fn create_request(name: &str, partitions: i32, replication_factor: i16) -> ControlRequest {
+    let id = (u128::from(lode_env::rng::seed_u64()) << 64) | u128::from(lode_env::rng::seed_u64());
+    ControlRequest::CreateTopic(lode_core::metadata::CreateTopicRequest {
+        name: name.to_owned(),
+        id: lode_core::metadata::TopicId(id),
+        partitions,
+        replication_factor,
+        min_insync_replicas: None,
+        unclean_leader_election: None,
+    })
+}
+
+/// Metadata from the applied metadata log (combined mode).
+async fn metadata_from_log(
+    broker: &Arc<Broker>,
+    plane: &Arc<ControlPlane>,
+    req: MetadataRequest,
+) -> MetadataResponse {
+    let mut resp = MetadataResponse::default();
+    resp.cluster_id = Some(str_bytes(&broker.cluster_id));
+    resp.controller_id = BrokerId(plane.controller_id().map_or(-1, |c| c.0));
+    let names: Option<Vec<String>> = req.topics.map(|ts| {
+        ts.into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect()
+    });
+    if let Some(names) = &names {
+        if req.allow_auto_topic_creation && broker.config.auto_create_topics {
+            for name in names {
+                let known = plane.read(|s| s.topic_id(name).is_some());
+                if !known && crate::topics::valid_name(name) {
+                    let reply = plane
+                        .request(
+                            create_request(
+                                name,
+                                broker.config.default_partitions,
+                                broker.config.default_replication_factor,
+                            ),
+                            Duration::from_secs(5),
+                        )
+                        .await;
+                    if let (code, Some(msg)) = controller_answer(reply) {
+                        if code != codes::TOPIC_ALREADY_EXISTS {
+                            tracing::info!(topic = %name, code, msg, "auto-create refused");
+                        }
+                    }
+                    await_metadata(broker, plane, |s| s.topic_id(name).is_some()).await;
+                }
+            }
+        }
+    }
+    plane.read(|s| {
+        resp.brokers = s
+            .brokers()
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| {
+                let mut mb = MetadataResponseBroker::default();
+                mb.node_id = BrokerId(b.id.0);
+                mb.host = str_bytes(&b.host);
+                mb.port = i32::from(b.port);
+                mb
+            })
+            .collect();
+        let names = names
+            .clone()
+            .unwrap_or_else(|| s.topics().values().map(|t| t.name.clone()).collect());
+        for name in names {
+            let mut t = MetadataResponseTopic::default();
+            t.name = Some(TopicName(str_bytes(&name)));
+            match s.topic_id(&name).and_then(|id| s.topic(id)) {
+                None => {
+                    t.error_code = if crate::topics::valid_name(&name) {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        codes::INVALID_TOPIC_EXCEPTION
+                    };
+                }
+                Some(topic) => {
+                    t.topic_id = uuid::Uuid::from_u128(topic.id.0);
+                    t.partitions = topic
+                        .partitions
+                        .iter()
+                        .map(|(index, p)| {
+                            let mut mp = MetadataResponsePartition::default();
+                            mp.partition_index = index.0;
+                            mp.leader_id = BrokerId(p.leader.map_or(-1, |l| l.0));
+                            if p.leader.is_none() {
+                                mp.error_code = codes::LEADER_NOT_AVAILABLE;
+                            }
+                            // -1 until OffsetForLeaderEpoch exists (see above).
+                            mp.leader_epoch = -1;
+                            mp.replica_nodes = p.replicas.iter().map(|r| BrokerId(r.0)).collect();
+                            mp.isr_nodes = p.isr.iter().map(|r| BrokerId(r.0)).collect();
+                            mp
+                        })
+                        .collect();
+                }
+            }
+            resp.topics.push(t);
+        }
+    });
+    resp
+}
+
+/// CreateTopics through the active controller (combined mode).
+async fn create_topics_through_controller(
+    broker: &Arc<Broker>,
+    plane: &Arc<ControlPlane>,
+    req: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut resp = CreateTopicsResponse::default();
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0))
+        .max(Duration::from_secs(1));
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatableTopicResult::default();
+        r.name = t.name.clone();
+        let partitions = if t.num_partitions == -1 {
+            broker.config.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            broker.config.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        let (code, msg) = if !t.assignments.is_empty() {
+            (
+                codes::INVALID_REQUEST,
+                Some("manual replica assignment is not supported".to_owned()),
+            )
+        } else if !crate::topics::valid_name(&name) {
+            (codes::INVALID_TOPIC_EXCEPTION, None)
+        } else if req.validate_only {
+            if plane.read(|s| s.topic_id(&name).is_some()) {
+                (codes::TOPIC_ALREADY_EXISTS, None)
+            } else {
+                (codes::NONE, None)
+            }
+        } else {
+            let answer = controller_answer(
+                plane
+                    .request(create_request(&name, partitions, rf), timeout)
+                    .await,
+            );
+            if answer.0 == codes::NONE {
+                await_metadata(broker, plane, |s| s.topic_id(&name).is_some()).await;
+                if let Some(id) = plane.read(|s| s.topic_id(&name)) {
+                    r.topic_id = uuid::Uuid::from_u128(id.0);
+                }
+            }
+            answer
+        };
+        r.error_code = code;
+        r.error_message = msg.map(|m| str_bytes(&m));
+        r.num_partitions = if code == codes::NONE { partitions } else { -1 };
+        r.replication_factor = if code == codes::NONE { rf } else { -1 };
+        resp.topics.push(r);
     }
     resp
 }

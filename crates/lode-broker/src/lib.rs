@@ -7,6 +7,7 @@
 //! replication factor 1). The controller quorum and replication come in the next steps;
 //! the layout (node ids, advertised addresses, per-partition logs) is already theirs.
 
+pub mod cluster;
 pub mod codes;
 pub mod config;
 pub mod control;
@@ -41,6 +42,9 @@ pub enum StartError {
     /// A checkpoint failed.
     #[error("checkpoint: {0}")]
     Log(#[from] LogError),
+    /// The controller quorum could not start.
+    #[error("controller quorum: {0}")]
+    Quorum(#[from] crate::quorum::QuorumError),
     /// The listener could not bind.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -71,6 +75,10 @@ pub struct Broker {
     producer_ids: Mutex<(i64, i64)>,
     /// The accept loop, stopped by shutdown.
     accept: std::sync::Mutex<Option<lode_env::task::JoinHandle<()>>>,
+    /// Combined mode: the metadata log, the metadata and (when leading) the controller.
+    pub control: Option<Arc<control::ControlPlane>>,
+    /// Combined mode: this broker's registration.
+    pub membership: cluster::Membership,
 }
 
 impl Broker {
@@ -111,6 +119,30 @@ impl Broker {
             // Listening on port 0: tell clients the port the system chose.
             config.advertised_port = local_addr.port();
         }
+        let (control, clean) = if config.voters.is_empty() {
+            (None, None)
+        } else {
+            let listen = config
+                .controller_listen
+                .or_else(|| config.voters.get(&config.node_id).copied())
+                .unwrap_or_else(|| std::net::SocketAddr::new(config.listen.ip(), 0));
+            let mut qc = quorum::QuorumConfig::new(config.node_id, config.voters.clone(), listen);
+            qc.fetch_timeout = config
+                .session_timeout
+                .min(std::time::Duration::from_secs(2));
+            let cc = lode_core::metadata::ControllerConfig {
+                broker_session_timeout_ms: u64::try_from(config.session_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+                ..lode_core::metadata::ControllerConfig::default()
+            };
+            let dir = root
+                .sub_dir("__cluster_metadata-0")
+                .await
+                .map_err(|e| StartError::Storage(CreateError::Io(e)))?;
+            let clean = cluster::take_clean_marker(&root).await;
+            let plane = control::ControlPlane::start(qc, cc, dir, env.clock.clone()).await?;
+            (Some(plane), clean)
+        };
         let broker = Arc::new(Broker {
             local_addr,
             config,
@@ -121,7 +153,17 @@ impl Broker {
             root,
             producer_ids: Mutex::new((0, 0)),
             accept: std::sync::Mutex::new(None),
+            control: control.clone(),
+            membership: cluster::Membership::default(),
         });
+        if let Some(plane) = control {
+            lode_env::task::spawn(cluster::lifecycle(
+                Arc::clone(&broker),
+                Arc::clone(&plane),
+                clean,
+            ));
+            lode_env::task::spawn(cluster::hosting(Arc::clone(&broker), plane));
+        }
         let b = Arc::clone(&broker);
         let task = lode_env::task::spawn(async move { server::serve(b, listener).await });
         *broker
@@ -164,6 +206,18 @@ impl Broker {
             task.abort();
         }
         self.topics.close().await;
+        if let Some(epoch) = self.membership.epoch() {
+            // KIP-966: the next registration says this shutdown was clean.
+            if let Err(e) = checkpoint::write(
+                &self.root,
+                cluster::CLEAN_SHUTDOWN_EPOCH,
+                &epoch.0.to_be_bytes(),
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "clean-shutdown epoch not written");
+            }
+        }
         tracing::info!(node = %self.config.node_id, "broker stopped cleanly");
     }
 }

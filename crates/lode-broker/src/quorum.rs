@@ -323,6 +323,8 @@ impl Driver {
         let mut next_tick = self.clock.now().saturating_add(self.tick);
         loop {
             let actions = tokio::select! {
+                // Biased: tokio's random branch order would break deterministic replay.
+                biased;
                 input = inputs.recv() => match input {
                     None => return,
                     Some(Input::Message(from, msg)) => self.node.receive(self.clock.now(), from, msg),

@@ -164,6 +164,19 @@ impl Topics {
     /// # Errors
     /// See [`CreateError`].
     pub async fn create(&self, name: &str, partitions: i32) -> Result<Arc<Topic>, CreateError> {
+        self.create_with_id(name, partitions, None).await
+    }
+
+    /// Like [`Topics::create`], with the topic id the controller chose.
+    ///
+    /// # Errors
+    /// See [`CreateError`].
+    pub async fn create_with_id(
+        &self,
+        name: &str,
+        partitions: i32,
+        id: Option<uuid::Uuid>,
+    ) -> Result<Arc<Topic>, CreateError> {
         if !valid_name(name) {
             return Err(CreateError::InvalidName(name.to_owned()));
         }
@@ -175,7 +188,7 @@ impl Topics {
         if topics.contains_key(name) {
             return Err(CreateError::Exists(name.to_owned()));
         }
-        let id = new_topic_id();
+        let id = id.unwrap_or_else(new_topic_id);
         let mut parts = Vec::new();
         for index in 0..partitions {
             let dir = self.root.sub_dir(&format!("{name}-{index}")).await?;

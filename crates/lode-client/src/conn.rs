@@ -144,6 +144,8 @@ async fn reader(
     let mut buf = BytesMut::with_capacity(64 << 10);
     let why = loop {
         let frame = tokio::select! {
+            // Biased: a random branch order would be a source of nondeterminism in simulation.
+            biased;
             f = read_frame(&mut half, &mut buf) => f,
             _ = &mut stop => break "connection closed".to_owned(),
         };

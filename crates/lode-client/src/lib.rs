@@ -144,6 +144,7 @@ pub struct Client {
     bootstrap: Vec<SocketAddr>,
     client_id: String,
     brokers: Mutex<BTreeMap<i32, SocketAddr>>,
+    controller: Mutex<Option<i32>>,
     conns: Mutex<BTreeMap<SocketAddr, Arc<Connection>>>,
     topics: Mutex<BTreeMap<String, TopicInfo>>,
 }
@@ -162,6 +163,7 @@ impl Client {
             bootstrap: addrs,
             client_id: client_id.to_owned(),
             brokers: Mutex::new(BTreeMap::new()),
+            controller: Mutex::new(None),
             conns: Mutex::new(BTreeMap::new()),
             topics: Mutex::new(BTreeMap::new()),
         });
@@ -225,6 +227,9 @@ impl Client {
             }
         };
         let mut brokers = self.brokers.lock().await;
+        // The response lists the live brokers: the map is replaced, not merged.
+        brokers.clear();
+        *self.controller.lock().await = (resp.controller_id.0 >= 0).then_some(resp.controller_id.0);
         for b in &resp.brokers {
             if let Ok(addr) = parse_addr(&format!("{}:{}", b.host.as_str(), b.port)) {
                 brokers.insert(b.node_id.0, addr);
@@ -274,6 +279,21 @@ impl Client {
             .get(topic)
             .cloned()
             .ok_or_else(|| ClientError::UnknownPartition(topic.to_owned()))
+    }
+
+    /// The brokers of the last Metadata response: id and address.
+    pub async fn brokers(&self) -> Vec<(i32, SocketAddr)> {
+        self.brokers
+            .lock()
+            .await
+            .iter()
+            .map(|(id, a)| (*id, *a))
+            .collect()
+    }
+
+    /// The active controller named by the last Metadata response.
+    pub async fn controller_id(&self) -> Option<i32> {
+        *self.controller.lock().await
     }
 
     /// How many partitions `topic` has, fetching metadata if the client knows nothing of it.

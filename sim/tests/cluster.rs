@@ -1,0 +1,185 @@
+//! Three real brokers in combined mode (each a controller voter) on simulated nodes, used
+//! through the real client: topics are created through any broker, Metadata comes from the
+//! metadata log with leaders spread, produce goes to each partition's leader; after a power
+//! loss of the active controller a new one is elected, the dead broker leaves Metadata, and
+//! topics can still be created and written.
+#![cfg(madsim)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lode_broker::{Broker, BrokerConfig};
+use lode_client::{Client, Producer, ProducerConfig, Record};
+use lode_env::{Clock, Env, SimDisk};
+use lode_proto::BrokerId;
+use madsim::runtime::{Handle, Runtime};
+
+fn kafka(i: i32) -> SocketAddr {
+    format!("10.0.3.{}:9092", i + 1).parse().unwrap()
+}
+
+fn controller(i: i32) -> SocketAddr {
+    format!("10.0.3.{}:9093", i + 1).parse().unwrap()
+}
+
+fn config(i: i32) -> BrokerConfig {
+    let mut c = BrokerConfig::new(BrokerId(i), kafka(i));
+    c.voters = (0..3)
+        .map(|v| (BrokerId(v), controller(v)))
+        .collect::<BTreeMap<_, _>>();
+    c.session_timeout = Duration::from_millis(1500);
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.default_replication_factor = 3;
+    c
+}
+
+async fn produce_all(client: &std::sync::Arc<Client>, topic: &str, partitions: i32) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for p in 0..partitions {
+        for i in 0..10_u8 {
+            let rec = Record {
+                value: Some(vec![i; 10]),
+                partition: Some(p),
+                ..Record::default()
+            };
+            deliveries.push(producer.send(topic, rec).await.unwrap());
+        }
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.await.unwrap().unwrap();
+    }
+}
+
+fn run(seed: u64) -> Vec<String> {
+    let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let handle = Handle::current();
+        let mut nodes = Vec::new();
+        let mut disks = Vec::new();
+        for i in 0..3 {
+            let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
+            let d = disk.clone();
+            nodes.push(
+                handle
+                    .create_node()
+                    .name(format!("broker-{i}"))
+                    .ip(kafka(i).ip())
+                    .init(move || {
+                        let d = d.clone();
+                        async move {
+                            let broker =
+                                Broker::start(config(i), Env::simulated(&d, Clock::system()))
+                                    .await
+                                    .unwrap();
+                            std::future::pending::<()>().await;
+                            drop(broker);
+                        }
+                    })
+                    .build(),
+            );
+            disks.push(disk);
+        }
+        let client_node = handle
+            .create_node()
+            .name("client")
+            .ip([10, 0, 3, 100].into())
+            .build();
+        let first = client_node
+            .spawn(async move {
+                let mut trace = Vec::new();
+                // Wait until the three brokers are registered and unfenced.
+                let mut client = None;
+                for _ in 0..200 {
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(c) = Client::connect("10.0.3.1:9092,10.0.3.2:9092", "sim").await {
+                        if c.metadata(None).await.is_ok() && c.brokers().await.len() == 3 {
+                            client = Some(c);
+                            break;
+                        }
+                    }
+                }
+                let client = client.expect("three brokers in Metadata");
+                client.create_topic("orders", 6, 3).await.unwrap();
+                let t = client.topic("orders").await.unwrap();
+                let leaders: Vec<i32> = t.partitions.iter().map(|p| p.leader).collect();
+                trace.push(format!("leaders {leaders:?}"));
+                for b in 0..3 {
+                    assert!(leaders.contains(&b), "leaders spread: {leaders:?}");
+                }
+                assert!(t
+                    .partitions
+                    .iter()
+                    .all(|p| p.replicas.len() == 3 && p.isr.len() == 3));
+                produce_all(&client, "orders", 6).await;
+                (trace, client.controller_id().await)
+            })
+            .await
+            .unwrap();
+        let (mut trace, controller_id) = first;
+        let dead = controller_id.expect("a controller");
+        trace.push(format!("controller {dead}"));
+        handle.kill(nodes[dead as usize].id());
+        disks[dead as usize].crash();
+        let alive: Vec<String> = (0..3)
+            .filter(|i| *i != dead)
+            .map(|i| kafka(i).to_string())
+            .collect();
+        let bootstrap = alive.join(",");
+        let after = client_node
+            .spawn(async move {
+                let mut out = Vec::new();
+                let client = Client::connect(&bootstrap, "sim-2").await.unwrap();
+                // The dead broker is fenced and leaves Metadata; a new controller leads.
+                let mut ok = false;
+                for _ in 0..200 {
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                    if client.metadata(None).await.is_ok()
+                        && client.brokers().await.len() == 2
+                        && client.controller_id().await.is_some_and(|c| c != dead)
+                    {
+                        ok = true;
+                        break;
+                    }
+                }
+                assert!(ok, "no failover within 20 s");
+                out.push(format!("controller {:?}", client.controller_id().await));
+                client.create_topic("payments", 2, 2).await.unwrap();
+                produce_all(&client, "payments", 2).await;
+                let t = client.topic("orders").await.unwrap();
+                assert!(
+                    t.partitions.iter().all(|p| p.leader != dead),
+                    "leaders moved: {t:?}"
+                );
+                out.push(format!(
+                    "orders leaders {:?}",
+                    t.partitions.iter().map(|p| p.leader).collect::<Vec<_>>()
+                ));
+                out
+            })
+            .await
+            .unwrap();
+        trace.extend(after);
+        for n in &nodes {
+            handle.kill(n.id());
+        }
+        trace
+    })
+}
+
+#[test]
+fn three_brokers_create_produce_and_fail_over() {
+    for seed in 0..3 {
+        run(seed);
+    }
+}
+
+#[test]
+fn same_seed_same_history() {
+    assert_eq!(run(5), run(5));
+}

@@ -136,7 +136,7 @@ impl Broker {
                 ..lode_core::metadata::ControllerConfig::default()
             };
             let dir = root
-                .sub_dir("__cluster_metadata-0")
+                .sub_dir(&format!("{}-0", topics::METADATA_TOPIC))
                 .await
                 .map_err(|e| StartError::Storage(CreateError::Io(e)))?;
             let clean = cluster::take_clean_marker(&root).await;

@@ -40,10 +40,15 @@ pub enum CreateError {
     Io(#[from] std::io::Error),
 }
 
-/// Kafka's topic-name rule.
+/// The metadata log's directory is `{METADATA_TOPIC}-0` (Kafka's name); it is not a topic
+/// of the partition logs and clients may not create it.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// Kafka's topic-name rule (and not the metadata log's name).
 #[must_use]
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+    name != METADATA_TOPIC
+        && !name.is_empty()
         && name.len() <= 249
         && name != "."
         && name != ".."
@@ -86,6 +91,10 @@ impl Topics {
         let mut found: BTreeMap<String, BTreeMap<i32, Dir>> = BTreeMap::new();
         for name in root.list().await? {
             if let Some((topic, index)) = parse_dir(&name) {
+                if topic == METADATA_TOPIC {
+                    // The controller quorum's log lives here, in its own format.
+                    continue;
+                }
                 let dir = root.sub_dir(&name).await?;
                 found
                     .entry(topic.to_owned())

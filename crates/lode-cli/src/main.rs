@@ -25,12 +25,17 @@ usage:
   lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
       one broker node; flags override the TOML file (keys: node_id, listen, advertised,
       data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
-      message_bytes_max, frame_bytes_max, segment_bytes_max, connections_max); options:
+      message_bytes_max, frame_bytes_max, segment_bytes_max, connections_max, voters,
+      controller_listen, default_replication_factor, session_timeout_ms); options:
         --advertised HOST:PORT   address given to clients (default: the listen address)
         --fsync always|interval  sync policy (default always: group commit)
         --no-auto-create         do not create topics on metadata requests
         --partitions N           partitions of auto-created topics (default 1)
         --message-bytes-max N    largest record batch accepted (default 1048588)
+        --voters ID@HOST:PORT,...  combined mode: the controller quorum's voters (a broker
+                                 listed is a voter, else an observer)
+        --controller-listen HOST:PORT  controller listener (default: own voter address)
+        --replication-factor R   replication factor of auto-created topics (default 1)
   lode topic create NAME [--partitions N] [--replication-factor R]
   lode topic list | describe NAME | delete NAME
   lode produce TOPIC [--acks 0|1|all] [--key-separator SEP] [--compression CODEC]
@@ -200,6 +205,30 @@ struct FileConfig {
     frame_bytes_max: Option<usize>,
     segment_bytes_max: Option<u64>,
     connections_max: Option<usize>,
+    voters: Option<String>,
+    controller_listen: Option<String>,
+    default_replication_factor: Option<i16>,
+    session_timeout_ms: Option<u64>,
+}
+
+/// Parses `ID@HOST:PORT,ID@HOST:PORT,...` (Kafka's controller.quorum.voters).
+fn parse_voters(s: &str) -> anyhow::Result<std::collections::BTreeMap<BrokerId, SocketAddr>> {
+    let mut out = std::collections::BTreeMap::new();
+    for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let (id, addr) = v
+            .split_once('@')
+            .with_context(|| format!("voter {v:?}: give ID@HOST:PORT"))?;
+        let id: i32 = id.parse().with_context(|| format!("voter id in {v:?}"))?;
+        let addr =
+            lode_client::parse_addr(addr).with_context(|| format!("voter address in {v:?}"))?;
+        if out.insert(BrokerId(id), addr).is_some() {
+            bail!("voter {id} given twice");
+        }
+    }
+    if out.is_empty() {
+        bail!("--voters names no voter");
+    }
+    Ok(out)
 }
 
 fn broker(args: &[&str]) -> anyhow::Result<()> {
@@ -276,6 +305,39 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
     config.frame_bytes_max = file.frame_bytes_max.unwrap_or(config.frame_bytes_max);
     config.segment_bytes_max = file.segment_bytes_max.unwrap_or(config.segment_bytes_max);
     config.connections_max = file.connections_max.unwrap_or(config.connections_max);
+    if let Some(v) = f.value("--voters")?.map(str::to_owned).or(file.voters) {
+        config.voters = parse_voters(&v)?;
+    }
+    if let Some(c) = f
+        .value("--controller-listen")?
+        .map(str::to_owned)
+        .or(file.controller_listen)
+    {
+        config.controller_listen = Some(
+            c.parse()
+                .with_context(|| format!("controller listen address {c:?}: give IP:PORT"))?,
+        );
+    }
+    match f.value("--replication-factor")? {
+        Some(n) => {
+            config.default_replication_factor =
+                n.parse().context("--replication-factor takes a number")?
+        }
+        None => {
+            config.default_replication_factor = file
+                .default_replication_factor
+                .unwrap_or(config.default_replication_factor)
+        }
+    }
+    if let Some(ms) = file.session_timeout_ms {
+        config.session_timeout = Duration::from_millis(ms);
+    }
+    if !config.voters.is_empty()
+        && config.controller_listen.is_none()
+        && !config.voters.contains_key(&config.node_id)
+    {
+        bail!("an observer (a broker not among --voters) needs --controller-listen");
+    }
     if config.default_partitions < 1
         || config.message_bytes_max < 64
         || config.frame_bytes_max < config.message_bytes_max

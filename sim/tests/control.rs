@@ -31,6 +31,8 @@ async fn node_main(id: i32, disk: SimDisk, planes: Planes) {
     let voters: BTreeMap<BrokerId, SocketAddr> = (0..3).map(|i| (BrokerId(i), addr(i))).collect();
     let mut qc = QuorumConfig::new(BrokerId(id), voters, addr(id));
     qc.fetch_timeout = Duration::from_millis(500);
+    // Snapshots every few entries, so restarts and lagging nodes go through them.
+    qc.snapshot_entries = 4;
     let cc = ControllerConfig {
         broker_session_timeout_ms: 1_500,
         ..ControllerConfig::default()
@@ -96,7 +98,11 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 fn run(seed: u64) -> Vec<String> {
     let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async move {
+    rt.block_on(scenario(seed))
+}
+
+async fn scenario(seed: u64) -> Vec<String> {
+    {
         let handle = Handle::current();
         let planes: Planes = Arc::default();
         let mut nodes = Vec::new();
@@ -155,6 +161,23 @@ fn run(seed: u64) -> Vec<String> {
             matches!(r, ControlReply::Refused { code: 36, .. }),
             "seed {seed}: {r:?}"
         );
+        for k in 0..8 {
+            let name = format!("extra-{k}");
+            let r = pa
+                .request(
+                    ControlRequest::CreateTopic(CreateTopicRequest {
+                        name,
+                        id: TopicId(100 + k),
+                        partitions: 1,
+                        replication_factor: 1,
+                        min_insync_replicas: None,
+                        unclean_leader_election: None,
+                    }),
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(matches!(r, ControlReply::Done { .. }), "seed {seed}: {r:?}");
+        }
         wait_until("every node has the topic", || {
             (0..3).all(|on| snapshot(&planes, on).topic_id("orders").is_some())
         })
@@ -243,11 +266,22 @@ fn run(seed: u64) -> Vec<String> {
             assert_eq!(names(st), names(&states[0]), "seed {seed}");
         }
         trace.push(format!("topics {:?}", names(&states[0])));
+        let compacted = planes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| p.quorum().status().log_start.0 > 0)
+            .count();
+        assert!(
+            compacted > 0,
+            "seed {seed}: no node compacted its metadata log"
+        );
+        assert_eq!(states[0].topics().len(), 10, "seed {seed}");
         for n in &nodes {
             handle.kill(n.id());
         }
         trace
-    })
+    }
 }
 
 #[test]
@@ -264,4 +298,13 @@ fn same_seed_same_history() {
         eprintln!("{}", a.join("\n"));
     }
     assert_eq!(a, run(9));
+}
+
+/// madsim's own check: the run is repeated on a fresh thread and every random draw must
+/// match. It fails today (scheduling diverges about 0.58 s in); the coarse history above
+/// matches, but the simulation is not yet exactly replayable. Kept as the reproduction.
+#[test]
+#[ignore = "known nondeterminism, being tracked: see docs/SIMULATION.md"]
+fn madsim_determinism_check() {
+    Runtime::check_determinism(9, madsim::Config::default(), || scenario(9));
 }

@@ -129,6 +129,7 @@ impl ControlPlane {
         clock: Clock,
     ) -> Result<Arc<ControlPlane>, QuorumError> {
         let me = quorum_config.node;
+        let snapshot_entries = quorum_config.snapshot_entries.max(1);
         let (app_tx, app_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
         let (quorum, committed) =
             Quorum::start(quorum_config, dir, clock.clone(), Some(app_tx)).await?;
@@ -152,6 +153,11 @@ impl ControlPlane {
             Arc::clone(&state),
             applied_tx,
             Arc::clone(&recent),
+            Snapshotter {
+                quorum: Arc::clone(&quorum),
+                every: snapshot_entries,
+                since: 0,
+            },
         ));
         lode_env::task::spawn(inbound_loop(Arc::clone(&plane), app_rx));
         let active = Active {
@@ -249,52 +255,97 @@ impl ControlPlane {
     }
 }
 
+/// Snapshots the metadata state every so many applied entries and lets the quorum drop the
+/// log below it.
+struct Snapshotter {
+    quorum: Arc<Quorum>,
+    every: u64,
+    since: u64,
+}
+
 async fn apply_loop(
     mut committed: mpsc::Receiver<Committed>,
     state: Arc<RwLock<MetadataState>>,
     applied: watch::Sender<Offset>,
     recent: Recent,
+    mut snapshots: Snapshotter,
 ) {
     while let Some(c) = committed.recv().await {
-        let mut st = state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match c {
-            Committed::Snapshot(s) => match postcard::from_bytes::<MetadataState>(&s.data) {
+        if let Some(s) = apply_one(c, &state, &applied, &recent, &mut snapshots) {
+            snapshots.quorum.compact(s).await;
+        }
+    }
+}
+
+/// Applies one committed item; returns a snapshot of the state when one is due.
+fn apply_one(
+    c: Committed,
+    state: &RwLock<MetadataState>,
+    applied: &watch::Sender<Offset>,
+    recent: &Recent,
+    snapshots: &mut Snapshotter,
+) -> Option<lode_core::raft::Snapshot> {
+    let mut st = state
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match c {
+        Committed::Snapshot(s) => {
+            match postcard::from_bytes::<MetadataState>(&s.data) {
                 Ok(restored) => {
                     *st = restored;
                     applied.send_replace(s.end_offset);
+                    snapshots.since = 0;
                 }
                 Err(e) => tracing::error!(error = %e, "undecodable metadata snapshot ignored"),
-            },
-            Committed::Entries(entries) => {
-                for e in entries {
-                    if !e.data.is_empty() {
-                        match postcard::from_bytes::<Vec<MetadataRecord>>(&e.data) {
-                            Ok(records) => {
-                                for (i, r) in records.iter().enumerate() {
-                                    if let Err(err) = st.apply(metadata_offset(e.offset, i), r) {
-                                        // The controller decided on the same state: a refusal
-                                        // here is a bug, but every node refuses alike.
-                                        tracing::error!(offset = e.offset.0, error = %err, "metadata record refused");
-                                    }
+            }
+            None
+        }
+        Committed::Entries(entries) => {
+            let mut last = None;
+            for e in entries {
+                if !e.data.is_empty() {
+                    match postcard::from_bytes::<Vec<MetadataRecord>>(&e.data) {
+                        Ok(records) => {
+                            for (i, r) in records.iter().enumerate() {
+                                if let Err(err) = st.apply(metadata_offset(e.offset, i), r) {
+                                    // The controller decided on the same state: a refusal
+                                    // here is a bug, but every node refuses alike.
+                                    tracing::error!(offset = e.offset.0, error = %err, "metadata record refused");
                                 }
                             }
-                            Err(err) => {
-                                tracing::error!(offset = e.offset.0, error = %err, "undecodable metadata entry")
-                            }
+                        }
+                        Err(err) => {
+                            tracing::error!(offset = e.offset.0, error = %err, "undecodable metadata entry");
                         }
                     }
-                    {
-                        let mut r = recent
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        r.insert(e.offset, e.epoch);
-                        while r.len() > RECENT_ENTRIES_MAX {
-                            r.pop_first();
-                        }
+                }
+                {
+                    let mut r = recent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    r.insert(e.offset, e.epoch);
+                    while r.len() > RECENT_ENTRIES_MAX {
+                        r.pop_first();
                     }
-                    applied.send_replace(e.offset.next());
+                }
+                applied.send_replace(e.offset.next());
+                snapshots.since += 1;
+                last = Some((e.offset, e.epoch));
+            }
+            let (offset, epoch) = last?;
+            if snapshots.since < snapshots.every {
+                return None;
+            }
+            snapshots.since = 0;
+            match postcard::to_allocvec(&*st) {
+                Ok(data) => Some(lode_core::raft::Snapshot {
+                    end_offset: offset.next(),
+                    last_epoch: epoch,
+                    data,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "metadata snapshot not encoded");
+                    None
                 }
             }
         }

@@ -47,6 +47,9 @@ pub struct QuorumConfig {
     pub fetch_interval: Duration,
     /// How often the node is ticked.
     pub tick: Duration,
+    /// The layer above snapshots its state and compacts the log once this many entries
+    /// were applied since the last snapshot.
+    pub snapshot_entries: u64,
 }
 
 impl QuorumConfig {
@@ -60,6 +63,7 @@ impl QuorumConfig {
             fetch_timeout: Duration::from_secs(2),
             fetch_interval: Duration::from_millis(50),
             tick: Duration::from_millis(10),
+            snapshot_entries: 10_000,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct QuorumStatus {
     pub high_watermark: Offset,
     /// Its log end offset.
     pub end_offset: Offset,
+    /// Its log start (the end of its snapshot).
+    pub log_start: Offset,
     /// Whether the driver stopped on a disk error.
     pub failed: bool,
 }
@@ -123,6 +129,7 @@ enum Wire {
 enum Input {
     Message(BrokerId, Message),
     SendApp(BrokerId, Vec<u8>),
+    Compact(Snapshot),
     Hello(BrokerId, SocketAddr),
     Propose(Vec<u8>, oneshot::Sender<Result<Offset, ProposeError>>),
 }
@@ -222,6 +229,11 @@ impl Quorum {
         let _ = self.inputs.send(Input::SendApp(to, bytes)).await;
     }
 
+    /// Folds the log below `snapshot.end_offset` (applied here) into `snapshot`.
+    pub async fn compact(&self, snapshot: Snapshot) {
+        let _ = self.inputs.send(Input::Compact(snapshot)).await;
+    }
+
     /// Appends `data` if this node leads; returns its offset (committed once the high
     /// watermark passes it).
     ///
@@ -244,6 +256,7 @@ fn status_of(node: &RaftNode, failed: bool) -> QuorumStatus {
         leader: node.leader(),
         high_watermark: node.high_watermark(),
         end_offset: node.end_offset(),
+        log_start: node.log_start(),
         failed,
     }
 }
@@ -328,6 +341,7 @@ impl Driver {
                 input = inputs.recv() => match input {
                     None => return,
                     Some(Input::Message(from, msg)) => self.node.receive(self.clock.now(), from, msg),
+                    Some(Input::Compact(s)) => self.node.compact(s),
                     Some(Input::SendApp(to, bytes)) => {
                         self.send(to, &Wire::App(bytes));
                         Vec::new()

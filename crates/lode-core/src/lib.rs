@@ -19,3 +19,4 @@ pub mod metadata;
 
 pub use metadata::{Controller, ControllerConfig, MetadataRecord, MetadataState};
 pub mod raft;
+pub mod replication;

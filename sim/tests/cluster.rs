@@ -3,9 +3,7 @@
 //! metadata log with leaders spread, produce goes to each partition's leader; after a power
 //! loss of the active controller a new one is elected, the dead broker leaves Metadata, and
 //! topics can still be created and written.
-//!
-//! Not yet replayable: the same seed can give two histories here (see the ignored
-//! `madsim_determinism_check` in control.rs and docs/SIMULATION.md).
+
 #![cfg(madsim)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -184,4 +182,11 @@ fn three_brokers_create_produce_and_fail_over() {
     for seed in 0..3 {
         run(seed);
     }
+}
+
+/// madsim's own check: the run is repeated on a fresh thread and every random draw (every
+/// scheduling choice among them) must match.
+#[test]
+fn same_seed_same_history() {
+    Runtime::check_determinism(5, madsim::Config::default(), || scenario(5));
 }

@@ -300,11 +300,10 @@ fn same_seed_same_history() {
     assert_eq!(a, run(9));
 }
 
-/// madsim's own check: the run is repeated on a fresh thread and every random draw must
-/// match. It fails today (scheduling diverges about 0.58 s in); the coarse history above
-/// matches, but the simulation is not yet exactly replayable. Kept as the reproduction.
+/// madsim's own check: the run is repeated on a fresh thread and every random draw (every
+/// scheduling choice among them) must match. It caught tokio's `watch` waking waiters in
+/// an order seeded outside the simulation (see lode_env::sync).
 #[test]
-#[ignore = "known nondeterminism, being tracked: see docs/SIMULATION.md"]
 fn madsim_determinism_check() {
     Runtime::check_determinism(9, madsim::Config::default(), || scenario(9));
 }

@@ -43,6 +43,10 @@ const BYPASS: &[(&str, &str)] = &[
         "hash seeds are randomness: use BTreeMap or a fixed hasher",
     ),
     ("madsim::", "only lode-env and lode-sim know about madsim"),
+    (
+        "tokio::sync::watch",
+        "tokio's watch wakes waiters in an order seeded outside the simulation: use lode_env::sync::watch",
+    ),
 ];
 
 /// What the sans-IO core may not mention at all.
@@ -278,6 +282,8 @@ fn catches_direct_calls_and_grouped_imports() {
     assert!(patterns.contains(&"std::time::Instant"), "{patterns:?}");
     assert!(patterns.contains(&"tokio::net"), "{patterns:?}");
     assert_eq!(v.iter().find(|v| v.pattern == "std::fs").unwrap().line, 1);
+    let v = check_source("y.rs", "use tokio::sync::{mpsc, watch};\n", &[BYPASS]);
+    assert_eq!(v.len(), 1, "{v:?}");
 }
 
 #[test]

@@ -25,10 +25,11 @@ use lode_core::metadata::{
     HeartbeatRequest, MetadataRecord, MetadataState,
 };
 use lode_core::raft::Role;
+use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_proto::{BrokerId, Offset};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::quorum::{Committed, Quorum, QuorumConfig, QuorumError};
 

@@ -22,9 +22,10 @@ pub mod wire_check;
 use std::sync::Arc;
 
 pub use config::{BrokerConfig, FsyncPolicy};
+use lode_env::sync::watch;
 use lode_env::{Clock, Dir, Env};
 use lode_storage::{checkpoint, LogError};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
 use crate::topics::{CreateError, Topics};
 

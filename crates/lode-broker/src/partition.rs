@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lode_core::{BatchMeta, ProducerStates, Verdict};
+use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_proto::batch::RecordBatch;
 use lode_proto::{Epoch, Offset};
 use lode_storage::{AppendInfo, Log, LogConfig, LogError, SyncPolicy};
-use tokio::sync::{watch, Notify, RwLock};
+use tokio::sync::{Notify, RwLock};
 
 use crate::config::FsyncPolicy;
 

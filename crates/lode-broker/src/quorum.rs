@@ -18,10 +18,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use lode_core::raft::{Action, Entry, Message, ProposeError, RaftConfig, RaftNode, Role, Snapshot};
 use lode_env::net::Listener;
+use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_proto::{BrokerId, Epoch, Offset};
 use lode_storage::{RaftStore, RaftStoreError};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::rpc::{self, Peer};
 

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_storage::{checkpoint, LogError};
-use tokio::sync::{watch, RwLock};
+use tokio::sync::RwLock;
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod disk;
 pub mod net;
 pub mod rng;
+pub mod sync;
 pub mod task;
 
 pub use clock::{Clock, Elapsed, Skew, SkewControl};

@@ -273,7 +273,7 @@ async fn apply_loop(
 ) {
     while let Some(c) = committed.recv().await {
         if let Some(s) = apply_one(c, &state, &applied, &recent, &mut snapshots) {
-            snapshots.quorum.compact(s).await;
+            snapshots.quorum.compact(s);
         }
     }
 }

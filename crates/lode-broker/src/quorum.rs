@@ -230,9 +230,13 @@ impl Quorum {
         let _ = self.inputs.send(Input::SendApp(to, bytes)).await;
     }
 
-    /// Folds the log below `snapshot.end_offset` (applied here) into `snapshot`.
-    pub async fn compact(&self, snapshot: Snapshot) {
-        let _ = self.inputs.send(Input::Compact(snapshot)).await;
+    /// Folds the log below `snapshot.end_offset` (applied here) into `snapshot`. Never
+    /// waits: the driver may itself be waiting for the applier that calls this, so with its
+    /// queue full the snapshot is skipped (the next one will do).
+    pub fn compact(&self, snapshot: Snapshot) {
+        if self.inputs.try_send(Input::Compact(snapshot)).is_err() {
+            tracing::debug!("metadata snapshot skipped: the quorum driver is busy");
+        }
     }
 
     /// Appends `data` if this node leads; returns its offset (committed once the high

@@ -14,7 +14,11 @@ use madsim::runtime::{Handle, Runtime};
 
 fn run(seed: u64) -> Vec<(i64, Vec<u8>)> {
     let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    rt.block_on(async move {
+    rt.block_on(scenario(seed))
+}
+
+async fn scenario(seed: u64) -> Vec<(i64, Vec<u8>)> {
+    {
         let handle = Handle::current();
         let addr: SocketAddr = "10.0.0.1:9092".parse().unwrap();
         let disk = SimDisk::new("broker-0", seed);
@@ -86,7 +90,7 @@ fn run(seed: u64) -> Vec<(i64, Vec<u8>)> {
             })
             .await
             .unwrap()
-    })
+    }
 }
 
 #[test]
@@ -94,4 +98,10 @@ fn broker_and_client_run_unchanged_in_simulation() {
     let got = run(1);
     assert_eq!(got.len(), 100, "every acknowledged record is read back");
     assert_eq!(got, run(1), "same seed, same run");
+}
+
+/// madsim's own check: every random draw (every scheduling choice) matches on a rerun.
+#[test]
+fn the_same_seed_replays_every_scheduling_choice() {
+    Runtime::check_determinism(1, madsim::Config::default(), || scenario(1));
 }

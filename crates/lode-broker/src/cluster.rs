@@ -132,6 +132,29 @@ pub(crate) async fn reconcile(broker: &Broker, plane: &ControlPlane) {
             }
         }
     }
+    // Leaders stamp the leader epoch the metadata gives them.
+    let epochs: Vec<(String, i32, lode_proto::Epoch)> = plane.read(|s| {
+        s.topics()
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|(_, p)| p.leader == Some(me))
+                    .map(|(i, p)| (t.name.clone(), i.0, p.leader_epoch))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    for (name, index, epoch) in epochs {
+        if let Some(t) = broker.topics.get(&name).await {
+            if let Some(p) = usize::try_from(index)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+            {
+                p.set_leader_epoch(epoch);
+            }
+        }
+    }
     for (name, _) in broker.topics.all().await {
         if !wanted.iter().any(|(n, _, _)| *n == name) {
             if let Err(e) = broker.topics.delete(&name).await {

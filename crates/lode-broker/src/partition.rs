@@ -1,7 +1,7 @@
 //! One partition on this broker: its log, its idempotent-producer state, and the task that
 //! syncs it (group commit) and advances its high watermark.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lode_core::{BatchMeta, ProducerStates, Verdict};
@@ -56,7 +56,8 @@ pub struct Partition {
     fsync: FsyncPolicy,
     /// Bumped whenever any partition's high watermark moves, to wake long-polling fetches.
     data_arrived: watch::Sender<u64>,
-    epoch: Epoch,
+    /// The leader epoch appends are stamped with (0 until the metadata says otherwise).
+    epoch: AtomicI32,
 }
 
 impl Partition {
@@ -97,7 +98,7 @@ impl Partition {
             closed: AtomicBool::new(false),
             fsync,
             data_arrived,
-            epoch: Epoch(0),
+            epoch: AtomicI32::new(0),
         });
         let syncer = Arc::clone(&p);
         lode_env::task::spawn(async move { syncer.sync_loop(clock).await });
@@ -107,7 +108,13 @@ impl Partition {
     /// The leader epoch this broker writes with.
     #[must_use]
     pub fn leader_epoch(&self) -> Epoch {
-        self.epoch
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Leads with `epoch` from now on (from the metadata log). Epochs only grow: a stale
+    /// one is ignored.
+    pub fn set_leader_epoch(&self, epoch: Epoch) {
+        self.epoch.fetch_max(epoch.0, Ordering::AcqRel);
     }
 
     /// The high watermark: consumers read below it.
@@ -180,7 +187,7 @@ impl Partition {
                 Verdict::Fenced { current } => return Err(AppendError::Fenced { current }),
             }
         }
-        let info = log.append_leader(batch, self.epoch).await?;
+        let info = log.append_leader(batch, self.leader_epoch()).await?;
         if idempotent {
             let meta = BatchMeta {
                 first_seq,

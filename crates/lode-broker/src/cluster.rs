@@ -105,6 +105,7 @@ pub(crate) async fn hosting(broker: Arc<Broker>, plane: Arc<ControlPlane>) {
     let mut applied = plane.quorum_applied();
     loop {
         reconcile(&broker, &plane).await;
+        crate::replica::reconcile_roles(&broker, &plane).await;
         if applied.changed().await.is_err() {
             return;
         }

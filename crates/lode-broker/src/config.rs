@@ -58,6 +58,20 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     /// Replication factor of auto-created topics.
     pub default_replication_factor: i16,
+    /// `replica.lag.time.max.ms`: an ISR member not caught up for longer is proposed out.
+    pub replica_lag_time_max: Duration,
+    /// A deliberately broken rule (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
+}
+
+/// Deliberately broken variants of the broker, to prove the simulator's checks catch them.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A leader counts a record committed (high watermark, acks=all) once its own log has
+    /// it, without waiting for the ISR.
+    AckOnLeaderSync,
 }
 
 impl BrokerConfig {
@@ -83,6 +97,9 @@ impl BrokerConfig {
             session_timeout: Duration::from_secs(9),
             heartbeat_interval: Duration::from_millis(500),
             default_replication_factor: 1,
+            replica_lag_time_max: Duration::from_secs(30),
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         }
     }
 }

@@ -21,8 +21,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lode_core::metadata::{
-    BrokerEpoch, BrokerRegistrationRequest, Controller, ControllerConfig, CreateTopicRequest,
-    HeartbeatRequest, MetadataRecord, MetadataState,
+    AlterPartitionRequest, BrokerEpoch, BrokerRegistrationRequest, Controller, ControllerConfig,
+    CreateTopicRequest, HeartbeatRequest, MetadataRecord, MetadataState,
 };
 use lode_core::raft::Role;
 use lode_env::sync::watch;
@@ -59,6 +59,8 @@ pub enum ControlRequest {
     CreateTopic(CreateTopicRequest),
     /// DeleteTopics, one topic.
     DeleteTopic(String),
+    /// AlterPartition, one partition.
+    AlterPartition(AlterPartitionRequest),
 }
 
 /// The active controller's answer.
@@ -87,11 +89,59 @@ impl ControlReply {
     }
 }
 
+/// A follower's fetch from a partition leader (replication), over the controller
+/// connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaFetch {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The leader epoch the follower follows.
+    pub leader_epoch: lode_proto::Epoch,
+    /// The follower's log end offset (synced: this is its acknowledgement).
+    pub fetch_offset: Offset,
+    /// The epoch of the follower's last batch.
+    pub last_fetched_epoch: lode_proto::Epoch,
+    /// Bytes of batches wanted, at most (the first batch always comes whole).
+    pub max_bytes: u32,
+}
+
+/// The leader's answer to a [`ReplicaFetch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaFetchReply {
+    /// Batches from the fetch offset (maybe none), and the leader's high watermark.
+    Records {
+        /// The leader's high watermark.
+        high_watermark: Offset,
+        /// Whole batches, as stored.
+        records: Vec<u8>,
+    },
+    /// The follower's log diverges: truncate to at most `end_offset` (and to its own end
+    /// of `epoch` if smaller), then fetch again.
+    Diverging {
+        /// The epoch.
+        epoch: lode_proto::Epoch,
+        /// Where it ends on the leader.
+        end_offset: Offset,
+    },
+    /// A Kafka error code (NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, ...).
+    Error(i16),
+}
+
 #[derive(Serialize, Deserialize)]
 enum ControlMsg {
     Request { id: u64, req: ControlRequest },
     Reply { id: u64, reply: ControlReply },
+    Fetch { id: u64, req: ReplicaFetch },
+    FetchReply { id: u64, reply: ReplicaFetchReply },
 }
+
+/// Replica fetches queued for the broker's replication service.
+const FETCH_QUEUE_MAX: usize = 4096;
+
+/// A replica fetch waiting for the leader's service: from whom, its id, the request.
+pub type IncomingFetch = (BrokerId, u64, ReplicaFetch);
 
 /// Where a request's answer goes.
 enum ReplyTo {
@@ -114,6 +164,9 @@ pub struct ControlPlane {
     applied: watch::Receiver<Offset>,
     requests: mpsc::Sender<(ControlRequest, ReplyTo)>,
     pending: Arc<Mutex<BTreeMap<u64, oneshot::Sender<ControlReply>>>>,
+    fetch_pending: Mutex<BTreeMap<u64, oneshot::Sender<ReplicaFetchReply>>>,
+    fetches_in: mpsc::Sender<IncomingFetch>,
+    fetches_out: std::sync::Mutex<Option<mpsc::Receiver<IncomingFetch>>>,
     next_id: AtomicU64,
     clock: Clock,
 }
@@ -139,6 +192,7 @@ impl ControlPlane {
         let (applied_tx, applied_rx) = watch::channel(Offset(0));
         let recent: Recent = Arc::default();
         let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_MAX);
+        let (fetch_tx, fetch_rx) = mpsc::channel(FETCH_QUEUE_MAX);
         let plane = Arc::new(ControlPlane {
             me,
             quorum: Arc::clone(&quorum),
@@ -146,6 +200,9 @@ impl ControlPlane {
             applied: applied_rx.clone(),
             requests: req_tx,
             pending: Arc::default(),
+            fetch_pending: Mutex::default(),
+            fetches_in: fetch_tx,
+            fetches_out: std::sync::Mutex::new(Some(fetch_rx)),
             next_id: AtomicU64::new(1),
             clock: clock.clone(),
         });
@@ -186,6 +243,50 @@ impl ControlPlane {
     #[must_use]
     pub fn controller_id(&self) -> Option<BrokerId> {
         self.quorum.status().leader
+    }
+
+    /// The replica fetches other brokers send this one, for its replication service (once).
+    pub fn take_fetches(&self) -> Option<mpsc::Receiver<IncomingFetch>> {
+        self.fetches_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Sends a replica fetch to `leader` and waits (bounded) for its answer.
+    pub async fn fetch(
+        &self,
+        leader: BrokerId,
+        req: ReplicaFetch,
+        timeout: Duration,
+    ) -> Option<ReplicaFetchReply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.fetch_pending.lock().await.insert(id, tx);
+        if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Fetch { id, req }) {
+            self.quorum.send_app(leader, bytes).await;
+        }
+        let r = self
+            .clock
+            .timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.fetch_pending.lock().await.remove(&id);
+        r
+    }
+
+    /// Answers replica fetch `id` from `to`.
+    pub async fn reply_fetch(&self, to: BrokerId, id: u64, reply: ReplicaFetchReply) {
+        if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::FetchReply { id, reply }) {
+            self.quorum.send_app(to, bytes).await;
+        }
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn node(&self) -> BrokerId {
+        self.me
     }
 
     /// A receiver of the applied raft offset, to wake on metadata changes.
@@ -365,6 +466,15 @@ async fn inbound_loop(plane: Arc<ControlPlane>, mut app: mpsc::Receiver<(BrokerI
                     let _ = tx.send(reply);
                 }
             }
+            Ok(ControlMsg::Fetch { id, req }) => {
+                // Full queue: the follower times out and fetches again.
+                let _ = plane.fetches_in.try_send((from, id, req));
+            }
+            Ok(ControlMsg::FetchReply { id, reply }) => {
+                if let Some(tx) = plane.fetch_pending.lock().await.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
             Err(e) => tracing::debug!(from = from.0, error = %e, "undecodable control message"),
         }
     }
@@ -467,6 +577,10 @@ impl Active {
                         ControlRequest::DeleteTopic(name) => self
                             .controller
                             .delete_topic(st, name)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
+                        ControlRequest::AlterPartition(a) => self
+                            .controller
+                            .alter_partition(st, a)
                             .map_err(|e| (e.kafka_code(), e.to_string())),
                     };
                     match decided {

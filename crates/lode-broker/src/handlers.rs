@@ -412,6 +412,9 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                         let records = pd.records.unwrap_or_default();
                         match check_single_batch(&records, broker.config.message_bytes_max) {
                             Err(code) => code,
+                            Ok(()) if acks == -1 && !p.accepts_acks_all() => {
+                                codes::NOT_ENOUGH_REPLICAS
+                            }
                             Ok(()) => {
                                 let mut bytes = records.to_vec();
                                 match p.append(&mut bytes).await {
@@ -461,7 +464,15 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
             .await
             .is_ok()
             && p.high_watermark() > last;
-        if !committed {
+        let code = match p.ack_state(last) {
+            _ if !committed => codes::REQUEST_TIMED_OUT,
+            lode_core::replication::AckState::Committed => codes::NONE,
+            lode_core::replication::AckState::NotEnoughReplicasAfterAppend => {
+                codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            }
+            lode_core::replication::AckState::Waiting => codes::REQUEST_TIMED_OUT,
+        };
+        if code != codes::NONE {
             let slot = resp
                 .responses
                 .iter_mut()
@@ -469,7 +480,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                 .flat_map(|t| t.partition_responses.iter_mut())
                 .find(|r| r.index == index);
             if let Some(r) = slot {
-                r.error_code = codes::REQUEST_TIMED_OUT;
+                r.error_code = code;
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod control;
 mod handlers;
 pub mod partition;
 pub mod quorum;
+pub mod replica;
 pub mod rpc;
 pub mod server;
 pub mod topics;
@@ -21,6 +22,8 @@ pub mod wire_check;
 
 use std::sync::Arc;
 
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
 pub use config::{BrokerConfig, FsyncPolicy};
 use lode_env::sync::watch;
 use lode_env::{Clock, Dir, Env};
@@ -80,6 +83,8 @@ pub struct Broker {
     pub control: Option<Arc<control::ControlPlane>>,
     /// Combined mode: this broker's registration.
     pub membership: cluster::Membership,
+    /// Combined mode: the follower fetchers.
+    pub fetchers: replica::Fetchers,
 }
 
 impl Broker {
@@ -156,6 +161,7 @@ impl Broker {
             accept: std::sync::Mutex::new(None),
             control: control.clone(),
             membership: cluster::Membership::default(),
+            fetchers: replica::Fetchers::default(),
         });
         if let Some(plane) = control {
             lode_env::task::spawn(cluster::lifecycle(
@@ -163,6 +169,14 @@ impl Broker {
                 Arc::clone(&plane),
                 clean,
             ));
+            if let Some(fetches) = plane.take_fetches() {
+                lode_env::task::spawn(replica::serve(
+                    Arc::clone(&broker),
+                    Arc::clone(&plane),
+                    fetches,
+                ));
+            }
+            lode_env::task::spawn(replica::tick_loop(Arc::clone(&broker), Arc::clone(&plane)));
             lode_env::task::spawn(cluster::hosting(Arc::clone(&broker), plane));
         }
         let b = Arc::clone(&broker);

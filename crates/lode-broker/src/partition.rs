@@ -4,11 +4,14 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeSet;
+
+use lode_core::replication::{AckState, IsrProposal, LeaderReplication, ReplicationConfig};
 use lode_core::{BatchMeta, ProducerStates, Verdict};
 use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_proto::batch::RecordBatch;
-use lode_proto::{Epoch, Offset};
+use lode_proto::{BrokerId, Epoch, Offset};
 use lode_storage::{AppendInfo, Log, LogConfig, LogError, SyncPolicy};
 use tokio::sync::{Notify, RwLock};
 
@@ -58,13 +61,26 @@ pub struct Partition {
     data_arrived: watch::Sender<u64>,
     /// The leader epoch appends are stamped with (0 until the metadata says otherwise).
     epoch: AtomicI32,
+    /// Standalone (no metadata log): the broker is the only replica and what is synced is
+    /// committed. Otherwise the role comes from the metadata.
+    standalone: bool,
+    /// As leader in combined mode: the ISR replication state. `None` as follower (or
+    /// standalone).
+    replication: std::sync::Mutex<Option<LeaderReplication>>,
+    /// Planted bug: commit on the leader's own sync.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_ack_on_leader_sync: AtomicBool,
 }
+
+/// What a replica fetch gets from this partition as leader, and an ISR change to propose.
+pub type ServedFetch = (crate::control::ReplicaFetchReply, Option<IsrProposal>);
 
 impl Partition {
     /// Opens (and recovers) the partition's log and starts its sync task.
     ///
     /// # Errors
     /// When the log cannot be opened.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         topic: &str,
         index: i32,
@@ -73,6 +89,7 @@ impl Partition {
         fsync: FsyncPolicy,
         segment_bytes_max: u64,
         data_arrived: watch::Sender<u64>,
+        standalone: bool,
     ) -> Result<Arc<Partition>, LogError> {
         let config = LogConfig {
             segment_bytes_max,
@@ -83,9 +100,14 @@ impl Partition {
         if !report.clean_shutdown {
             tracing::info!(topic, partition = index, ?report, "partition recovered");
         }
-        // With every record synced by recovery, everything in the log is committed.
-        let end = log.log_end_offset();
-        log.set_high_watermark(end);
+        // Standalone, every record synced by recovery is committed. Replicated, the high
+        // watermark is the checkpointed one until a leader says more: records beyond it may
+        // not be committed.
+        if standalone {
+            let end = log.log_end_offset();
+            log.set_high_watermark(end);
+        }
+        let end = log.high_watermark();
         let producers = rebuild_producers(&log).await;
         let p = Arc::new(Partition {
             topic: topic.to_owned(),
@@ -99,6 +121,10 @@ impl Partition {
             fsync,
             data_arrived,
             epoch: AtomicI32::new(0),
+            standalone,
+            replication: std::sync::Mutex::new(None),
+            #[cfg(feature = "planted-bugs")]
+            planted_ack_on_leader_sync: AtomicBool::new(false),
         });
         let syncer = Arc::clone(&p);
         lode_env::task::spawn(async move { syncer.sync_loop(clock).await });
@@ -197,14 +223,261 @@ impl Partition {
             self.producers_lock().record(pid, pepoch, meta);
         }
         if matches!(self.fsync, FsyncPolicy::Interval(_)) {
-            // Committed once written: the high watermark follows the log end.
+            // Committed once written (on every ISR member, when replicated).
             let end = log.log_end_offset();
-            log.set_high_watermark(end);
-            self.advance(end);
+            if let Some(hw) = self.leader_end_moved(end) {
+                log.set_high_watermark(hw);
+                self.advance(hw);
+            }
         }
         drop(log);
         self.flush.notify_one();
         Ok((info, false))
+    }
+
+    fn replication_lock(&self) -> std::sync::MutexGuard<'_, Option<LeaderReplication>> {
+        self.replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The leader's own log (synced part, under fsync=always) now ends at `end`: the new
+    /// high watermark, if it moves.
+    #[cfg(feature = "planted-bugs")]
+    fn planted_ack(&self) -> bool {
+        self.planted_ack_on_leader_sync.load(Ordering::Relaxed)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[allow(clippy::unused_self)]
+    fn planted_ack(&self) -> bool {
+        false
+    }
+
+    fn leader_end_moved(&self, end: Offset) -> Option<Offset> {
+        if self.standalone || self.planted_ack() {
+            return Some(end);
+        }
+        self.replication_lock()
+            .as_mut()
+            .and_then(|r| r.on_leader_append(end))
+    }
+
+    async fn set_committed(&self, hw: Offset) {
+        self.log.write().await.set_high_watermark(hw);
+        self.advance(hw);
+    }
+
+    /// Leads with `epoch` (from the metadata). A new epoch starts a new replication state at
+    /// the log end; the same epoch takes the committed ISR and partition epoch.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn become_leader(
+        &self,
+        me: BrokerId,
+        epoch: Epoch,
+        replicas: Vec<BrokerId>,
+        isr: BTreeSet<BrokerId>,
+        partition_epoch: i32,
+        config: ReplicationConfig,
+        now: lode_proto::Instant,
+    ) {
+        self.set_leader_epoch(epoch);
+        let same = self
+            .replication_lock()
+            .as_ref()
+            .is_some_and(|r| r.leader_epoch() == epoch);
+        if same {
+            let hw = self
+                .replication_lock()
+                .as_mut()
+                .and_then(|r| r.on_isr_committed(isr, partition_epoch));
+            if let Some(hw) = hw {
+                self.set_committed(hw).await;
+            }
+            return;
+        }
+        let (end, hw) = {
+            let log = self.log.read().await;
+            let end = match self.fsync {
+                FsyncPolicy::Always => log.durable_offset(),
+                FsyncPolicy::Interval(_) => log.log_end_offset(),
+            };
+            (end, log.high_watermark())
+        };
+        // The producer state of the new leader comes from its log (KIP-360-style rebuild):
+        // a retry of a batch the old leader wrote is recognised.
+        let producers = rebuild_producers(&*self.log.read().await).await;
+        *self.producers_lock() = producers;
+        let rep = LeaderReplication::new(
+            me,
+            epoch,
+            replicas,
+            isr,
+            partition_epoch,
+            end,
+            hw,
+            config,
+            now,
+        );
+        tracing::info!(topic = %self.topic, partition = self.index, epoch = epoch.0, "leader");
+        *self.replication_lock() = Some(rep);
+        let hw = self
+            .replication_lock()
+            .as_mut()
+            .and_then(|r| r.on_leader_append(end));
+        if let Some(hw) = hw {
+            self.set_committed(hw).await;
+        }
+    }
+
+    /// Follows (from the metadata): no replication state here any more.
+    pub fn become_follower(&self) {
+        if self.replication_lock().take().is_some() {
+            tracing::info!(topic = %self.topic, partition = self.index, "follower");
+        }
+    }
+
+    /// As leader: whether acks=all may append (else NOT_ENOUGH_REPLICAS).
+    #[must_use]
+    pub fn accepts_acks_all(&self) -> bool {
+        self.replication_lock()
+            .as_ref()
+            .is_none_or(LeaderReplication::accepts_acks_all)
+    }
+
+    /// As leader: where an acks=all batch ending at `last` stands.
+    #[must_use]
+    pub fn ack_state(&self, last: Offset) -> AckState {
+        match self.replication_lock().as_ref() {
+            Some(_) if self.planted_ack() && self.high_watermark() > last => AckState::Committed,
+            Some(r) => r.ack_state(last),
+            None if self.high_watermark() > last => AckState::Committed,
+            None => AckState::Waiting,
+        }
+    }
+
+    /// As leader: a time step (ISR shrink).
+    pub fn tick(&self, now: lode_proto::Instant) -> Option<IsrProposal> {
+        self.replication_lock().as_mut().and_then(|r| r.tick(now))
+    }
+
+    /// As leader: the controller refused the last ISR proposal.
+    pub fn proposal_rejected(&self) {
+        if let Some(r) = self.replication_lock().as_mut() {
+            r.on_proposal_rejected();
+        }
+    }
+
+    /// As leader: serves a follower's fetch.
+    pub async fn serve_replica(
+        &self,
+        from: BrokerId,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
+        max_bytes: usize,
+        now: lode_proto::Instant,
+    ) -> ServedFetch {
+        use crate::control::ReplicaFetchReply as R;
+        if self.replication_lock().is_none() {
+            return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None);
+        }
+        let records = {
+            let log = self.log.read().await;
+            let end = log.log_end_offset();
+            if let Some((epoch, end_offset)) = lode_core::replication::diverging(
+                log.epochs(),
+                end,
+                fetch_offset,
+                last_fetched_epoch,
+            ) {
+                return (R::Diverging { epoch, end_offset }, None);
+            }
+            if fetch_offset > end {
+                let epoch = log.epochs().latest().map_or(Epoch::NONE, |e| e.epoch);
+                return (
+                    R::Diverging {
+                        epoch,
+                        end_offset: end,
+                    },
+                    None,
+                );
+            }
+            match log.read(fetch_offset, max_bytes, end).await {
+                Ok(r) => r,
+                Err(LogError::OffsetOutOfRange { .. }) => {
+                    return (R::Error(crate::codes::OFFSET_OUT_OF_RANGE), None)
+                }
+                Err(_) => return (R::Error(crate::codes::KAFKA_STORAGE_ERROR), None),
+            }
+        };
+        let (hw, proposal) = match self.replication_lock().as_mut() {
+            Some(r) => r.on_follower_fetch(from, fetch_offset, now),
+            None => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
+        };
+        if let Some(hw) = hw {
+            self.set_committed(hw).await;
+        }
+        (
+            R::Records {
+                high_watermark: self.high_watermark(),
+                records,
+            },
+            proposal,
+        )
+    }
+
+    /// As follower: where to fetch from, and the epoch of the last batch.
+    pub async fn replica_position(&self) -> (Offset, Epoch) {
+        let log = self.log.read().await;
+        let epoch = log.epochs().latest().map_or(Epoch::NONE, |e| e.epoch);
+        (log.log_end_offset(), epoch)
+    }
+
+    /// As follower: appends what the leader sent, synced before the next fetch acknowledges
+    /// it, then takes the leader's high watermark (capped at this log's end).
+    ///
+    /// # Errors
+    /// The log's append and sync errors.
+    pub async fn follow(&self, records: &[u8], leader_hw: Offset) -> Result<(), LogError> {
+        let mut log = self.log.write().await;
+        if !records.is_empty() {
+            log.append_replica(records).await?;
+            log.sync().await?;
+        }
+        let hw = leader_hw.min(log.log_end_offset());
+        if hw > log.high_watermark() {
+            log.set_high_watermark(hw);
+            drop(log);
+            self.advance(hw);
+        }
+        Ok(())
+    }
+
+    /// As follower: truncates a diverging tail, to the smaller of the leader's end of
+    /// `epoch` and this log's own (never to a high watermark: KIP-101).
+    ///
+    /// # Errors
+    /// The log's truncation errors.
+    pub async fn truncate_diverging(
+        &self,
+        epoch: Epoch,
+        end_offset: Offset,
+    ) -> Result<(), LogError> {
+        let mut log = self.log.write().await;
+        let end = log.log_end_offset();
+        let own = if epoch == Epoch::NONE {
+            Offset(0)
+        } else {
+            log.epochs()
+                .end_offset_for(epoch, end)
+                .map_or(Offset(0), |(_, o)| o)
+        };
+        let to = end_offset.min(own).min(end).max(log.log_start_offset());
+        if to < end {
+            tracing::info!(topic = %self.topic, partition = self.index, from = end.0, to = to.0, "diverging tail truncated");
+            log.truncate_to(to).await?;
+        }
+        Ok(())
     }
 
     fn producers_lock(&self) -> std::sync::MutexGuard<'_, ProducerStates> {
@@ -264,9 +537,11 @@ impl Partition {
             match log.sync_finish(job, result) {
                 Ok(durable) => {
                     if self.fsync == FsyncPolicy::Always {
-                        log.set_high_watermark(durable);
-                        drop(log);
-                        self.advance(durable);
+                        if let Some(hw) = self.leader_end_moved(durable) {
+                            log.set_high_watermark(hw);
+                            drop(log);
+                            self.advance(hw);
+                        }
                     }
                 }
                 Err(e) => {

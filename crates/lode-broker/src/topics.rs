@@ -142,7 +142,7 @@ impl Topics {
         index: i32,
         dir: Dir,
     ) -> Result<Arc<Partition>, CreateError> {
-        Ok(Partition::open(
+        let p = Partition::open(
             topic,
             index,
             dir,
@@ -150,8 +150,15 @@ impl Topics {
             self.config.fsync,
             self.config.segment_bytes_max,
             self.data_arrived.clone(),
+            self.config.voters.is_empty(),
         )
-        .await?)
+        .await?;
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted == Some(crate::config::PlantedBug::AckOnLeaderSync) {
+            p.planted_ack_on_leader_sync
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(p)
     }
 
     /// The topic called `name`.

@@ -1,0 +1,329 @@
+//! Replication in combined mode: partition roles from the metadata, the leader's service of
+//! follower fetches, the followers' fetchers, and the leader's ISR proposals.
+//!
+//! Followers fetch over the controller connections (`ReplicaFetch`): fetch offset = their
+//! synced log end (their acknowledgement), the leader epoch they follow, the epoch of their
+//! last batch. The leader fences stale or future epochs, answers divergence from its
+//! leader-epoch cache, or sends batches up to its log end with its high watermark, and
+//! advances the high watermark over the maximal ISR (`lode_core::replication`). ISR changes
+//! go to the active controller as AlterPartition and take effect when committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lode_core::metadata::{AlterPartitionRequest, IsrMember, PartitionEpoch};
+use lode_core::replication::{IsrProposal, ReplicationConfig};
+use lode_env::task::JoinHandle;
+use lode_proto::{BrokerId, Epoch, PartitionId};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::codes;
+use crate::control::{
+    ControlPlane, ControlReply, ControlRequest, IncomingFetch, ReplicaFetch, ReplicaFetchReply,
+};
+use crate::partition::Partition;
+use crate::Broker;
+
+/// Kafka's FENCED_LEADER_EPOCH and UNKNOWN_LEADER_EPOCH.
+const FENCED_LEADER_EPOCH: i16 = 74;
+const UNKNOWN_LEADER_EPOCH: i16 = 75;
+/// Bytes a follower asks for per fetch.
+const FETCH_BYTES_MAX: u32 = 1 << 20;
+
+/// A running fetcher: the leader and epoch it follows, and its task.
+type Fetcher = (BrokerId, Epoch, JoinHandle<()>);
+
+/// The follower fetchers running on this broker, by partition.
+#[derive(Default)]
+pub struct Fetchers {
+    running: Mutex<BTreeMap<(String, i32), Fetcher>>,
+}
+
+async fn partition(broker: &Broker, topic: &str, index: i32) -> Option<Arc<Partition>> {
+    let t = broker.topics.get(topic).await?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| t.partitions.get(i))
+        .cloned()
+}
+
+/// Serves follower fetches sent to this broker.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    plane: Arc<ControlPlane>,
+    mut fetches: mpsc::Receiver<IncomingFetch>,
+) {
+    while let Some((from, id, req)) = fetches.recv().await {
+        let (reply, proposal) = serve_one(&broker, &plane, from, &req).await;
+        plane.reply_fetch(from, id, reply).await;
+        if let Some(p) = proposal {
+            let (b, pl) = (Arc::clone(&broker), Arc::clone(&plane));
+            lode_env::task::spawn(propose(b, pl, req.topic.clone(), req.partition, p));
+        }
+    }
+}
+
+async fn serve_one(
+    broker: &Broker,
+    plane: &ControlPlane,
+    from: BrokerId,
+    req: &ReplicaFetch,
+) -> (ReplicaFetchReply, Option<IsrProposal>) {
+    let me = broker.config.node_id;
+    let current = plane.read(|s| {
+        s.topic_id(&req.topic)
+            .and_then(|id| s.partition(id, PartitionId(req.partition)))
+            .map(|p| (p.leader, p.leader_epoch))
+    });
+    let Some((leader, epoch)) = current else {
+        return (
+            ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
+            None,
+        );
+    };
+    if req.leader_epoch < epoch {
+        return (ReplicaFetchReply::Error(FENCED_LEADER_EPOCH), None);
+    }
+    if req.leader_epoch > epoch {
+        return (ReplicaFetchReply::Error(UNKNOWN_LEADER_EPOCH), None);
+    }
+    if leader != Some(me) {
+        return (
+            ReplicaFetchReply::Error(codes::NOT_LEADER_OR_FOLLOWER),
+            None,
+        );
+    }
+    let Some(p) = partition(broker, &req.topic, req.partition).await else {
+        return (
+            ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
+            None,
+        );
+    };
+    p.serve_replica(
+        from,
+        req.fetch_offset,
+        req.last_fetched_epoch,
+        req.max_bytes as usize,
+        broker.clock.now(),
+    )
+    .await
+}
+
+/// Sends an ISR proposal to the controller; a refusal drops it (the next tick or fetch
+/// proposes again from the current state).
+async fn propose(
+    broker: Arc<Broker>,
+    plane: Arc<ControlPlane>,
+    topic: String,
+    index: i32,
+    proposal: IsrProposal,
+) {
+    let me = broker.config.node_id;
+    let request = broker.membership.epoch().and_then(|my_epoch| {
+        plane.read(|s| {
+            let id = s.topic_id(&topic)?;
+            let p = s.partition(id, PartitionId(index))?;
+            let new_isr = proposal
+                .isr
+                .iter()
+                .map(|b| {
+                    s.broker(*b).map(|r| IsrMember {
+                        id: *b,
+                        epoch: r.epoch,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(AlterPartitionRequest {
+                broker_id: me,
+                broker_epoch: my_epoch,
+                topic: id,
+                partition: PartitionId(index),
+                leader_epoch: p.leader_epoch,
+                partition_epoch: PartitionEpoch(proposal.partition_epoch),
+                new_isr,
+            })
+        })
+    });
+    let refused = match request {
+        None => true,
+        Some(r) => {
+            let reply = plane
+                .request(ControlRequest::AlterPartition(r), Duration::from_secs(5))
+                .await;
+            match reply {
+                ControlReply::Done { .. } => false,
+                ControlReply::Refused { code, message } => {
+                    tracing::info!(
+                        topic,
+                        partition = index,
+                        code,
+                        message,
+                        "ISR change refused"
+                    );
+                    true
+                }
+            }
+        }
+    };
+    if refused {
+        if let Some(p) = partition(&broker, &topic, index).await {
+            p.proposal_rejected();
+        }
+    }
+}
+
+/// Gives every hosted partition the role the metadata says, and runs a fetcher for each
+/// partition followed here.
+pub(crate) async fn reconcile_roles(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
+    let me = broker.config.node_id;
+    type Role = (
+        String,
+        i32,
+        Option<BrokerId>,
+        Epoch,
+        Vec<BrokerId>,
+        std::collections::BTreeSet<BrokerId>,
+        i32,
+        usize,
+    );
+    let roles: Vec<Role> = plane.read(|s| {
+        s.topics()
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|(_, p)| p.replicas.contains(&me))
+                    .map(|(i, p)| {
+                        (
+                            t.name.clone(),
+                            i.0,
+                            p.leader,
+                            p.leader_epoch,
+                            p.replicas.clone(),
+                            p.isr.clone(),
+                            p.partition_epoch.0,
+                            p.effective_min_isr(&t.config),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    let mut wanted: BTreeMap<(String, i32), (BrokerId, Epoch)> = BTreeMap::new();
+    for (topic, index, leader, epoch, replicas, isr, partition_epoch, min_isr) in roles {
+        let Some(p) = partition(broker, &topic, index).await else {
+            continue;
+        };
+        if leader == Some(me) {
+            let config = ReplicationConfig {
+                replica_lag_time_max: broker.config.replica_lag_time_max,
+                min_insync_replicas: min_isr,
+            };
+            p.become_leader(
+                me,
+                epoch,
+                replicas,
+                isr,
+                partition_epoch,
+                config,
+                broker.clock.now(),
+            )
+            .await;
+        } else {
+            p.become_follower();
+            if let Some(l) = leader {
+                wanted.insert((topic, index), (l, epoch));
+            }
+        }
+    }
+    let mut running = broker.fetchers.running.lock().await;
+    running.retain(|key, (l, e, task)| {
+        let keep = wanted.get(key) == Some(&(*l, *e));
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for (key, (leader, epoch)) in wanted {
+        if running.contains_key(&key) {
+            continue;
+        }
+        let task = lode_env::task::spawn(follow(
+            Arc::clone(broker),
+            Arc::clone(plane),
+            key.0.clone(),
+            key.1,
+            leader,
+            epoch,
+        ));
+        running.insert(key, (leader, epoch, task));
+    }
+}
+
+/// A follower's fetch loop for one partition, until the metadata moves it elsewhere.
+async fn follow(
+    broker: Arc<Broker>,
+    plane: Arc<ControlPlane>,
+    topic: String,
+    index: i32,
+    leader: BrokerId,
+    epoch: Epoch,
+) {
+    let idle = Duration::from_millis(20);
+    loop {
+        let Some(p) = partition(&broker, &topic, index).await else {
+            return;
+        };
+        let (fetch_offset, last_fetched_epoch) = p.replica_position().await;
+        let req = ReplicaFetch {
+            topic: topic.clone(),
+            partition: index,
+            leader_epoch: epoch,
+            fetch_offset,
+            last_fetched_epoch,
+            max_bytes: FETCH_BYTES_MAX,
+        };
+        match plane.fetch(leader, req, Duration::from_secs(2)).await {
+            Some(ReplicaFetchReply::Records {
+                high_watermark,
+                records,
+            }) => {
+                let empty = records.is_empty();
+                if let Err(e) = p.follow(&records, high_watermark).await {
+                    tracing::warn!(topic, partition = index, error = %e, "follower append failed");
+                    broker.clock.sleep(Duration::from_secs(1)).await;
+                } else if empty {
+                    broker.clock.sleep(idle).await;
+                }
+            }
+            Some(ReplicaFetchReply::Diverging { epoch, end_offset }) => {
+                if let Err(e) = p.truncate_diverging(epoch, end_offset).await {
+                    tracing::warn!(topic, partition = index, error = %e, "follower truncation failed");
+                    broker.clock.sleep(Duration::from_secs(1)).await;
+                }
+            }
+            Some(ReplicaFetchReply::Error(code)) => {
+                tracing::debug!(topic, partition = index, code, "replica fetch refused");
+                broker.clock.sleep(Duration::from_millis(200)).await;
+            }
+            None => broker.clock.sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The leaders' clock: ISR shrink proposals for members that lag too long.
+pub(crate) async fn tick_loop(broker: Arc<Broker>, plane: Arc<ControlPlane>) {
+    loop {
+        broker.clock.sleep(Duration::from_millis(500)).await;
+        let now = broker.clock.now();
+        for (name, t) in broker.topics.all().await {
+            for p in &t.partitions {
+                if let Some(proposal) = p.tick(now) {
+                    let (b, pl) = (Arc::clone(&broker), Arc::clone(&plane));
+                    lode_env::task::spawn(propose(b, pl, name.clone(), p.index, proposal));
+                }
+            }
+        }
+    }
+}

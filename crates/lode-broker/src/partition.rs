@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use lode_core::replication::{AckState, IsrProposal, LeaderReplication, ReplicationConfig};
 use lode_core::{BatchMeta, ProducerStates, Verdict};
@@ -55,6 +56,8 @@ pub struct Partition {
     producers: Mutex<ProducerStates>,
     hw: watch::Sender<Offset>,
     flush: Notify,
+    /// Woken by every leader append: followers' fetches wait on it for new records.
+    appended: Notify,
     closed: AtomicBool,
     fsync: FsyncPolicy,
     /// Bumped whenever any partition's high watermark moves, to wake long-polling fetches.
@@ -117,6 +120,7 @@ impl Partition {
             log: RwLock::new(log),
             producers: Mutex::new(producers),
             flush: Notify::new(),
+            appended: Notify::new(),
             closed: AtomicBool::new(false),
             fsync,
             data_arrived,
@@ -232,6 +236,7 @@ impl Partition {
         }
         drop(log);
         self.flush.notify_one();
+        self.appended.notify_waiters();
         Ok((info, false))
     }
 
@@ -424,6 +429,17 @@ impl Partition {
             },
             proposal,
         )
+    }
+
+    /// As leader: waits (at most `max_wait`) until the log grows past `offset`.
+    pub async fn wait_for_records(&self, offset: Offset, max_wait: Duration, clock: &Clock) {
+        let notified = self.appended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.log.read().await.log_end_offset() > offset {
+            return;
+        }
+        let _ = clock.timeout(max_wait, notified).await;
     }
 
     /// As follower: where to fetch from, and the epoch of the last batch.

@@ -30,6 +30,8 @@ const FENCED_LEADER_EPOCH: i16 = 74;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
 /// Bytes a follower asks for per fetch.
 const FETCH_BYTES_MAX: u32 = 1 << 20;
+/// How long a leader holds a fetch that is caught up before answering it empty.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// A running fetcher: the leader and epoch it follows, and its task.
 type Fetcher = (BrokerId, Epoch, JoinHandle<()>);
@@ -55,12 +57,25 @@ pub(crate) async fn serve(
     mut fetches: mpsc::Receiver<IncomingFetch>,
 ) {
     while let Some((from, id, req)) = fetches.recv().await {
-        let (reply, proposal) = serve_one(&broker, &plane, from, &req).await;
-        plane.reply_fetch(from, id, reply).await;
-        if let Some(p) = proposal {
-            let (b, pl) = (Arc::clone(&broker), Arc::clone(&plane));
-            lode_env::task::spawn(propose(b, pl, req.topic.clone(), req.partition, p));
-        }
+        // Each fetch on its own task: one that waits for records holds up no other.
+        let (broker, plane) = (Arc::clone(&broker), Arc::clone(&plane));
+        lode_env::task::spawn(async move {
+            let (mut reply, mut proposal) = serve_one(&broker, &plane, from, &req).await;
+            let caught_up =
+                matches!(&reply, ReplicaFetchReply::Records { records, .. } if records.is_empty());
+            if caught_up {
+                // Long poll: answer when the leader appends, or after the wait.
+                if let Some(p) = partition(&broker, &req.topic, req.partition).await {
+                    p.wait_for_records(req.fetch_offset, FETCH_WAIT, &broker.clock)
+                        .await;
+                    (reply, proposal) = serve_one(&broker, &plane, from, &req).await;
+                }
+            }
+            plane.reply_fetch(from, id, reply).await;
+            if let Some(p) = proposal {
+                propose(broker, plane, req.topic.clone(), req.partition, p).await;
+            }
+        });
     }
 }
 
@@ -270,7 +285,6 @@ async fn follow(
     leader: BrokerId,
     epoch: Epoch,
 ) {
-    let idle = Duration::from_millis(20);
     loop {
         let Some(p) = partition(&broker, &topic, index).await else {
             return;
@@ -284,17 +298,18 @@ async fn follow(
             last_fetched_epoch,
             max_bytes: FETCH_BYTES_MAX,
         };
-        match plane.fetch(leader, req, Duration::from_secs(2)).await {
+        match plane
+            .fetch(leader, req, FETCH_WAIT + Duration::from_secs(2))
+            .await
+        {
             Some(ReplicaFetchReply::Records {
                 high_watermark,
                 records,
             }) => {
-                let empty = records.is_empty();
+                // An empty answer already waited on the leader (long poll): fetch again.
                 if let Err(e) = p.follow(&records, high_watermark).await {
                     tracing::warn!(topic, partition = index, error = %e, "follower append failed");
                     broker.clock.sleep(Duration::from_secs(1)).await;
-                } else if empty {
-                    broker.clock.sleep(idle).await;
                 }
             }
             Some(ReplicaFetchReply::Diverging { epoch, end_offset }) => {

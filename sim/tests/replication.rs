@@ -201,3 +201,171 @@ fn a_leader_acking_on_its_own_sync_is_caught() {
         "the lost acknowledged records went unnoticed"
     );
 }
+
+/// A follower that loses power leaves the ISR (fenced by the controller), misses records,
+/// and after its restart catches up and is taken back into the ISR by its leader's
+/// AlterPartition; nothing acknowledged meanwhile is lost.
+async fn rejoin_scenario(seed: u64) -> Vec<String> {
+    let handle = Handle::current();
+    let mut nodes = Vec::new();
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
+        let d = disk.clone();
+        nodes.push(
+            handle
+                .create_node()
+                .name(format!("broker-{i}"))
+                .ip(kafka(i).ip())
+                .init(move || {
+                    let d = d.clone();
+                    async move {
+                        let broker =
+                            Broker::start(config(i, false), Env::simulated(&d, Clock::system()))
+                                .await
+                                .unwrap();
+                        std::future::pending::<()>().await;
+                        drop(broker);
+                    }
+                })
+                .build(),
+        );
+        disks.push(disk);
+    }
+    let client_node = handle
+        .create_node()
+        .name("client")
+        .ip([10, 0, 4, 100].into())
+        .build();
+    let bootstrap = (0..3)
+        .map(|i| kafka(i).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let produce = |bootstrap: String, from: u32| async move {
+        let client = Client::connect(&bootstrap, "sim").await.unwrap();
+        let producer = Producer::new(client.clone(), ProducerConfig::default())
+            .await
+            .unwrap();
+        let mut deliveries = Vec::new();
+        for i in from..from + 50 {
+            let rec = Record {
+                value: Some(i.to_be_bytes().to_vec()),
+                partition: Some(0),
+                ..Record::default()
+            };
+            deliveries.push(producer.send("rejoin", rec).await.unwrap());
+        }
+        producer.flush().await;
+        for d in deliveries {
+            d.await.unwrap().expect("acks=all acknowledged");
+        }
+    };
+    let b = bootstrap.clone();
+    let (leader, follower) = client_node
+        .spawn(async move {
+            let mut client = None;
+            for _ in 0..200 {
+                madsim::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(c) = Client::connect(&b, "sim").await {
+                    if c.metadata(None).await.is_ok() && c.brokers().await.len() == 3 {
+                        client = Some(c);
+                        break;
+                    }
+                }
+            }
+            let client = client.expect("three brokers");
+            client.create_topic("rejoin", 1, 3).await.unwrap();
+            client.metadata(None).await.unwrap();
+            let p = client.topic("rejoin").await.unwrap().partitions[0].clone();
+            let follower = *p.replicas.iter().find(|r| **r != p.leader).unwrap();
+            (p.leader, follower)
+        })
+        .await
+        .unwrap();
+    client_node
+        .spawn(produce(bootstrap.clone(), 0))
+        .await
+        .unwrap();
+    handle.kill(nodes[follower as usize].id());
+    disks[follower as usize].crash();
+    let isr_of = |bootstrap: String| async move {
+        let client = Client::connect(&bootstrap, "sim-isr").await.ok()?;
+        client.metadata(None).await.ok()?;
+        Some(client.topic("rejoin").await.ok()?.partitions[0].isr.clone())
+    };
+    let rest = (0..3)
+        .filter(|i| *i != follower)
+        .map(|i| kafka(i).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = rest.clone();
+    let shrunk = client_node
+        .spawn(async move {
+            for _ in 0..200 {
+                madsim::time::sleep(Duration::from_millis(100)).await;
+                if let Some(isr) = isr_of(r.clone()).await {
+                    if !isr.contains(&follower) {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap();
+    assert!(shrunk, "seed {seed}: the dead follower stayed in the ISR");
+    client_node.spawn(produce(rest.clone(), 50)).await.unwrap();
+    handle.restart(nodes[follower as usize].id());
+    let b = bootstrap.clone();
+    let rejoined = client_node
+        .spawn(async move {
+            for _ in 0..300 {
+                madsim::time::sleep(Duration::from_millis(100)).await;
+                if let Some(isr) = isr_of(b.clone()).await {
+                    if isr.contains(&follower) && isr.len() == 3 {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap();
+    assert!(
+        rejoined,
+        "seed {seed}: the returning follower was not taken back into the ISR"
+    );
+    let values = client_node
+        .spawn(async move {
+            let client = Client::connect(&bootstrap, "sim-read").await.unwrap();
+            let mut consumer = Consumer::new(client);
+            consumer.assign("rejoin", 0, Offset(0));
+            let mut values = Vec::new();
+            for _ in 0..100 {
+                for r in consumer.poll().await.unwrap() {
+                    values.push(u32::from_be_bytes(
+                        r.value.unwrap()[..4].try_into().unwrap(),
+                    ));
+                }
+                if values.len() >= 100 {
+                    break;
+                }
+            }
+            values
+        })
+        .await
+        .unwrap();
+    assert_eq!(values, (0..100).collect::<Vec<u32>>(), "seed {seed}");
+    for n in &nodes {
+        handle.kill(n.id());
+    }
+    vec![format!("leader {leader}, follower {follower} out and back")]
+}
+
+#[test]
+fn a_returning_follower_is_taken_back_into_the_isr() {
+    for seed in 0..3 {
+        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(rejoin_scenario(seed));
+    }
+}

@@ -68,7 +68,11 @@ pub(crate) async fn serve(
                 if let Some(p) = partition(&broker, &req.topic, req.partition).await {
                     p.wait_for_records(req.fetch_offset, FETCH_WAIT, &broker.clock)
                         .await;
-                    (reply, proposal) = serve_one(&broker, &plane, from, &req).await;
+                    // The first serve may have made a proposal (now pending in the
+                    // leader's state): it must still be sent.
+                    let (again, later) = serve_one(&broker, &plane, from, &req).await;
+                    reply = again;
+                    proposal = proposal.or(later);
                 }
             }
             plane.reply_fetch(from, id, reply).await;

@@ -380,8 +380,12 @@ impl Driver {
                 return;
             }
             let now = status_of(&self.node, false);
-            if *self.status.borrow() != now {
-                tracing::info!(node = self.me.0, role = ?now.role, epoch = now.epoch.0, leader = ?now.leader.map(|l| l.0), "quorum status");
+            let before = *self.status.borrow();
+            if before != now {
+                // Offsets move all the time; role, epoch and leader are the news.
+                if (before.role, before.epoch, before.leader) != (now.role, now.epoch, now.leader) {
+                    tracing::info!(node = self.me.0, role = ?now.role, epoch = now.epoch.0, leader = ?now.leader.map(|l| l.0), "quorum status");
+                }
                 self.status.send_replace(now);
             }
         }

@@ -20,8 +20,9 @@ const USAGE: &str = "\
 lode: a Kafka-compatible replicated log
 
 usage:
-  lode dev [--port PORT] [--data-dir DIR]
-      a local broker for Kafka clients: bootstrap 127.0.0.1:9092, data in ./lode-data
+  lode dev [--port PORT] [--data-dir DIR] [--brokers 1|3|5]
+      a local broker for Kafka clients: bootstrap 127.0.0.1:9092, data in ./lode-data;
+      with --brokers 3 a replicated cluster in one process (ports PORT.., controllers PORT+100..)
   lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
       one broker node; flags override the TOML file (keys: node_id, listen, advertised,
       data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
@@ -183,10 +184,49 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
         .parse()
         .context("--port takes a port number")?;
     let data = PathBuf::from(f.value("--data-dir")?.unwrap_or("lode-data"));
+    let brokers: u16 = f
+        .value("--brokers")?
+        .unwrap_or("1")
+        .parse()
+        .context("--brokers takes 1, 3 or 5")?;
     f.finish()?;
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let config = BrokerConfig::new(BrokerId(0), listen);
-    serve(config, data.join("broker-0"), true)
+    if ![1, 3, 5].contains(&brokers) {
+        bail!("--brokers takes 1, 3 or 5");
+    }
+    if brokers == 1 {
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = BrokerConfig::new(BrokerId(0), listen);
+        return serve(vec![(config, data.join("broker-0"))], true);
+    }
+    // A combined-mode cluster in one process: Kafka listeners on PORT, PORT+1, ...;
+    // controller listeners 100 ports above; every broker a voter; topics replicated
+    // three ways by default.
+    let kafka = |i: u16| -> anyhow::Result<SocketAddr> {
+        Ok((
+            [127, 0, 0, 1],
+            port.checked_add(i).context("--port too high")?,
+        )
+            .into())
+    };
+    let controller = |i: u16| -> anyhow::Result<SocketAddr> {
+        Ok((
+            [127, 0, 0, 1],
+            port.checked_add(100 + i).context("--port too high")?,
+        )
+            .into())
+    };
+    let mut voters = std::collections::BTreeMap::new();
+    for i in 0..brokers {
+        voters.insert(BrokerId(i32::from(i)), controller(i)?);
+    }
+    let mut nodes = Vec::new();
+    for i in 0..brokers {
+        let mut config = BrokerConfig::new(BrokerId(i32::from(i)), kafka(i)?);
+        config.voters = voters.clone();
+        config.default_replication_factor = 3;
+        nodes.push((config, data.join(format!("broker-{i}"))));
+    }
+    serve(nodes, true)
 }
 
 /// The broker's TOML configuration file; every key is optional, flags override it.
@@ -345,33 +385,46 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
         bail!("invalid limits: partitions >= 1, message_bytes_max >= 64, frame_bytes_max >= message_bytes_max");
     }
     f.finish()?;
-    serve(config, data, false)
+    serve(vec![(config, data)], false)
 }
 
-fn serve(config: BrokerConfig, data: PathBuf, dev: bool) -> anyhow::Result<()> {
+fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("runtime")?;
     rt.block_on(async {
-        let env = Env::host(&data).with_context(|| format!("data directory {}", data.display()))?;
         let started = std::time::Instant::now();
-        let bootstrap = format!("{}:{}", config.advertised_host, config.advertised_port);
-        let broker = Broker::start(config, env)
-            .await
-            .context("starting the broker")?;
-        println!(
-            "lode {}: broker {} ready in {} ms, data in {}, bootstrap {bootstrap}",
-            if dev { "dev" } else { "broker" },
-            broker.config.node_id,
-            started.elapsed().as_millis(),
-            data.display()
-        );
+        let mut brokers = Vec::new();
+        let mut bootstrap = Vec::new();
+        for (config, data) in nodes {
+            let env =
+                Env::host(&data).with_context(|| format!("data directory {}", data.display()))?;
+            bootstrap.push(format!(
+                "{}:{}",
+                config.advertised_host, config.advertised_port
+            ));
+            let broker = Broker::start(config, env)
+                .await
+                .context("starting the broker")?;
+            println!(
+                "lode {}: broker {} ready in {} ms, data in {}",
+                if dev { "dev" } else { "broker" },
+                broker.config.node_id,
+                started.elapsed().as_millis(),
+                data.display()
+            );
+            brokers.push(broker);
+        }
+        let bootstrap = bootstrap.join(",");
+        println!("bootstrap {bootstrap}");
         if dev {
             println!("try: kcat -b {bootstrap} -L    (Ctrl-C stops it cleanly)");
         }
         shutdown_signal().await?;
-        broker.shutdown().await;
+        for b in &brokers {
+            b.shutdown().await;
+        }
         Ok(())
     })
 }

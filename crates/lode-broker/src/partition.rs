@@ -386,7 +386,7 @@ impl Partition {
         if self.replication_lock().is_none() {
             return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None);
         }
-        let records = {
+        let (records, end) = {
             let log = self.log.read().await;
             let end = log.log_end_offset();
             if let Some((epoch, end_offset)) = lode_core::replication::diverging(
@@ -408,7 +408,7 @@ impl Partition {
                 );
             }
             match log.read(fetch_offset, max_bytes, end).await {
-                Ok(r) => r,
+                Ok(r) => (r, end),
                 Err(LogError::OffsetOutOfRange { .. }) => {
                     return (R::Error(crate::codes::OFFSET_OUT_OF_RANGE), None)
                 }
@@ -416,7 +416,7 @@ impl Partition {
             }
         };
         let (hw, proposal) = match self.replication_lock().as_mut() {
-            Some(r) => r.on_follower_fetch(from, fetch_offset, now),
+            Some(r) => r.on_follower_fetch(from, fetch_offset, end, now),
             None => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
         };
         if let Some(hw) = hw {

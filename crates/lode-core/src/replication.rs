@@ -249,15 +249,18 @@ impl LeaderReplication {
         self.advance()
     }
 
-    /// A follower fetched at `fetch_offset` (its log end). Returns the new high watermark
-    /// if it moved, and an ISR expansion to propose if the follower qualifies.
+    /// A follower fetched at `fetch_offset` (its log end) while the leader's log ends at
+    /// `leader_log_end` (written, not necessarily synced: a follower may have synced records
+    /// the leader has not yet, and they count for it). Returns the new high watermark if it
+    /// moved, and an ISR expansion to propose if the follower qualifies.
     pub fn on_follower_fetch(
         &mut self,
         follower: BrokerId,
         fetch_offset: Offset,
+        leader_log_end: Offset,
         now: Instant,
     ) -> (Option<Offset>, Option<IsrProposal>) {
-        let leader_end = self.log_end;
+        let leader_end = leader_log_end.max(self.log_end);
         let Some(f) = self.followers.get_mut(&follower) else {
             return (None, None);
         };

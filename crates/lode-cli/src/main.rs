@@ -416,6 +416,26 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
             );
             brokers.push(broker);
         }
+        // In a cluster, clients can use it once every broker started here is registered and
+        // unfenced (an election and a registration round after start).
+        for b in &brokers {
+            if let Some(plane) = &b.control {
+                let me = b.config.node_id;
+                let ready = b
+                    .clock
+                    .timeout(Duration::from_secs(30), async {
+                        while !plane.read(|s| s.broker(me).is_some_and(|r| !r.fenced)) {
+                            b.clock.sleep(Duration::from_millis(50)).await;
+                        }
+                    })
+                    .await;
+                if ready.is_err() {
+                    eprintln!(
+                        "lode: broker {me} is not registered with a controller after 30 s; is a majority of --voters up?"
+                    );
+                }
+            }
+        }
         let bootstrap = bootstrap.join(",");
         println!("bootstrap {bootstrap}");
         if dev {

@@ -105,15 +105,15 @@ pub(crate) async fn hosting(broker: Arc<Broker>, plane: Arc<ControlPlane>) {
     let mut applied = plane.quorum_applied();
     loop {
         reconcile(&broker, &plane).await;
-        crate::replica::reconcile_roles(&broker, &plane).await;
         if applied.changed().await.is_err() {
             return;
         }
     }
 }
 
-/// Opens the logs of topics with a replica here and removes those of deleted topics.
-pub(crate) async fn reconcile(broker: &Broker, plane: &ControlPlane) {
+/// Opens the logs of topics with a replica here, removes those of deleted topics, and gives
+/// each hosted partition its role (leader, with the metadata's epoch, or follower).
+pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
     let me = broker.config.node_id;
     let wanted: Vec<(String, i32, u128)> = plane.read(|s| {
         s.topics()
@@ -133,29 +133,6 @@ pub(crate) async fn reconcile(broker: &Broker, plane: &ControlPlane) {
             }
         }
     }
-    // Leaders stamp the leader epoch the metadata gives them.
-    let epochs: Vec<(String, i32, lode_proto::Epoch)> = plane.read(|s| {
-        s.topics()
-            .values()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .filter(|(_, p)| p.leader == Some(me))
-                    .map(|(i, p)| (t.name.clone(), i.0, p.leader_epoch))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    });
-    for (name, index, epoch) in epochs {
-        if let Some(t) = broker.topics.get(&name).await {
-            if let Some(p) = usize::try_from(index)
-                .ok()
-                .and_then(|i| t.partitions.get(i))
-            {
-                p.set_leader_epoch(epoch);
-            }
-        }
-    }
     for (name, _) in broker.topics.all().await {
         if !wanted.iter().any(|(n, _, _)| *n == name) {
             if let Err(e) = broker.topics.delete(&name).await {
@@ -163,6 +140,7 @@ pub(crate) async fn reconcile(broker: &Broker, plane: &ControlPlane) {
             }
         }
     }
+    crate::replica::reconcile_roles(broker, plane).await;
 }
 
 /// Reads and removes the clean-shutdown marker.

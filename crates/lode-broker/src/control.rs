@@ -480,6 +480,22 @@ async fn inbound_loop(plane: Arc<ControlPlane>, mut app: mpsc::Receiver<(BrokerI
     }
 }
 
+/// Answers a request: through its channel if local, over the controller connections if not
+/// (on a task of its own: the sender does not wait for the network).
+fn send_reply(quorum: &Arc<Quorum>, to: ReplyTo, reply: ControlReply) {
+    match to {
+        ReplyTo::Local(tx) => {
+            let _ = tx.send(reply);
+        }
+        ReplyTo::Remote(node, id) => {
+            if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Reply { id, reply }) {
+                let q = Arc::clone(quorum);
+                lode_env::task::spawn(async move { q.send_app(node, bytes).await });
+            }
+        }
+    }
+}
+
 /// The active controller (a task on every node, working only while it leads).
 struct Active {
     me: BrokerId,
@@ -493,17 +509,7 @@ struct Active {
 
 impl Active {
     fn reply(&self, to: ReplyTo, reply: ControlReply) {
-        match to {
-            ReplyTo::Local(tx) => {
-                let _ = tx.send(reply);
-            }
-            ReplyTo::Remote(node, id) => {
-                if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Reply { id, reply }) {
-                    let q = Arc::clone(&self.quorum);
-                    lode_env::task::spawn(async move { q.send_app(node, bytes).await });
-                }
-            }
-        }
+        send_reply(&self.quorum, to, reply);
     }
 
     async fn run(mut self, mut requests: mpsc::Receiver<(ControlRequest, ReplyTo)>) {
@@ -646,16 +652,6 @@ impl Active {
                 // decision.
                 let mut applied = self.applied.clone();
                 let clock = self.clock.clone();
-                let reply_once = move |reply: ControlReply, to: ReplyTo, q: Arc<Quorum>| match to {
-                    ReplyTo::Local(tx) => {
-                        let _ = tx.send(reply);
-                    }
-                    ReplyTo::Remote(node, id) => {
-                        if let Ok(bytes) = postcard::to_allocvec(&ControlMsg::Reply { id, reply }) {
-                            lode_env::task::spawn(async move { q.send_app(node, bytes).await });
-                        }
-                    }
-                };
                 let q = Arc::clone(&self.quorum);
                 lode_env::task::spawn(async move {
                     let done = clock
@@ -678,7 +674,7 @@ impl Active {
                         }
                         _ => ControlReply::refused(REQUEST_TIMED_OUT, "not committed in time"),
                     };
-                    reply_once(reply, to, q);
+                    send_reply(&q, to, reply);
                 });
             }
         }

@@ -27,7 +27,7 @@ use lode_storage::LogError;
 
 use crate::codes;
 use crate::control::{ControlPlane, ControlReply, ControlRequest};
-use crate::partition::{AppendError, Partition};
+use crate::partition::AppendError;
 use crate::server::{encode_response, ConnectionError};
 use crate::topics::{CreateError, Topic};
 use crate::Broker;
@@ -150,6 +150,15 @@ pub(crate) async fn dispatch(
     }
 }
 
+/// The Metadata error for a topic that does not exist: unknown, or not even a valid name.
+fn missing_topic_code(name: &str) -> i16 {
+    if crate::topics::valid_name(name) {
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    } else {
+        codes::INVALID_TOPIC_EXCEPTION
+    }
+}
+
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
@@ -207,11 +216,7 @@ async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataRespons
         t.name = Some(TopicName(str_bytes(&name)));
         match topic {
             None => {
-                t.error_code = if crate::topics::valid_name(&name) {
-                    codes::UNKNOWN_TOPIC_OR_PARTITION
-                } else {
-                    codes::INVALID_TOPIC_EXCEPTION
-                };
+                t.error_code = missing_topic_code(&name);
             }
             Some(topic) => {
                 t.topic_id = topic.id;
@@ -237,11 +242,13 @@ async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataRespons
     resp
 }
 
+/// One topic's creation outcome: error code, message, and the new topic's id.
+type Created = (i16, Option<String>, Option<uuid::Uuid>);
+
 async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
-    if let Some(plane) = &broker.control {
-        return create_topics_through_controller(broker, plane, req).await;
-    }
     let mut resp = CreateTopicsResponse::default();
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0))
+        .max(Duration::from_secs(1));
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatableTopicResult::default();
@@ -251,49 +258,35 @@ async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> Create
         } else {
             t.num_partitions
         };
-        let rf = if t.replication_factor == -1 {
-            1
-        } else {
-            t.replication_factor
+        let rf = match t.replication_factor {
+            // A broker without a metadata log is the only replica there is.
+            -1 if broker.control.is_none() => 1,
+            -1 => broker.config.default_replication_factor,
+            n => n,
         };
-        let (code, msg) = if !t.assignments.is_empty() {
+        let (code, msg, id) = if !t.assignments.is_empty() {
             (
                 codes::INVALID_REQUEST,
                 Some("manual replica assignment is not supported".to_owned()),
+                None,
             )
-        } else if rf != 1 {
-            (
-                codes::INVALID_REPLICATION_FACTOR,
-                Some(format!(
-                    "replication factor {rf} exceeds the 1 available broker"
-                )),
+        } else if let Some(plane) = &broker.control {
+            create_through_controller(
+                broker,
+                plane,
+                &name,
+                partitions,
+                rf,
+                req.validate_only,
+                timeout,
             )
-        } else if req.validate_only {
-            match (
-                crate::topics::valid_name(&name),
-                broker.topics.get(&name).await.is_some(),
-            ) {
-                (false, _) => (codes::INVALID_TOPIC_EXCEPTION, None),
-                (_, true) => (codes::TOPIC_ALREADY_EXISTS, None),
-                _ => (codes::NONE, None),
-            }
+            .await
         } else {
-            match broker.topics.create(&name, partitions).await {
-                Ok(topic) => {
-                    r.topic_id = topic.id;
-                    (codes::NONE, None)
-                }
-                Err(e) => {
-                    let code = match e {
-                        CreateError::InvalidName(_) => codes::INVALID_TOPIC_EXCEPTION,
-                        CreateError::Exists(_) => codes::TOPIC_ALREADY_EXISTS,
-                        CreateError::InvalidPartitions(_) => codes::INVALID_PARTITIONS,
-                        CreateError::Storage(_) | CreateError::Io(_) => codes::KAFKA_STORAGE_ERROR,
-                    };
-                    (code, Some(e.to_string()))
-                }
-            }
+            create_standalone(broker, &name, partitions, rf, req.validate_only).await
         };
+        if let Some(id) = id {
+            r.topic_id = id;
+        }
         r.error_code = code;
         r.error_message = msg.map(|m| str_bytes(&m));
         r.num_partitions = if code == codes::NONE { partitions } else { -1 };
@@ -301,6 +294,48 @@ async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> Create
         resp.topics.push(r);
     }
     resp
+}
+
+/// Creates a topic on this broker alone (no metadata log): replication factor 1 only.
+async fn create_standalone(
+    broker: &Broker,
+    name: &str,
+    partitions: i32,
+    rf: i16,
+    validate_only: bool,
+) -> Created {
+    if rf != 1 {
+        return (
+            codes::INVALID_REPLICATION_FACTOR,
+            Some(format!(
+                "replication factor {rf} exceeds the 1 available broker"
+            )),
+            None,
+        );
+    }
+    if validate_only {
+        let code = match (
+            crate::topics::valid_name(name),
+            broker.topics.get(name).await.is_some(),
+        ) {
+            (false, _) => codes::INVALID_TOPIC_EXCEPTION,
+            (_, true) => codes::TOPIC_ALREADY_EXISTS,
+            _ => codes::NONE,
+        };
+        return (code, None, None);
+    }
+    match broker.topics.create(name, partitions).await {
+        Ok(topic) => (codes::NONE, None, Some(topic.id)),
+        Err(e) => {
+            let code = match e {
+                CreateError::InvalidName(_) => codes::INVALID_TOPIC_EXCEPTION,
+                CreateError::Exists(_) => codes::TOPIC_ALREADY_EXISTS,
+                CreateError::InvalidPartitions(_) => codes::INVALID_PARTITIONS,
+                CreateError::Storage(_) | CreateError::Io(_) => codes::KAFKA_STORAGE_ERROR,
+            };
+            (code, Some(e.to_string()), None)
+        }
+    }
 }
 
 async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
@@ -364,14 +399,6 @@ fn leads(broker: &Broker, topic: &str, index: i32) -> bool {
     })
 }
 
-async fn partition(broker: &Broker, topic: &str, index: i32) -> Option<Arc<Partition>> {
-    let t = broker.topics.get(topic).await?;
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| t.partitions.get(i))
-        .cloned()
-}
-
 fn log_error_code(e: &LogError) -> i16 {
     match e {
         LogError::InvalidBatch(batch::BatchError::BadCrc { .. }) => codes::CORRUPT_MESSAGE,
@@ -405,7 +432,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
             } else if req.transactional_id.is_some() {
                 codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
             } else {
-                match partition(broker, &name, pd.index).await {
+                match broker.topics.partition(&name, pd.index).await {
                     Some(_) if !leads(broker, &name, pd.index) => codes::NOT_LEADER_OR_FOLLOWER,
                     None => codes::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(p) => {
@@ -541,7 +568,7 @@ async fn fetch_once(
             pd.high_watermark = -1;
             pd.last_stable_offset = -1;
             pd.log_start_offset = -1;
-            match partition(broker, &name, fp.partition).await {
+            match broker.topics.partition(&name, fp.partition).await {
                 Some(_) if !leads(broker, &name, fp.partition) => {
                     pd.error_code = codes::NOT_LEADER_OR_FOLLOWER;
                 }
@@ -591,7 +618,7 @@ async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> ListOffs
             pr.timestamp = -1;
             pr.offset = -1;
             pr.leader_epoch = -1;
-            match partition(broker, &name, lp.partition_index).await {
+            match broker.topics.partition(&name, lp.partition_index).await {
                 None => pr.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
                 Some(p) => match lp.timestamp {
                     -2 => pr.offset = p.log_start_offset().await.0,
@@ -658,8 +685,8 @@ fn controller_answer(reply: ControlReply) -> (i16, Option<String>) {
 /// Waits (bounded) until this node has applied metadata in which `f` holds, so that a
 /// client's next request here sees what the controller just committed.
 async fn await_metadata(
-    broker: &Broker,
-    plane: &ControlPlane,
+    broker: &Arc<Broker>,
+    plane: &Arc<ControlPlane>,
     f: impl Fn(&lode_core::metadata::MetadataState) -> bool,
 ) {
     let mut applied = plane.quorum_applied();
@@ -751,11 +778,7 @@ async fn metadata_from_log(
             t.name = Some(TopicName(str_bytes(&name)));
             match s.topic_id(&name).and_then(|id| s.topic(id)) {
                 None => {
-                    t.error_code = if crate::topics::valid_name(&name) {
-                        codes::UNKNOWN_TOPIC_OR_PARTITION
-                    } else {
-                        codes::INVALID_TOPIC_EXCEPTION
-                    };
+                    t.error_code = missing_topic_code(&name);
                 }
                 Some(topic) => {
                     t.topic_id = uuid::Uuid::from_u128(topic.id.0);
@@ -784,61 +807,39 @@ async fn metadata_from_log(
     resp
 }
 
-/// CreateTopics through the active controller (combined mode).
-async fn create_topics_through_controller(
+/// Creates a topic through the active controller (combined mode), then waits until this
+/// broker has applied it, so the client's next Metadata here shows it.
+async fn create_through_controller(
     broker: &Arc<Broker>,
     plane: &Arc<ControlPlane>,
-    req: CreateTopicsRequest,
-) -> CreateTopicsResponse {
-    let mut resp = CreateTopicsResponse::default();
-    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms.max(0)).unwrap_or(0))
-        .max(Duration::from_secs(1));
-    for t in req.topics {
-        let name = t.name.0.to_string();
-        let mut r = CreatableTopicResult::default();
-        r.name = t.name.clone();
-        let partitions = if t.num_partitions == -1 {
-            broker.config.default_partitions
-        } else {
-            t.num_partitions
-        };
-        let rf = if t.replication_factor == -1 {
-            broker.config.default_replication_factor
-        } else {
-            t.replication_factor
-        };
-        let (code, msg) = if !t.assignments.is_empty() {
-            (
-                codes::INVALID_REQUEST,
-                Some("manual replica assignment is not supported".to_owned()),
-            )
-        } else if !crate::topics::valid_name(&name) {
-            (codes::INVALID_TOPIC_EXCEPTION, None)
-        } else if req.validate_only {
-            if plane.read(|s| s.topic_id(&name).is_some()) {
-                (codes::TOPIC_ALREADY_EXISTS, None)
-            } else {
-                (codes::NONE, None)
-            }
-        } else {
-            let answer = controller_answer(
-                plane
-                    .request(create_request(&name, partitions, rf), timeout)
-                    .await,
-            );
-            if answer.0 == codes::NONE {
-                await_metadata(broker, plane, |s| s.topic_id(&name).is_some()).await;
-                if let Some(id) = plane.read(|s| s.topic_id(&name)) {
-                    r.topic_id = uuid::Uuid::from_u128(id.0);
-                }
-            }
-            answer
-        };
-        r.error_code = code;
-        r.error_message = msg.map(|m| str_bytes(&m));
-        r.num_partitions = if code == codes::NONE { partitions } else { -1 };
-        r.replication_factor = if code == codes::NONE { rf } else { -1 };
-        resp.topics.push(r);
+    name: &str,
+    partitions: i32,
+    rf: i16,
+    validate_only: bool,
+    timeout: Duration,
+) -> Created {
+    if !crate::topics::valid_name(name) {
+        return (codes::INVALID_TOPIC_EXCEPTION, None, None);
     }
-    resp
+    if validate_only {
+        let code = if plane.read(|s| s.topic_id(name).is_some()) {
+            codes::TOPIC_ALREADY_EXISTS
+        } else {
+            codes::NONE
+        };
+        return (code, None, None);
+    }
+    let (code, msg) = controller_answer(
+        plane
+            .request(create_request(name, partitions, rf), timeout)
+            .await,
+    );
+    if code != codes::NONE {
+        return (code, msg, None);
+    }
+    await_metadata(broker, plane, |s| s.topic_id(name).is_some()).await;
+    let id = plane
+        .read(|s| s.topic_id(name))
+        .map(|id| uuid::Uuid::from_u128(id.0));
+    (code, msg, id)
 }

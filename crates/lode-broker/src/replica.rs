@@ -22,7 +22,6 @@ use crate::codes;
 use crate::control::{
     ControlPlane, ControlReply, ControlRequest, IncomingFetch, ReplicaFetch, ReplicaFetchReply,
 };
-use crate::partition::Partition;
 use crate::Broker;
 
 /// Kafka's FENCED_LEADER_EPOCH and UNKNOWN_LEADER_EPOCH.
@@ -42,14 +41,6 @@ pub struct Fetchers {
     running: Mutex<BTreeMap<(String, i32), Fetcher>>,
 }
 
-async fn partition(broker: &Broker, topic: &str, index: i32) -> Option<Arc<Partition>> {
-    let t = broker.topics.get(topic).await?;
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| t.partitions.get(i))
-        .cloned()
-}
-
 /// Serves follower fetches sent to this broker.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
@@ -65,7 +56,7 @@ pub(crate) async fn serve(
                 matches!(&reply, ReplicaFetchReply::Records { records, .. } if records.is_empty());
             if caught_up {
                 // Long poll: answer when the leader appends, or after the wait.
-                if let Some(p) = partition(&broker, &req.topic, req.partition).await {
+                if let Some(p) = broker.topics.partition(&req.topic, req.partition).await {
                     p.wait_for_records(req.fetch_offset, FETCH_WAIT, &broker.clock)
                         .await;
                     // The first serve may have made a proposal (now pending in the
@@ -113,7 +104,7 @@ async fn serve_one(
             None,
         );
     }
-    let Some(p) = partition(broker, &req.topic, req.partition).await else {
+    let Some(p) = broker.topics.partition(&req.topic, req.partition).await else {
         return (
             ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
             None,
@@ -186,7 +177,7 @@ async fn propose(
         }
     };
     if refused {
-        if let Some(p) = partition(&broker, &topic, index).await {
+        if let Some(p) = broker.topics.partition(&topic, index).await {
             p.proposal_rejected();
         }
     }
@@ -231,7 +222,7 @@ pub(crate) async fn reconcile_roles(broker: &Arc<Broker>, plane: &Arc<ControlPla
     });
     let mut wanted: BTreeMap<(String, i32), (BrokerId, Epoch)> = BTreeMap::new();
     for (topic, index, leader, epoch, replicas, isr, partition_epoch, min_isr) in roles {
-        let Some(p) = partition(broker, &topic, index).await else {
+        let Some(p) = broker.topics.partition(&topic, index).await else {
             continue;
         };
         if leader == Some(me) {
@@ -290,7 +281,7 @@ async fn follow(
     epoch: Epoch,
 ) {
     loop {
-        let Some(p) = partition(&broker, &topic, index).await else {
+        let Some(p) = broker.topics.partition(&topic, index).await else {
             return;
         };
         let (fetch_offset, last_fetched_epoch) = p.replica_position().await;

@@ -166,6 +166,15 @@ impl Topics {
         self.topics.read().await.get(name).cloned()
     }
 
+    /// Partition `index` of topic `name`.
+    pub async fn partition(&self, name: &str, index: i32) -> Option<Arc<Partition>> {
+        let t = self.get(name).await?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+            .cloned()
+    }
+
     /// Every topic, by name.
     pub async fn all(&self) -> Vec<(String, Arc<Topic>)> {
         self.topics

@@ -6,7 +6,9 @@
 pub mod batch;
 pub mod types;
 
-pub use types::{BrokerId, Epoch, Instant, Offset, PartitionId};
+pub use types::{
+    BrokerEpoch, BrokerId, Epoch, Instant, Offset, PartitionEpoch, PartitionId, TopicId,
+};
 
 /// Entry points shared by the fuzz targets (in `fuzz/`) and the tests that replay their
 /// corpora, so both exercise exactly the same code.

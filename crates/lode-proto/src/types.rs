@@ -44,6 +44,21 @@ newtype!(
     PartitionId(i32)
 );
 
+newtype!(
+    /// A broker's epoch: the offset of its `RegisterBroker` record in the metadata log
+    /// (KIP-631), so every registration of a broker id has a larger epoch than the last.
+    BrokerEpoch(i64)
+);
+newtype!(
+    /// A partition's epoch: bumped by every change of its leader, ISR or ELR, so a stale
+    /// `AlterPartition` can be recognised (Kafka's `partitionEpoch`).
+    PartitionEpoch(i32)
+);
+newtype!(
+    /// A topic's id (Kafka's topic UUID). Chosen by the caller, never reused.
+    TopicId(u128)
+);
+
 impl Offset {
     /// The offset right after this one (saturating: offsets read from damaged bytes must
     /// not overflow).

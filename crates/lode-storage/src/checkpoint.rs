@@ -2,7 +2,7 @@
 //! directory sync) and framed with a magic, a version and a CRC-32C, so that a torn or
 //! corrupt checkpoint is recognised and recovery falls back to scanning the log.
 
-use lode_env::Dir;
+use lode_env::{Dir, File};
 
 use crate::error::LogError;
 
@@ -75,6 +75,16 @@ pub fn unframe<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], CheckpointEr
 /// [`LogError::Io`] if any step fails; the previous checkpoint then still stands (or the
 /// new one, if only the final directory sync failed).
 pub async fn write(dir: &Dir, name: &str, payload: &[u8]) -> Result<(), LogError> {
+    replace(dir, name, &frame(payload)).await.map(|_| ())
+}
+
+/// Replaces file `name` in `dir` with `bytes`, atomically and durably: a temporary file,
+/// synced, renamed over it, and the directory synced. Returns the new file.
+///
+/// # Errors
+/// [`LogError::Io`] if any step fails; the previous file then still stands (or the new one,
+/// if only the final directory sync failed).
+pub async fn replace(dir: &Dir, name: &str, bytes: &[u8]) -> Result<File, LogError> {
     let tmp = format!("{name}.tmp");
     match dir.remove(&tmp).await {
         Ok(()) => {}
@@ -85,7 +95,7 @@ pub async fn write(dir: &Dir, name: &str, payload: &[u8]) -> Result<(), LogError
         .create(&tmp)
         .await
         .map_err(LogError::io("create", &tmp))?;
-    file.write_at(0, &frame(payload))
+    file.write_at(0, bytes)
         .await
         .map_err(LogError::io("write", &tmp))?;
     file.sync_data().await.map_err(LogError::io("sync", &tmp))?;
@@ -95,7 +105,7 @@ pub async fn write(dir: &Dir, name: &str, payload: &[u8]) -> Result<(), LogError
     dir.sync()
         .await
         .map_err(LogError::io("sync directory", dir.display()))?;
-    Ok(())
+    Ok(file)
 }
 
 /// Reads checkpoint `name`: `Ok(None)` if it does not exist, `Ok(Some(Err(..)))` if it is

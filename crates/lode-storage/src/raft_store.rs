@@ -279,29 +279,7 @@ impl RaftStore {
             .read_exact_at(tail_pos, &mut tail)
             .await
             .map_err(LogError::io("read", LOG))?;
-        let tmp = format!("{LOG}.tmp");
-        match self.dir.remove(&tmp).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LogError::io("remove", &tmp)(e).into()),
-        }
-        let file = self
-            .dir
-            .create(&tmp)
-            .await
-            .map_err(LogError::io("create", &tmp))?;
-        file.write_at(0, &tail)
-            .await
-            .map_err(LogError::io("write", &tmp))?;
-        file.sync_data().await.map_err(LogError::io("sync", &tmp))?;
-        self.dir
-            .rename(&tmp, LOG)
-            .await
-            .map_err(LogError::io("rename", &tmp))?;
-        self.dir
-            .sync()
-            .await
-            .map_err(LogError::io("sync directory", self.dir.display()))?;
+        let file = checkpoint::replace(&self.dir, LOG, &tail).await?;
         self.log = file;
         let kept: Vec<u64> = self
             .positions

@@ -39,8 +39,6 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
 #[cfg(feature = "planted-bugs")]
 pub use controller::PlantedBug;
 pub use controller::{
@@ -54,35 +52,4 @@ pub use state::{
     ApplyError, BrokerRegistration, MetadataState, PartitionState, TopicConfig, TopicState,
 };
 
-macro_rules! newtype {
-    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
-        $(#[$doc])*
-        #[derive(
-            Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
-            serde::Serialize, serde::Deserialize,
-        )]
-        #[serde(transparent)]
-        pub struct $name(pub $inner);
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-    };
-}
-
-newtype!(
-    /// A broker's epoch: the offset of its `RegisterBroker` record in the metadata log
-    /// (KIP-631), so every registration of a broker id has a larger epoch than the last.
-    BrokerEpoch(i64)
-);
-newtype!(
-    /// A partition's epoch: bumped by every change of its leader, ISR or ELR, so a stale
-    /// `AlterPartition` can be recognised (Kafka's `partitionEpoch`).
-    PartitionEpoch(i32)
-);
-newtype!(
-    /// A topic's id (Kafka's topic UUID). Chosen by the caller, never reused.
-    TopicId(u128)
-);
+pub use lode_proto::types::{BrokerEpoch, PartitionEpoch, TopicId};

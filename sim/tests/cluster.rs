@@ -7,33 +7,19 @@
 #![cfg(madsim)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use lode_broker::{Broker, BrokerConfig};
 use lode_client::{Client, Producer, ProducerConfig, Record};
-use lode_env::{Clock, Env, SimDisk};
-use lode_proto::BrokerId;
-use madsim::runtime::{Handle, Runtime};
+use madsim::runtime::Runtime;
 
-fn kafka(i: i32) -> SocketAddr {
-    format!("10.0.3.{}:9092", i + 1).parse().unwrap()
-}
+mod common;
 
-fn controller(i: i32) -> SocketAddr {
-    format!("10.0.3.{}:9093", i + 1).parse().unwrap()
-}
+use common::{client_when_ready, Cluster};
 
-fn config(i: i32) -> BrokerConfig {
-    let mut c = BrokerConfig::new(BrokerId(i), kafka(i));
-    c.voters = (0..3)
-        .map(|v| (BrokerId(v), controller(v)))
-        .collect::<BTreeMap<_, _>>();
-    c.session_timeout = Duration::from_millis(1500);
-    c.heartbeat_interval = Duration::from_millis(200);
+const SUBNET: u8 = 3;
+
+fn tweak(c: &mut lode_broker::BrokerConfig) {
     c.default_replication_factor = 3;
-    c
 }
 
 async fn produce_all(client: &std::sync::Arc<Client>, topic: &str, partitions: i32) {
@@ -64,52 +50,13 @@ fn run(seed: u64) -> Vec<String> {
 
 async fn scenario(seed: u64) -> Vec<String> {
     {
-        let handle = Handle::current();
-        let mut nodes = Vec::new();
-        let mut disks = Vec::new();
-        for i in 0..3 {
-            let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
-            let d = disk.clone();
-            nodes.push(
-                handle
-                    .create_node()
-                    .name(format!("broker-{i}"))
-                    .ip(kafka(i).ip())
-                    .init(move || {
-                        let d = d.clone();
-                        async move {
-                            let broker =
-                                Broker::start(config(i), Env::simulated(&d, Clock::system()))
-                                    .await
-                                    .unwrap();
-                            std::future::pending::<()>().await;
-                            drop(broker);
-                        }
-                    })
-                    .build(),
-            );
-            disks.push(disk);
-        }
-        let client_node = handle
-            .create_node()
-            .name("client")
-            .ip([10, 0, 3, 100].into())
-            .build();
+        let cluster = Cluster::start(seed, SUBNET, 3, tweak);
+        let client_node = cluster.client_node();
+        let bootstrap = cluster.bootstrap(0..2);
         let first = client_node
             .spawn(async move {
                 let mut trace = Vec::new();
-                // Wait until the three brokers are registered and unfenced.
-                let mut client = None;
-                for _ in 0..200 {
-                    madsim::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(c) = Client::connect("10.0.3.1:9092,10.0.3.2:9092", "sim").await {
-                        if c.metadata(None).await.is_ok() && c.brokers().await.len() == 3 {
-                            client = Some(c);
-                            break;
-                        }
-                    }
-                }
-                let client = client.expect("three brokers in Metadata");
+                let client = client_when_ready(&bootstrap, 3).await;
                 client.create_topic("orders", 6, 3).await.unwrap();
                 let t = client.topic("orders").await.unwrap();
                 let leaders: Vec<i32> = t.partitions.iter().map(|p| p.leader).collect();
@@ -129,13 +76,8 @@ async fn scenario(seed: u64) -> Vec<String> {
         let (mut trace, controller_id) = first;
         let dead = controller_id.expect("a controller");
         trace.push(format!("controller {dead}"));
-        handle.kill(nodes[dead as usize].id());
-        disks[dead as usize].crash();
-        let alive: Vec<String> = (0..3)
-            .filter(|i| *i != dead)
-            .map(|i| kafka(i).to_string())
-            .collect();
-        let bootstrap = alive.join(",");
+        cluster.power_loss(dead);
+        let bootstrap = cluster.bootstrap((0..3).filter(|i| *i != dead));
         let after = client_node
             .spawn(async move {
                 let mut out = Vec::new();
@@ -170,9 +112,7 @@ async fn scenario(seed: u64) -> Vec<String> {
             .await
             .unwrap();
         trace.extend(after);
-        for n in &nodes {
-            handle.kill(n.id());
-        }
+        cluster.stop();
         trace
     }
 }

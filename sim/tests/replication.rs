@@ -4,114 +4,85 @@
 #![cfg(madsim)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
-use lode_broker::{Broker, BrokerConfig};
+use lode_broker::BrokerConfig;
 use lode_client::{Client, Consumer, Producer, ProducerConfig, Record};
-use lode_env::{Clock, Env, SimDisk};
-use lode_proto::{BrokerId, Offset};
-use madsim::runtime::{Handle, Runtime};
+use lode_proto::Offset;
+use madsim::runtime::Runtime;
 
-fn kafka(i: i32) -> SocketAddr {
-    format!("10.0.4.{}:9092", i + 1).parse().unwrap()
-}
+mod common;
 
-fn controller(i: i32) -> SocketAddr {
-    format!("10.0.4.{}:9093", i + 1).parse().unwrap()
-}
+use common::{client_when_ready, Cluster};
 
-fn config(i: i32, planted: bool) -> BrokerConfig {
-    let mut c = BrokerConfig::new(BrokerId(i), kafka(i));
-    c.voters = (0..3)
-        .map(|v| (BrokerId(v), controller(v)))
-        .collect::<BTreeMap<_, _>>();
-    c.session_timeout = Duration::from_millis(1500);
-    c.heartbeat_interval = Duration::from_millis(200);
+const SUBNET: u8 = 4;
+
+fn tweak(c: &mut BrokerConfig) {
     c.replica_lag_time_max = Duration::from_secs(3);
-    #[cfg(feature = "planted-bugs")]
-    if planted {
-        c.planted = Some(lode_broker::PlantedBug::AckOnLeaderSync);
+}
+
+#[cfg(feature = "planted-bugs")]
+fn tweak_planted(c: &mut BrokerConfig) {
+    tweak(c);
+    c.planted = Some(lode_broker::PlantedBug::AckOnLeaderSync);
+}
+
+/// Produces the numbers of `range` to partition 0 of `topic` with the default producer
+/// (idempotent, acks=all) and waits until each is acknowledged.
+async fn produce_numbers(client: &Arc<Client>, topic: &str, range: Range<u32>) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for i in range {
+        let rec = Record {
+            value: Some(i.to_be_bytes().to_vec()),
+            partition: Some(0),
+            ..Record::default()
+        };
+        deliveries.push(producer.send(topic, rec).await.unwrap());
     }
-    #[cfg(not(feature = "planted-bugs"))]
-    let _ = planted;
-    c
+    producer.flush().await;
+    for d in deliveries {
+        d.await.unwrap().expect("acks=all acknowledged");
+    }
+}
+
+/// Reads partition 0 of `topic` from the beginning until `n` numbers came (or 100 polls).
+async fn read_numbers(client: Arc<Client>, topic: &str, n: usize) -> Vec<u32> {
+    let mut consumer = Consumer::new(client);
+    consumer.assign(topic, 0, Offset(0));
+    let mut values = Vec::new();
+    for _ in 0..100 {
+        for r in consumer.poll().await.unwrap() {
+            values.push(u32::from_be_bytes(
+                r.value.unwrap()[..4].try_into().unwrap(),
+            ));
+        }
+        if values.len() >= n {
+            break;
+        }
+    }
+    values
 }
 
 async fn scenario(seed: u64) -> Vec<String> {
-    scenario_with(seed, false).await
+    scenario_with(seed, tweak).await
 }
 
-async fn scenario_with(seed: u64, planted: bool) -> Vec<String> {
-    let handle = Handle::current();
-    let mut nodes = Vec::new();
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
-        let d = disk.clone();
-        nodes.push(
-            handle
-                .create_node()
-                .name(format!("broker-{i}"))
-                .ip(kafka(i).ip())
-                .init(move || {
-                    let d = d.clone();
-                    async move {
-                        let broker =
-                            Broker::start(config(i, planted), Env::simulated(&d, Clock::system()))
-                                .await
-                                .unwrap();
-                        std::future::pending::<()>().await;
-                        drop(broker);
-                    }
-                })
-                .build(),
-        );
-        disks.push(disk);
-    }
-    let client_node = handle
-        .create_node()
-        .name("client")
-        .ip([10, 0, 4, 100].into())
-        .build();
-    let bootstrap = (0..3)
-        .map(|i| kafka(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let b = bootstrap.clone();
+async fn scenario_with(seed: u64, tweak: fn(&mut BrokerConfig)) -> Vec<String> {
+    let cluster = Cluster::start(seed, SUBNET, 3, tweak);
+    let client_node = cluster.client_node();
+    let bootstrap = cluster.bootstrap(0..3);
     let leader = client_node
         .spawn(async move {
-            let mut client = None;
-            for _ in 0..200 {
-                madsim::time::sleep(Duration::from_millis(100)).await;
-                if let Ok(c) = Client::connect(&b, "sim").await {
-                    if c.metadata(None).await.is_ok() && c.brokers().await.len() == 3 {
-                        client = Some(c);
-                        break;
-                    }
-                }
-            }
-            let client = client.expect("three brokers");
+            let client = client_when_ready(&bootstrap, 3).await;
             client.create_topic("acked", 1, 3).await.unwrap();
             client.metadata(None).await.unwrap();
             let leader = client.topic("acked").await.unwrap().partitions[0].leader;
-            let producer = Producer::new(client.clone(), ProducerConfig::default())
-                .await
-                .unwrap();
-            let mut deliveries = Vec::new();
-            for i in 0..100_u32 {
-                let rec = Record {
-                    value: Some(i.to_be_bytes().to_vec()),
-                    partition: Some(0),
-                    ..Record::default()
-                };
-                deliveries.push(producer.send("acked", rec).await.unwrap());
-            }
-            producer.flush().await;
-            for d in deliveries {
-                d.await.unwrap().expect("acks=all acknowledged");
-            }
+            produce_numbers(&client, "acked", 0..100).await;
             // The leader dies right after the last acknowledgement, before followers have
             // a chance to fetch anything they did not have when it answered.
             leader
@@ -119,13 +90,8 @@ async fn scenario_with(seed: u64, planted: bool) -> Vec<String> {
         .await
         .unwrap();
     // Power loss of the leader: its unsynced writes are gone; the followers had synced.
-    handle.kill(nodes[leader as usize].id());
-    disks[leader as usize].crash();
-    let rest = (0..3)
-        .filter(|i| *i != leader)
-        .map(|i| kafka(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    cluster.power_loss(leader);
+    let rest = cluster.bootstrap((0..3).filter(|i| *i != leader));
     let (new_leader, values) = client_node
         .spawn(async move {
             let client = Client::connect(&rest, "sim-2").await.unwrap();
@@ -143,20 +109,7 @@ async fn scenario_with(seed: u64, planted: bool) -> Vec<String> {
                 }
             }
             assert!(new_leader >= 0, "no new leader");
-            let mut consumer = Consumer::new(client);
-            consumer.assign("acked", 0, Offset(0));
-            let mut values = Vec::new();
-            for _ in 0..100 {
-                for r in consumer.poll().await.unwrap() {
-                    values.push(u32::from_be_bytes(
-                        r.value.unwrap()[..4].try_into().unwrap(),
-                    ));
-                }
-                if values.len() >= 100 {
-                    break;
-                }
-            }
-            (new_leader, values)
+            (new_leader, read_numbers(client, "acked", 100).await)
         })
         .await
         .unwrap();
@@ -165,9 +118,7 @@ async fn scenario_with(seed: u64, planted: bool) -> Vec<String> {
         (0..100).collect::<Vec<u32>>(),
         "seed {seed}: acknowledged records lost or reordered"
     );
-    for n in &nodes {
-        handle.kill(n.id());
-    }
+    cluster.stop();
     vec![format!("leader {leader} -> {new_leader}")]
 }
 
@@ -191,7 +142,7 @@ fn a_leader_acking_on_its_own_sync_is_caught() {
     let caught = (0..10).find(|seed| {
         let rt = Runtime::with_seed_and_config(*seed, madsim::Config::default());
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(scenario_with(*seed, true))
+            rt.block_on(scenario_with(*seed, tweak_planted))
         }))
         .is_err()
     });
@@ -206,129 +157,59 @@ fn a_leader_acking_on_its_own_sync_is_caught() {
 /// and after its restart catches up and is taken back into the ISR by its leader's
 /// AlterPartition; nothing acknowledged meanwhile is lost.
 async fn rejoin_scenario(seed: u64) -> Vec<String> {
-    let handle = Handle::current();
-    let mut nodes = Vec::new();
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
-        let d = disk.clone();
-        nodes.push(
-            handle
-                .create_node()
-                .name(format!("broker-{i}"))
-                .ip(kafka(i).ip())
-                .init(move || {
-                    let d = d.clone();
-                    async move {
-                        let broker =
-                            Broker::start(config(i, false), Env::simulated(&d, Clock::system()))
-                                .await
-                                .unwrap();
-                        std::future::pending::<()>().await;
-                        drop(broker);
-                    }
-                })
-                .build(),
-        );
-        disks.push(disk);
-    }
-    let client_node = handle
-        .create_node()
-        .name("client")
-        .ip([10, 0, 4, 100].into())
-        .build();
-    let bootstrap = (0..3)
-        .map(|i| kafka(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let produce = |bootstrap: String, from: u32| async move {
-        let client = Client::connect(&bootstrap, "sim").await.unwrap();
-        let producer = Producer::new(client.clone(), ProducerConfig::default())
-            .await
-            .unwrap();
-        let mut deliveries = Vec::new();
-        for i in from..from + 50 {
-            let rec = Record {
-                value: Some(i.to_be_bytes().to_vec()),
-                partition: Some(0),
-                ..Record::default()
-            };
-            deliveries.push(producer.send("rejoin", rec).await.unwrap());
-        }
-        producer.flush().await;
-        for d in deliveries {
-            d.await.unwrap().expect("acks=all acknowledged");
-        }
-    };
+    let cluster = Cluster::start(seed, SUBNET, 3, tweak);
+    let client_node = cluster.client_node();
+    let bootstrap = cluster.bootstrap(0..3);
     let b = bootstrap.clone();
     let (leader, follower) = client_node
         .spawn(async move {
-            let mut client = None;
-            for _ in 0..200 {
-                madsim::time::sleep(Duration::from_millis(100)).await;
-                if let Ok(c) = Client::connect(&b, "sim").await {
-                    if c.metadata(None).await.is_ok() && c.brokers().await.len() == 3 {
-                        client = Some(c);
-                        break;
-                    }
-                }
-            }
-            let client = client.expect("three brokers");
+            let client = client_when_ready(&b, 3).await;
             client.create_topic("rejoin", 1, 3).await.unwrap();
             client.metadata(None).await.unwrap();
             let p = client.topic("rejoin").await.unwrap().partitions[0].clone();
             let follower = *p.replicas.iter().find(|r| **r != p.leader).unwrap();
+            produce_numbers(&client, "rejoin", 0..50).await;
             (p.leader, follower)
         })
         .await
         .unwrap();
-    client_node
-        .spawn(produce(bootstrap.clone(), 0))
-        .await
-        .unwrap();
-    handle.kill(nodes[follower as usize].id());
-    disks[follower as usize].crash();
-    let isr_of = |bootstrap: String| async move {
-        let client = Client::connect(&bootstrap, "sim-isr").await.ok()?;
-        client.metadata(None).await.ok()?;
-        Some(client.topic("rejoin").await.ok()?.partitions[0].isr.clone())
-    };
-    let rest = (0..3)
-        .filter(|i| *i != follower)
-        .map(|i| kafka(i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let r = rest.clone();
-    let shrunk = client_node
-        .spawn(async move {
-            for _ in 0..200 {
-                madsim::time::sleep(Duration::from_millis(100)).await;
-                if let Some(isr) = isr_of(r.clone()).await {
-                    if !isr.contains(&follower) {
-                        return true;
-                    }
+    cluster.power_loss(follower);
+    // Polls the ISR of the partition (through `bootstrap`) every 100 ms until `done` holds.
+    let isr_until = |bootstrap: String, polls: u32, done: fn(&[i32], i32) -> bool| async move {
+        for _ in 0..polls {
+            madsim::time::sleep(Duration::from_millis(100)).await;
+            let Ok(client) = Client::connect(&bootstrap, "sim-isr").await else {
+                continue;
+            };
+            if client.metadata(None).await.is_err() {
+                continue;
+            }
+            if let Ok(t) = client.topic("rejoin").await {
+                if done(&t.partitions[0].isr, follower) {
+                    return true;
                 }
             }
-            false
-        })
+        }
+        false
+    };
+    let rest = cluster.bootstrap((0..3).filter(|i| *i != follower));
+    let shrunk = client_node
+        .spawn(isr_until(rest.clone(), 200, |isr, f| !isr.contains(&f)))
         .await
         .unwrap();
     assert!(shrunk, "seed {seed}: the dead follower stayed in the ISR");
-    client_node.spawn(produce(rest.clone(), 50)).await.unwrap();
-    handle.restart(nodes[follower as usize].id());
-    let b = bootstrap.clone();
-    let rejoined = client_node
+    client_node
         .spawn(async move {
-            for _ in 0..300 {
-                madsim::time::sleep(Duration::from_millis(100)).await;
-                if let Some(isr) = isr_of(b.clone()).await {
-                    if isr.contains(&follower) && isr.len() == 3 {
-                        return true;
-                    }
-                }
-            }
-            false
+            let client = Client::connect(&rest, "sim").await.unwrap();
+            produce_numbers(&client, "rejoin", 50..100).await;
         })
+        .await
+        .unwrap();
+    cluster.restart(follower);
+    let rejoined = client_node
+        .spawn(isr_until(bootstrap.clone(), 300, |isr, f| {
+            isr.contains(&f) && isr.len() == 3
+        }))
         .await
         .unwrap();
     assert!(
@@ -338,27 +219,12 @@ async fn rejoin_scenario(seed: u64) -> Vec<String> {
     let values = client_node
         .spawn(async move {
             let client = Client::connect(&bootstrap, "sim-read").await.unwrap();
-            let mut consumer = Consumer::new(client);
-            consumer.assign("rejoin", 0, Offset(0));
-            let mut values = Vec::new();
-            for _ in 0..100 {
-                for r in consumer.poll().await.unwrap() {
-                    values.push(u32::from_be_bytes(
-                        r.value.unwrap()[..4].try_into().unwrap(),
-                    ));
-                }
-                if values.len() >= 100 {
-                    break;
-                }
-            }
-            values
+            read_numbers(client, "rejoin", 100).await
         })
         .await
         .unwrap();
     assert_eq!(values, (0..100).collect::<Vec<u32>>(), "seed {seed}");
-    for n in &nodes {
-        handle.kill(n.id());
-    }
+    cluster.stop();
     vec![format!("leader {leader}, follower {follower} out and back")]
 }
 

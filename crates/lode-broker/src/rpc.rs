@@ -10,13 +10,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use lode_env::net::Stream;
 use lode_env::Clock;
 use lode_proto::{BrokerId, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 /// The frame format version this build speaks.
@@ -83,38 +83,18 @@ pub async fn read<T: DeserializeOwned>(
     addr: SocketAddr,
 ) -> Result<Option<T>, RpcError> {
     let bad = |reason: String| RpcError::BadFrame { addr, reason };
-    loop {
-        if buf.len() >= 4 {
-            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len == 0 || len > FRAME_BYTES_MAX {
-                return Err(bad(format!("length {len}")));
-            }
-            if buf.len() >= 4 + len {
-                buf.advance(4);
-                let frame = buf.split_to(len);
-                if frame[0] != RPC_VERSION {
-                    return Err(bad(format!("version {}", frame[0])));
-                }
-                return postcard::from_bytes(&frame[1..])
-                    .map(Some)
-                    .map_err(|e| bad(e.to_string()));
-            }
-            buf.reserve(4 + len - buf.len());
-        } else {
-            buf.reserve(4096);
-        }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(|source| RpcError::Io { addr, source })?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(bad("closed mid-frame".into()))
-            };
-        }
+    let frame = match lode_env::net::read_frame(stream, buf, 1, FRAME_BYTES_MAX).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(None),
+        Err(lode_env::net::FrameError::Io(source)) => return Err(RpcError::Io { addr, source }),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    if frame[0] != RPC_VERSION {
+        return Err(bad(format!("version {}", frame[0])));
     }
+    postcard::from_bytes(&frame[1..])
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// An outbound connection to one peer, opened on demand.

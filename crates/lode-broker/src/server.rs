@@ -100,21 +100,12 @@ async fn read_frame(
 ) -> Result<Option<Bytes>, ConnectionError> {
     let max = broker.config.frame_bytes_max;
     loop {
-        let need = if buf.len() >= 4 {
-            let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            if len < 8 || len as usize > max {
-                return Err(ConnectionError::Protocol(format!(
-                    "frame length {len} outside 8..={max}"
-                )));
+        let need = match lode_env::net::take_frame(buf, 8, max) {
+            Ok(Ok(frame)) => return Ok(Some(frame)),
+            Ok(Err(need)) => need,
+            Err(e) => {
+                return Err(ConnectionError::Protocol(format!("{e}: allowed 8..={max}")));
             }
-            let total = 4 + len as usize;
-            if buf.len() >= total {
-                buf.advance(4);
-                return Ok(Some(buf.split_to(total - 4).freeze()));
-            }
-            total
-        } else {
-            4
         };
         // Room for the rest of this frame (its length is checked above, so never more
         // than the maximum) or, between frames, a read's worth.

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use lode_env::net::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::ClientError;
@@ -105,35 +105,6 @@ fn fail_all(waiters: &Waiters, addr: SocketAddr, why: &str) {
     }
 }
 
-/// Reads one length-prefixed frame, keeping whatever follows it in `buf`.
-async fn read_frame(
-    half: &mut ReadHalf<Stream>,
-    buf: &mut BytesMut,
-) -> Result<Option<Bytes>, String> {
-    loop {
-        if buf.len() >= 4 {
-            let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let len = usize::try_from(len).map_err(|_| format!("negative frame length {len}"))?;
-            if len > RESPONSE_BYTES_MAX {
-                return Err(format!("response frame of {len} bytes"));
-            }
-            if buf.len() >= 4 + len {
-                buf.advance(4);
-                return Ok(Some(buf.split_to(len).freeze()));
-            }
-            buf.reserve(4 + len - buf.len());
-        } else {
-            buf.reserve(64 << 10);
-        }
-        match half.read_buf(buf).await {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => return Err("connection closed mid-frame".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
 async fn reader(
     mut half: ReadHalf<Stream>,
     addr: SocketAddr,
@@ -146,13 +117,13 @@ async fn reader(
         let frame = tokio::select! {
             // Biased: a random branch order would be a source of nondeterminism in simulation.
             biased;
-            f = read_frame(&mut half, &mut buf) => f,
+            f = lode_env::net::read_frame(&mut half, &mut buf, 0, RESPONSE_BYTES_MAX) => f,
             _ = &mut stop => break "connection closed".to_owned(),
         };
         let body = match frame {
             Ok(Some(body)) => body,
             Ok(None) => break "closed by the broker".to_owned(),
-            Err(e) => break e,
+            Err(e) => break e.to_string(),
         };
         let Some(w) = take_waiter(&waiters) else {
             break "a response nobody asked for".to_owned();

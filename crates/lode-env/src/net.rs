@@ -115,3 +115,110 @@ impl Listener {
         self.inner.local_addr()
     }
 }
+
+/// Why a length-prefixed frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is outside the bounds the reader accepts.
+    #[error("frame length {0} out of bounds")]
+    BadLength(i64),
+    /// The peer closed the stream in the middle of a frame.
+    #[error("connection closed mid-frame")]
+    ClosedMidFrame,
+    /// The stream failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The next frame `[length i32 big-endian][length bytes]` at the front of `buf`: `Ok(Ok(frame))`
+/// with the prefix removed, or `Ok(Err(total))` when `buf` must first hold `total` bytes.
+/// Lengths outside `len_min..=len_max` are an error, before any memory is reserved for them.
+///
+/// # Errors
+/// [`FrameError::BadLength`].
+pub fn take_frame(
+    buf: &mut bytes::BytesMut,
+    len_min: usize,
+    len_max: usize,
+) -> Result<Result<bytes::Bytes, usize>, FrameError> {
+    use bytes::Buf;
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(Err(4));
+    };
+    let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| (len_min..=len_max).contains(l))
+        .ok_or(FrameError::BadLength(i64::from(len)))?;
+    if buf.len() < 4 + len {
+        return Ok(Err(4 + len));
+    }
+    buf.advance(4);
+    Ok(Ok(buf.split_to(len).freeze()))
+}
+
+/// Reads the next length-prefixed frame from `stream` (see [`take_frame`]), keeping bytes
+/// read past it in `buf` for the next call: one read takes in as much as the stream has, and
+/// no buffer is zeroed. `Ok(None)` at a clean end of stream between frames.
+///
+/// # Errors
+/// See [`FrameError`].
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut bytes::BytesMut,
+    len_min: usize,
+    len_max: usize,
+) -> Result<Option<bytes::Bytes>, FrameError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let need = match take_frame(buf, len_min, len_max)? {
+            Ok(frame) => return Ok(Some(frame)),
+            Err(need) => need,
+        };
+        // Room for the rest of this frame (bounded by `len_max`) or, between frames, a
+        // read's worth.
+        buf.reserve((need - buf.len()).max(if buf.is_empty() { 64 << 10 } else { 0 }));
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(FrameError::ClosedMidFrame)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::BytesMut;
+
+    use super::{take_frame, FrameError};
+
+    #[test]
+    fn frames_are_taken_whole_and_bad_lengths_refused() {
+        let mut buf = BytesMut::from(&[0, 0][..]);
+        assert_eq!(take_frame(&mut buf, 1, 10).unwrap().unwrap_err(), 4);
+        buf.extend_from_slice(&[0, 3, b'a', b'b']);
+        assert_eq!(take_frame(&mut buf, 1, 10).unwrap().unwrap_err(), 7);
+        buf.extend_from_slice(b"cZ");
+        assert_eq!(&take_frame(&mut buf, 1, 10).unwrap().unwrap()[..], b"abc");
+        assert_eq!(&buf[..], b"Z");
+        let mut huge = BytesMut::from(&0x7fff_ffff_i32.to_be_bytes()[..]);
+        assert!(matches!(
+            take_frame(&mut huge, 1, 10),
+            Err(FrameError::BadLength(_))
+        ));
+        let mut negative = BytesMut::from(&(-1_i32).to_be_bytes()[..]);
+        assert!(matches!(
+            take_frame(&mut negative, 0, 10),
+            Err(FrameError::BadLength(-1))
+        ));
+        let mut short = BytesMut::from(&0_i32.to_be_bytes()[..]);
+        assert!(matches!(
+            take_frame(&mut short, 1, 10),
+            Err(FrameError::BadLength(0))
+        ));
+    }
+}

@@ -301,17 +301,16 @@ impl Partition {
             }
             return;
         }
-        let (end, hw) = {
+        let (end, hw, producers) = {
             let log = self.log.read().await;
             let end = match self.fsync {
                 FsyncPolicy::Always => log.durable_offset(),
                 FsyncPolicy::Interval(_) => log.log_end_offset(),
             };
-            (end, log.high_watermark())
+            // The producer state of the new leader comes from its log: a retry of a batch
+            // the old leader wrote is recognised.
+            (end, log.high_watermark(), rebuild_producers(&log).await)
         };
-        // The producer state of the new leader comes from its log (KIP-360-style rebuild):
-        // a retry of a batch the old leader wrote is recognised.
-        let producers = rebuild_producers(&*self.log.read().await).await;
         *self.producers_lock() = producers;
         let rep = LeaderReplication::new(
             me,

@@ -28,10 +28,31 @@ def lode_bin() -> Path:
     return Path(os.environ.get("LODE_BIN", str(DEFAULT_BIN)))
 
 
-def free_port() -> int:
+# `lode dev` brokers in one process (its default): Kafka ports PORT..PORT+2, controller
+# ports PORT+100..PORT+102.
+DEV_BROKERS = 3
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(block: int = DEV_BROKERS) -> int:
+    """A port PORT such that PORT..PORT+block and PORT+100..PORT+100+block are all free
+    (as far as one can tell before binding them)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        wanted = [port + i for i in range(block)] + [port + 100 + i for i in range(block)]
+        if wanted[-1] < 65536 and all(_bindable(p) for p in wanted):
+            return port
+    raise RuntimeError("no free block of ports found")
 
 
 class BrokerError(RuntimeError):
@@ -39,7 +60,8 @@ class BrokerError(RuntimeError):
 
 
 class Broker:
-    """One `lode dev` process on 127.0.0.1:port with its own data dir.
+    """One `lode dev` process (three brokers, `DEV_BROKERS`) on 127.0.0.1:port.. with
+    its own data dir.
 
     stdout and stderr go to `log_path` (appended across restarts); failures of a test
     that used the broker show the part of the log written during that test.
@@ -60,6 +82,11 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ports(self) -> list[int]:
+        """The Kafka ports of every broker of the `lode dev` cluster."""
+        return [self.port + i for i in range(DEV_BROKERS)]
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -29,7 +29,7 @@ def test_admin_create_topics(broker, topic):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     futures = admin.create_topics(
         [NewTopic(one, num_partitions=1, replication_factor=1),
-         NewTopic(three, num_partitions=3, replication_factor=1)],
+         NewTopic(three, num_partitions=3, replication_factor=3)],
         operation_timeout=10, request_timeout=15)
     for name, fut in futures.items():
         fut.result(timeout=20)  # raises KafkaException on a topic error
@@ -39,8 +39,11 @@ def test_admin_create_topics(broker, topic):
     assert len(md.topics[one].partitions) == 1, md.topics[one].partitions
     assert sorted(md.topics[three].partitions) == [0, 1, 2], md.topics[three].partitions
     assert all(p.leader >= 0 and p.error is None for p in md.topics[three].partitions.values())
-    ports = [b.port for b in md.brokers.values()]
-    assert ports == [broker.port], f"brokers in metadata: {md.brokers}"
+    assert [len(p.replicas) for p in md.topics[one].partitions.values()] == [1]
+    assert all(sorted(p.replicas) == sorted(md.brokers)
+               for p in md.topics[three].partitions.values()), md.topics[three].partitions
+    ports = sorted(b.port for b in md.brokers.values())
+    assert ports == broker.ports, f"brokers in metadata: {md.brokers}"
 
     again = admin.create_topics([NewTopic(one, num_partitions=1, replication_factor=1)],
                                 request_timeout=15)

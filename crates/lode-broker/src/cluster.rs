@@ -5,11 +5,11 @@
 //! Hosting today opens (or removes) the local logs of every topic with a replica here;
 //! only the leader takes writes. Followers replicate in the next step.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lode_core::metadata::{BrokerEpoch, BrokerRegistrationRequest, HeartbeatRequest};
+use lode_core::metadata::{BrokerEpoch, BrokerRegistrationRequest, HeartbeatRequest, TopicFsync};
 use lode_storage::checkpoint;
 
 use crate::control::{ControlPlane, ControlReply, ControlRequest};
@@ -19,16 +19,23 @@ use crate::Broker;
 /// shutdown, read and removed at start.
 pub const CLEAN_SHUTDOWN_EPOCH: &str = "broker-epoch.clean";
 
+/// How long a clean shutdown waits for the controller to move this broker's leaderships
+/// away and fence it, before closing anyway.
+pub const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(5);
+
 /// This broker's epoch, once registered (-1 before).
 #[derive(Debug)]
 pub struct Membership {
     epoch: AtomicI64,
+    /// Set by a clean shutdown: heartbeats ask to leave (controlled shutdown).
+    want_shutdown: AtomicBool,
 }
 
 impl Default for Membership {
     fn default() -> Self {
         Membership {
             epoch: AtomicI64::new(-1),
+            want_shutdown: AtomicBool::new(false),
         }
     }
 }
@@ -88,7 +95,7 @@ pub(crate) async fn lifecycle(
                     id: me,
                     epoch,
                     caught_up,
-                    want_shutdown: false,
+                    want_shutdown: broker.membership.want_shutdown.load(Ordering::Acquire),
                 }),
                 broker.config.heartbeat_interval,
             )
@@ -97,6 +104,50 @@ pub(crate) async fn lifecycle(
             tracing::debug!(node = me.0, code, message, "heartbeat refused");
         }
         broker.clock.sleep(broker.config.heartbeat_interval).await;
+    }
+}
+
+/// Controlled shutdown: asks the controller to move this broker's leaderships and ISR
+/// memberships to others and to fence it, and waits (at most [`CONTROLLED_SHUTDOWN_MAX`])
+/// until the applied metadata shows it fenced. Clients move to the new leaders before the
+/// logs close, and the next process with this id may register at once.
+pub(crate) async fn controlled_shutdown(broker: &Broker, plane: &ControlPlane) {
+    let me = broker.config.node_id;
+    let Some(epoch) = broker.membership.epoch() else {
+        return;
+    };
+    broker
+        .membership
+        .want_shutdown
+        .store(true, Ordering::Release);
+    let fenced = broker
+        .clock
+        .timeout(CONTROLLED_SHUTDOWN_MAX, async {
+            loop {
+                let reply = plane
+                    .request(
+                        ControlRequest::Heartbeat(HeartbeatRequest {
+                            id: me,
+                            epoch,
+                            caught_up: true,
+                            want_shutdown: true,
+                        }),
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                if let ControlReply::Refused { code, message } = reply {
+                    tracing::debug!(node = me.0, code, message, "shutdown heartbeat refused");
+                }
+                if plane.read(|s| s.broker(me).is_none_or(|b| b.epoch != epoch || b.fenced)) {
+                    return;
+                }
+                broker.clock.sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    match fenced {
+        Ok(()) => tracing::info!(node = me.0, "controlled shutdown done"),
+        Err(_) => tracing::warn!(node = me.0, "controlled shutdown timed out; closing anyway"),
     }
 }
 
@@ -113,20 +164,43 @@ pub(crate) async fn hosting(broker: Arc<Broker>, plane: Arc<ControlPlane>) {
 
 /// Opens the logs of topics with a replica here, removes those of deleted topics, and gives
 /// each hosted partition its role (leader, with the metadata's epoch, or follower).
+///
+/// Nothing happens until this node has applied its own current registration: only then has
+/// it replayed the metadata log far enough to know which local topics were deleted (a
+/// restarted broker must not take a half-replayed log for a cluster without its topics).
 pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
     let me = broker.config.node_id;
-    let wanted: Vec<(String, i32, u128)> = plane.read(|s| {
+    let caught_up = broker
+        .membership
+        .epoch()
+        .is_some_and(|e| plane.read(|s| s.broker(me).is_some_and(|b| b.epoch == e)));
+    if !caught_up {
+        return;
+    }
+    let wanted: Vec<(String, i32, u128, TopicFsync)> = plane.read(|s| {
         s.topics()
             .values()
             .filter(|t| t.partitions.values().any(|p| p.replicas.contains(&me)))
-            .map(|t| (t.name.clone(), t.partition_count, t.id.0))
+            .map(|t| (t.name.clone(), t.partition_count, t.id.0, t.config.fsync))
             .collect()
     });
-    for (name, partitions, id) in &wanted {
+    for (name, partitions, id, fsync) in &wanted {
+        let local = broker.topics.get(name).await;
+        if local.as_ref().is_some_and(|t| t.id.as_u128() != *id) {
+            // Deleted and created again while this broker was away: the old data goes.
+            tracing::info!(
+                topic = name,
+                "local topic has another id than the metadata's; removed"
+            );
+            if let Err(e) = broker.topics.delete(name).await {
+                tracing::warn!(topic = name, error = %e, "removing a topic failed");
+                continue;
+            }
+        }
         if broker.topics.get(name).await.is_none() {
             if let Err(e) = broker
                 .topics
-                .create_with_id(name, *partitions, Some(uuid::Uuid::from_u128(*id)))
+                .create_with_id(name, *partitions, Some(uuid::Uuid::from_u128(*id)), *fsync)
                 .await
             {
                 tracing::warn!(topic = name, error = %e, "hosting a topic failed");
@@ -134,7 +208,7 @@ pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
         }
     }
     for (name, _) in broker.topics.all().await {
-        if !wanted.iter().any(|(n, _, _)| *n == name) {
+        if !wanted.iter().any(|(n, ..)| *n == name) {
             if let Err(e) = broker.topics.delete(&name).await {
                 tracing::warn!(topic = name, error = %e, "removing a topic failed");
             }

@@ -36,7 +36,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// Partitions of a topic created without a count.
     pub default_partitions: i32,
-    /// When appends are synced.
+    /// When appends are synced, for topics created without `lode.fsync`; its interval
+    /// (default 1 s) also serves topics created with `lode.fsync=interval`.
     pub fsync: FsyncPolicy,
     /// Segment size of partition logs.
     pub segment_bytes_max: u64,
@@ -58,6 +59,8 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     /// Replication factor of auto-created topics.
     pub default_replication_factor: i16,
+    /// `min.insync.replicas` of topics created without one.
+    pub default_min_insync_replicas: i32,
     /// `replica.lag.time.max.ms`: an ISR member not caught up for longer is proposed out.
     pub replica_lag_time_max: Duration,
     /// A deliberately broken rule (tests only).
@@ -74,7 +77,33 @@ pub enum PlantedBug {
     AckOnLeaderSync,
 }
 
+/// The sync interval of `fsync=interval` topics when the broker's default is `always`.
+pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+
 impl BrokerConfig {
+    /// The durability policy of topics created without one.
+    #[must_use]
+    pub fn default_topic_fsync(&self) -> lode_core::metadata::TopicFsync {
+        match self.fsync {
+            FsyncPolicy::Always => lode_core::metadata::TopicFsync::Always,
+            FsyncPolicy::Interval(_) => lode_core::metadata::TopicFsync::Interval,
+        }
+    }
+
+    /// How a partition of a topic with durability `fsync` syncs on this broker.
+    #[must_use]
+    pub fn fsync_policy(&self, fsync: lode_core::metadata::TopicFsync) -> FsyncPolicy {
+        match (fsync, self.fsync) {
+            (lode_core::metadata::TopicFsync::Always, _) => FsyncPolicy::Always,
+            (lode_core::metadata::TopicFsync::Interval, FsyncPolicy::Interval(d)) => {
+                FsyncPolicy::Interval(d)
+            }
+            (lode_core::metadata::TopicFsync::Interval, FsyncPolicy::Always) => {
+                FsyncPolicy::Interval(FSYNC_INTERVAL_DEFAULT)
+            }
+        }
+    }
+
     /// Defaults for a broker on `listen`, advertised as itself.
     #[must_use]
     pub fn new(node_id: BrokerId, listen: SocketAddr) -> BrokerConfig {
@@ -97,6 +126,7 @@ impl BrokerConfig {
             session_timeout: Duration::from_secs(9),
             heartbeat_interval: Duration::from_millis(500),
             default_replication_factor: 1,
+            default_min_insync_replicas: 1,
             replica_lag_time_max: Duration::from_secs(30),
             #[cfg(feature = "planted-bugs")]
             planted: None,

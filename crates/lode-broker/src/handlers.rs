@@ -31,6 +31,7 @@ use crate::partition::AppendError;
 use crate::server::{encode_response, ConnectionError};
 use crate::topics::{CreateError, Topic};
 use crate::Broker;
+use lode_core::metadata::TopicFsync;
 
 fn decode<T: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> Result<T, ConnectionError> {
     T::decode(&mut body, version)
@@ -195,7 +196,11 @@ async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataRespons
                 {
                     topic = match broker
                         .topics
-                        .create(&name, broker.config.default_partitions)
+                        .create(
+                            &name,
+                            broker.config.default_partitions,
+                            broker.config.default_topic_fsync(),
+                        )
                         .await
                     {
                         Ok(t) => Some(t),
@@ -264,25 +269,42 @@ async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> Create
             -1 => broker.config.default_replication_factor,
             n => n,
         };
+        let settings = TopicSettings::parse(
+            t.configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
+        );
         let (code, msg, id) = if !t.assignments.is_empty() {
             (
                 codes::INVALID_REQUEST,
                 Some("manual replica assignment is not supported".to_owned()),
                 None,
             )
-        } else if let Some(plane) = &broker.control {
-            create_through_controller(
-                broker,
-                plane,
-                &name,
-                partitions,
-                rf,
-                req.validate_only,
-                timeout,
-            )
-            .await
         } else {
-            create_standalone(broker, &name, partitions, rf, req.validate_only).await
+            match settings {
+                Err(e) => (codes::INVALID_CONFIG, Some(e), None),
+                Ok(settings) => match &broker.control {
+                    Some(plane) => {
+                        let new = NewTopic {
+                            name: &name,
+                            partitions,
+                            rf,
+                            settings,
+                        };
+                        create_through_controller(broker, plane, &new, req.validate_only, timeout)
+                            .await
+                    }
+                    None => {
+                        let new = NewTopic {
+                            name: &name,
+                            partitions,
+                            rf,
+                            settings,
+                        };
+                        create_standalone(broker, &new, req.validate_only).await
+                    }
+                },
+            }
         };
         if let Some(id) = id {
             r.topic_id = id;
@@ -297,13 +319,21 @@ async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> Create
 }
 
 /// Creates a topic on this broker alone (no metadata log): replication factor 1 only.
-async fn create_standalone(
-    broker: &Broker,
-    name: &str,
+/// A topic to create, as asked.
+struct NewTopic<'a> {
+    name: &'a str,
     partitions: i32,
     rf: i16,
-    validate_only: bool,
-) -> Created {
+    settings: TopicSettings,
+}
+
+async fn create_standalone(broker: &Broker, new: &NewTopic<'_>, validate_only: bool) -> Created {
+    let NewTopic {
+        name,
+        partitions,
+        rf,
+        settings,
+    } = *new;
     if rf != 1 {
         return (
             codes::INVALID_REPLICATION_FACTOR,
@@ -324,7 +354,10 @@ async fn create_standalone(
         };
         return (code, None, None);
     }
-    match broker.topics.create(name, partitions).await {
+    let fsync = settings
+        .fsync
+        .unwrap_or(broker.config.default_topic_fsync());
+    match broker.topics.create(name, partitions, fsync).await {
         Ok(topic) => (codes::NONE, None, Some(topic.id)),
         Err(e) => {
             let code = match e {
@@ -706,16 +739,79 @@ async fn await_metadata(
         .await;
 }
 
-fn create_request(name: &str, partitions: i32, replication_factor: i16) -> ControlRequest {
+fn create_request(
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    settings: TopicSettings,
+) -> ControlRequest {
     let id = (u128::from(lode_env::rng::seed_u64()) << 64) | u128::from(lode_env::rng::seed_u64());
     ControlRequest::CreateTopic(lode_core::metadata::CreateTopicRequest {
         name: name.to_owned(),
         id: lode_core::metadata::TopicId(id),
         partitions,
         replication_factor,
-        min_insync_replicas: None,
-        unclean_leader_election: None,
+        min_insync_replicas: settings.min_insync_replicas,
+        unclean_leader_election: settings.unclean_leader_election,
+        fsync: settings.fsync,
     })
+}
+
+/// The topic configs of a `CreateTopics` entry that lode acts on; the others are accepted
+/// and ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TopicSettings {
+    min_insync_replicas: Option<i32>,
+    unclean_leader_election: Option<bool>,
+    fsync: Option<TopicFsync>,
+}
+
+impl TopicSettings {
+    /// Reads `min.insync.replicas`, `unclean.leader.election.enable` and the durability
+    /// policy: `lode.fsync` (`always` or `interval`), or Kafka's `flush.messages` (`1`
+    /// syncs every write: `always`; anything larger: `interval`).
+    pub(crate) fn parse<'a>(
+        configs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Result<TopicSettings, String> {
+        let mut s = TopicSettings::default();
+        for (name, value) in configs {
+            let Some(value) = value else { continue };
+            let bad = || format!("invalid value {value:?} for topic config {name}");
+            match name {
+                "min.insync.replicas" => {
+                    let n: i32 = value.parse().map_err(|_| bad())?;
+                    if n < 1 {
+                        return Err(bad());
+                    }
+                    s.min_insync_replicas = Some(n);
+                }
+                "unclean.leader.election.enable" => {
+                    s.unclean_leader_election = Some(match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad()),
+                    });
+                }
+                "lode.fsync" => {
+                    s.fsync = Some(match value {
+                        "always" => TopicFsync::Always,
+                        "interval" => TopicFsync::Interval,
+                        _ => return Err(bad()),
+                    });
+                }
+                "flush.messages" => {
+                    let n: i64 = value.parse().map_err(|_| bad())?;
+                    s.fsync = Some(match n {
+                        1 => TopicFsync::Always,
+                        n if n > 1 => TopicFsync::Interval,
+                        _ => return Err(bad()),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
 }
 
 /// Metadata from the applied metadata log (combined mode).
@@ -743,6 +839,7 @@ async fn metadata_from_log(
                                 name,
                                 broker.config.default_partitions,
                                 broker.config.default_replication_factor,
+                                TopicSettings::default(),
                             ),
                             Duration::from_secs(5),
                         )
@@ -812,12 +909,16 @@ async fn metadata_from_log(
 async fn create_through_controller(
     broker: &Arc<Broker>,
     plane: &Arc<ControlPlane>,
-    name: &str,
-    partitions: i32,
-    rf: i16,
+    new: &NewTopic<'_>,
     validate_only: bool,
     timeout: Duration,
 ) -> Created {
+    let NewTopic {
+        name,
+        partitions,
+        rf,
+        settings,
+    } = *new;
     if !crate::topics::valid_name(name) {
         return (codes::INVALID_TOPIC_EXCEPTION, None, None);
     }
@@ -831,7 +932,7 @@ async fn create_through_controller(
     }
     let (code, msg) = controller_answer(
         plane
-            .request(create_request(name, partitions, rf), timeout)
+            .request(create_request(name, partitions, rf, settings), timeout)
             .await,
     );
     if code != codes::NONE {
@@ -842,4 +943,35 @@ async fn create_through_controller(
         .read(|s| s.topic_id(name))
         .map(|id| uuid::Uuid::from_u128(id.0));
     (code, msg, id)
+}
+
+#[cfg(test)]
+mod topic_settings_tests {
+    use super::{TopicFsync, TopicSettings};
+
+    #[test]
+    fn known_configs_are_read_and_bad_values_refused() {
+        let s = TopicSettings::parse([
+            ("min.insync.replicas", Some("2")),
+            ("unclean.leader.election.enable", Some("true")),
+            ("lode.fsync", Some("interval")),
+            ("retention.ms", Some("1000")),
+        ])
+        .unwrap();
+        assert_eq!(s.min_insync_replicas, Some(2));
+        assert_eq!(s.unclean_leader_election, Some(true));
+        assert_eq!(s.fsync, Some(TopicFsync::Interval));
+        let flush = TopicSettings::parse([("flush.messages", Some("1"))]).unwrap();
+        assert_eq!(flush.fsync, Some(TopicFsync::Always));
+        for bad in [
+            ("min.insync.replicas", "0"),
+            ("min.insync.replicas", "two"),
+            ("lode.fsync", "sometimes"),
+            ("unclean.leader.election.enable", "yes"),
+            ("flush.messages", "0"),
+        ] {
+            let err = TopicSettings::parse([(bad.0, Some(bad.1))]).unwrap_err();
+            assert!(err.contains(bad.0), "{err}");
+        }
+    }
 }

@@ -87,6 +87,21 @@ pub struct Broker {
     pub fetchers: replica::Fetchers,
 }
 
+/// The cluster id of a combined-mode cluster: a hash (FNV-1a) of its voter set, the same
+/// on every member without any exchange.
+fn voters_cluster_id(
+    voters: &std::collections::BTreeMap<lode_proto::BrokerId, std::net::SocketAddr>,
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, addr) in voters {
+        for b in format!("{}@{addr},", id.0).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("lode-{h:016x}")
+}
+
 impl Broker {
     /// Opens the data directory (recovering every partition), binds the listener and
     /// starts serving. Returns once clients can connect.
@@ -96,6 +111,9 @@ impl Broker {
     pub async fn start(mut config: BrokerConfig, env: Env) -> Result<Arc<Broker>, StartError> {
         let root = env.data_dir.clone();
         let cluster_id = match checkpoint::read(&root, CLUSTER_ID).await? {
+            // Every member of a cluster must report the same id (clients refuse to mix
+            // clusters): in combined mode it is named after the voter set.
+            _ if !config.voters.is_empty() => voters_cluster_id(&config.voters),
             Some(Ok(bytes)) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
             _ => {
                 let id = format!("lode-{:016x}", lode_env::rng::seed_u64());
@@ -139,6 +157,8 @@ impl Broker {
             let cc = lode_core::metadata::ControllerConfig {
                 broker_session_timeout_ms: u64::try_from(config.session_timeout.as_millis())
                     .unwrap_or(u64::MAX),
+                default_min_insync_replicas: config.default_min_insync_replicas,
+                default_fsync: config.default_topic_fsync(),
                 ..lode_core::metadata::ControllerConfig::default()
             };
             let dir = root
@@ -210,7 +230,21 @@ impl Broker {
         Ok(id)
     }
 
-    /// Closes every partition cleanly (clean-shutdown markers written).
+    /// Whether this process is registered and unfenced in the metadata it has applied
+    /// (always, for a broker without a metadata log).
+    #[must_use]
+    pub fn in_service(&self) -> bool {
+        let Some(plane) = &self.control else {
+            return true;
+        };
+        let me = self.config.node_id;
+        self.membership.epoch().is_some_and(|e| {
+            plane.read(|s| s.broker(me).is_some_and(|r| r.epoch == e && !r.fenced))
+        })
+    }
+
+    /// Hands this broker's leaderships to others (controlled shutdown, in a cluster), then
+    /// closes every partition cleanly (clean-shutdown markers written).
     pub async fn shutdown(&self) {
         if let Some(task) = self
             .accept
@@ -219,6 +253,9 @@ impl Broker {
             .take()
         {
             task.abort();
+        }
+        if let Some(plane) = &self.control {
+            cluster::controlled_shutdown(self, plane).await;
         }
         self.topics.close().await;
         if let Some(epoch) = self.membership.epoch() {

@@ -457,7 +457,10 @@ impl Partition {
         let mut log = self.log.write().await;
         if !records.is_empty() {
             log.append_replica(records).await?;
-            log.sync().await?;
+            // Under fsync=always the next fetch acknowledges these: they must be durable.
+            if self.fsync == FsyncPolicy::Always {
+                log.sync().await?;
+            }
         }
         let hw = leader_hw.min(log.log_end_offset());
         if hw > log.high_watermark() {

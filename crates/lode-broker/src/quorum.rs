@@ -44,8 +44,10 @@ pub struct QuorumConfig {
     pub listen: SocketAddr,
     /// Raft's fetch timeout (elections, check-quorum).
     pub fetch_timeout: Duration,
-    /// How often an idle follower fetches.
+    /// How often a follower fetches again after a `NotLeader` answer.
     pub fetch_interval: Duration,
+    /// How long the leader holds a fetch that finds nothing new (long poll).
+    pub fetch_wait: Duration,
     /// How often the node is ticked.
     pub tick: Duration,
     /// The layer above snapshots its state and compacts the log once this many entries
@@ -54,7 +56,7 @@ pub struct QuorumConfig {
 }
 
 impl QuorumConfig {
-    /// Defaults: fetch timeout 2 s, fetch interval 50 ms, tick 10 ms.
+    /// Defaults: fetch timeout 2 s, fetch interval 50 ms, fetch wait 500 ms, tick 10 ms.
     #[must_use]
     pub fn new(node: BrokerId, voters: BTreeMap<BrokerId, SocketAddr>, listen: SocketAddr) -> Self {
         QuorumConfig {
@@ -63,6 +65,7 @@ impl QuorumConfig {
             listen,
             fetch_timeout: Duration::from_secs(2),
             fetch_interval: Duration::from_millis(50),
+            fetch_wait: Duration::from_millis(500),
             tick: Duration::from_millis(10),
             snapshot_entries: 10_000,
         }
@@ -174,6 +177,7 @@ impl Quorum {
         let mut raft = RaftConfig::new(config.voters.keys().copied().collect());
         raft.fetch_timeout = config.fetch_timeout;
         raft.fetch_interval = config.fetch_interval;
+        raft.fetch_wait = config.fetch_wait;
         let node = RaftNode::new(
             config.node,
             raft,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use lode_core::metadata::TopicFsync;
 use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
 use lode_storage::{checkpoint, LogError};
@@ -62,6 +63,27 @@ const PARTITION_METADATA: &str = "partition.metadata";
 /// The largest partition count accepted for one topic.
 pub const PARTITIONS_MAX: i32 = 10_000;
 
+/// `partition.metadata`: the topic id (16 bytes), then the durability policy (1 byte:
+/// 0 always, 1 interval; absent in files of earlier versions).
+fn encode_partition_metadata(id: uuid::Uuid, fsync: TopicFsync) -> Vec<u8> {
+    let mut out = id.as_bytes().to_vec();
+    out.push(match fsync {
+        TopicFsync::Always => 0,
+        TopicFsync::Interval => 1,
+    });
+    out
+}
+
+fn decode_partition_metadata(bytes: &[u8]) -> (Option<uuid::Uuid>, Option<TopicFsync>) {
+    let id = bytes.get(..16).and_then(|b| uuid::Uuid::from_slice(b).ok());
+    let fsync = match bytes.get(16) {
+        Some(0) => Some(TopicFsync::Always),
+        Some(1) => Some(TopicFsync::Interval),
+        _ => None,
+    };
+    (id, fsync)
+}
+
 /// All topics of this broker.
 pub struct Topics {
     root: Dir,
@@ -117,14 +139,17 @@ impl Topics {
                 continue;
             }
             let mut id = None;
+            let mut fsync = topics.config.default_topic_fsync();
             let mut partitions = Vec::new();
             for (index, dir) in dirs {
                 if id.is_none() {
                     if let Some(Ok(bytes)) = checkpoint::read(&dir, PARTITION_METADATA).await? {
-                        id = uuid::Uuid::from_slice(&bytes).ok();
+                        let (read_id, read_fsync) = decode_partition_metadata(&bytes);
+                        id = read_id;
+                        fsync = read_fsync.unwrap_or(fsync);
                     }
                 }
-                partitions.push(topics.open_partition(&name, index, dir).await?);
+                partitions.push(topics.open_partition(&name, index, dir, fsync).await?);
             }
             let id = id.unwrap_or_else(new_topic_id);
             topics
@@ -141,13 +166,14 @@ impl Topics {
         topic: &str,
         index: i32,
         dir: Dir,
+        fsync: TopicFsync,
     ) -> Result<Arc<Partition>, CreateError> {
         let p = Partition::open(
             topic,
             index,
             dir,
             self.clock.clone(),
-            self.config.fsync,
+            self.config.fsync_policy(fsync),
             self.config.segment_bytes_max,
             self.data_arrived.clone(),
             self.config.voters.is_empty(),
@@ -189,8 +215,13 @@ impl Topics {
     ///
     /// # Errors
     /// See [`CreateError`].
-    pub async fn create(&self, name: &str, partitions: i32) -> Result<Arc<Topic>, CreateError> {
-        self.create_with_id(name, partitions, None).await
+    pub async fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        fsync: TopicFsync,
+    ) -> Result<Arc<Topic>, CreateError> {
+        self.create_with_id(name, partitions, None, fsync).await
     }
 
     /// Like [`Topics::create`], with the topic id the controller chose.
@@ -202,6 +233,7 @@ impl Topics {
         name: &str,
         partitions: i32,
         id: Option<uuid::Uuid>,
+        fsync: TopicFsync,
     ) -> Result<Arc<Topic>, CreateError> {
         if !valid_name(name) {
             return Err(CreateError::InvalidName(name.to_owned()));
@@ -219,8 +251,13 @@ impl Topics {
         for index in 0..partitions {
             let dir = self.root.sub_dir(&format!("{name}-{index}")).await?;
             self.root.sync().await?;
-            checkpoint::write(&dir, PARTITION_METADATA, id.as_bytes()).await?;
-            parts.push(self.open_partition(name, index, dir).await?);
+            checkpoint::write(
+                &dir,
+                PARTITION_METADATA,
+                &encode_partition_metadata(id, fsync),
+            )
+            .await?;
+            parts.push(self.open_partition(name, index, dir, fsync).await?);
         }
         let topic = Arc::new(Topic {
             id,
@@ -285,5 +322,21 @@ mod tests {
         assert_eq!(parse_dir("t-01"), None);
         assert_eq!(parse_dir("t-"), None);
         assert_eq!(parse_dir("log.checkpoint"), None);
+    }
+}
+
+#[cfg(test)]
+mod metadata_file_tests {
+    use super::*;
+
+    #[test]
+    fn partition_metadata_round_trips_and_reads_the_old_layout() {
+        let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        for fsync in [TopicFsync::Always, TopicFsync::Interval] {
+            let bytes = encode_partition_metadata(id, fsync);
+            assert_eq!(decode_partition_metadata(&bytes), (Some(id), Some(fsync)));
+        }
+        assert_eq!(decode_partition_metadata(id.as_bytes()), (Some(id), None));
+        assert_eq!(decode_partition_metadata(&[1, 2, 3]), (None, None));
     }
 }

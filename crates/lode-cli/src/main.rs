@@ -20,14 +20,17 @@ const USAGE: &str = "\
 lode: a Kafka-compatible replicated log
 
 usage:
-  lode dev [--port PORT] [--data-dir DIR] [--brokers 1|3|5]
-      a local broker for Kafka clients: bootstrap 127.0.0.1:9092, data in ./lode-data;
-      with --brokers 3 a replicated cluster in one process (ports PORT.., controllers PORT+100..)
+  lode dev [--port PORT] [--data-dir DIR] [--brokers N]
+      a local cluster for Kafka clients in one process: N brokers (default 3, at most 9)
+      on 127.0.0.1:PORT.. (default 9092..9094), controllers on PORT+100..; data in
+      ./lode-data; topics replicated min(3, N) ways, min ISR 2 from 3 brokers up;
+      --brokers 1 is a single broker without a metadata log
   lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
       one broker node; flags override the TOML file (keys: node_id, listen, advertised,
       data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
       message_bytes_max, frame_bytes_max, segment_bytes_max, connections_max, voters,
-      controller_listen, default_replication_factor, session_timeout_ms); options:
+      controller_listen, default_replication_factor, min_insync_replicas,
+      replica_lag_time_max_ms, session_timeout_ms); options:
         --advertised HOST:PORT   address given to clients (default: the listen address)
         --fsync always|interval  sync policy (default always: group commit)
         --no-auto-create         do not create topics on metadata requests
@@ -37,6 +40,9 @@ usage:
                                  listed is a voter, else an observer)
         --controller-listen HOST:PORT  controller listener (default: own voter address)
         --replication-factor R   replication factor of auto-created topics (default 1)
+        --min-insync-replicas N  min ISR of topics created without one (default 1)
+        --replica-lag-time-max-ms MS  an ISR member behind for longer leaves the ISR
+                                 (default 30000)
   lode topic create NAME [--partitions N] [--replication-factor R]
   lode topic list | describe NAME | delete NAME
   lode produce TOPIC [--acks 0|1|all] [--key-separator SEP] [--compression CODEC]
@@ -186,12 +192,12 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
     let data = PathBuf::from(f.value("--data-dir")?.unwrap_or("lode-data"));
     let brokers: u16 = f
         .value("--brokers")?
-        .unwrap_or("1")
+        .unwrap_or("3")
         .parse()
-        .context("--brokers takes 1, 3 or 5")?;
+        .context("--brokers takes a number from 1 to 9")?;
     f.finish()?;
-    if ![1, 3, 5].contains(&brokers) {
-        bail!("--brokers takes 1, 3 or 5");
+    if !(1..=9).contains(&brokers) {
+        bail!("--brokers takes a number from 1 to 9");
     }
     if brokers == 1 {
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -199,8 +205,9 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
         return serve(vec![(config, data.join("broker-0"))], true);
     }
     // A combined-mode cluster in one process: Kafka listeners on PORT, PORT+1, ...;
-    // controller listeners 100 ports above; every broker a voter; topics replicated
-    // three ways by default.
+    // controller listeners 100 ports above. The first 1, 3 or 5 brokers (the largest odd
+    // count available) are the controller voters, the others observers. Topics are
+    // replicated min(3, N) ways, with min ISR 2 from three brokers up.
     let kafka = |i: u16| -> anyhow::Result<SocketAddr> {
         Ok((
             [127, 0, 0, 1],
@@ -215,15 +222,22 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
         )
             .into())
     };
+    let voter_count = match brokers {
+        0..=2 => 1,
+        3..=4 => 3,
+        _ => 5,
+    };
     let mut voters = std::collections::BTreeMap::new();
-    for i in 0..brokers {
+    for i in 0..voter_count {
         voters.insert(BrokerId(i32::from(i)), controller(i)?);
     }
     let mut nodes = Vec::new();
     for i in 0..brokers {
         let mut config = BrokerConfig::new(BrokerId(i32::from(i)), kafka(i)?);
         config.voters = voters.clone();
-        config.default_replication_factor = 3;
+        config.controller_listen = Some(controller(i)?);
+        config.default_replication_factor = i16::try_from(brokers.min(3)).unwrap_or(3);
+        config.default_min_insync_replicas = if brokers >= 3 { 2 } else { 1 };
         nodes.push((config, data.join(format!("broker-{i}"))));
     }
     serve(nodes, true)
@@ -248,6 +262,8 @@ struct FileConfig {
     voters: Option<String>,
     controller_listen: Option<String>,
     default_replication_factor: Option<i16>,
+    min_insync_replicas: Option<i32>,
+    replica_lag_time_max_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
 }
 
@@ -369,6 +385,33 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
                 .unwrap_or(config.default_replication_factor)
         }
     }
+    match f.value("--min-insync-replicas")? {
+        Some(n) => {
+            config.default_min_insync_replicas =
+                n.parse().context("--min-insync-replicas takes a number")?
+        }
+        None => {
+            config.default_min_insync_replicas = file
+                .min_insync_replicas
+                .unwrap_or(config.default_min_insync_replicas)
+        }
+    }
+    if config.default_min_insync_replicas < 1 {
+        bail!("min ISR must be at least 1");
+    }
+    match f.value("--replica-lag-time-max-ms")? {
+        Some(n) => {
+            config.replica_lag_time_max = Duration::from_millis(
+                n.parse()
+                    .context("--replica-lag-time-max-ms takes milliseconds")?,
+            )
+        }
+        None => {
+            if let Some(ms) = file.replica_lag_time_max_ms {
+                config.replica_lag_time_max = Duration::from_millis(ms);
+            }
+        }
+    }
     if let Some(ms) = file.session_timeout_ms {
         config.session_timeout = Duration::from_millis(ms);
     }
@@ -419,12 +462,12 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
         // In a cluster, clients can use it once every broker started here is registered and
         // unfenced (an election and a registration round after start).
         for b in &brokers {
-            if let Some(plane) = &b.control {
+            if b.control.is_some() {
                 let me = b.config.node_id;
                 let ready = b
                     .clock
                     .timeout(Duration::from_secs(30), async {
-                        while !plane.read(|s| s.broker(me).is_some_and(|r| !r.fenced)) {
+                        while !b.in_service() {
                             b.clock.sleep(Duration::from_millis(50)).await;
                         }
                     })
@@ -442,8 +485,17 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
             println!("try: kcat -b {bootstrap} -L    (Ctrl-C stops it cleanly)");
         }
         shutdown_signal().await?;
-        for b in &brokers {
-            b.shutdown().await;
+        // All at once: each hands its leaderships to the others (controlled shutdown) while
+        // every controller is still up.
+        let stopping: Vec<_> = brokers
+            .iter()
+            .map(|b| {
+                let b = std::sync::Arc::clone(b);
+                tokio::spawn(async move { b.shutdown().await })
+            })
+            .collect();
+        for s in stopping {
+            s.await.context("broker shutdown task")?;
         }
         Ok(())
     })

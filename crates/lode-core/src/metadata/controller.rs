@@ -8,7 +8,7 @@ use std::time::Duration;
 use lode_proto::{BrokerId, Epoch, Instant, Offset, PartitionId};
 
 use super::records::MetadataRecord;
-use super::state::{MetadataState, PartitionState, TopicConfig};
+use super::state::{MetadataState, PartitionState, TopicConfig, TopicFsync, TopicState};
 use super::{BrokerEpoch, PartitionEpoch, TopicId};
 
 /// Deliberately broken controller rules, for proving the checkers catch them.
@@ -32,6 +32,8 @@ pub struct ControllerConfig {
     pub default_min_insync_replicas: i32,
     /// `unclean.leader.election.enable` of topics created without one.
     pub default_unclean_leader_election: bool,
+    /// The durability policy of topics created without one.
+    pub default_fsync: TopicFsync,
     /// A deliberately broken rule (tests only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -43,6 +45,7 @@ impl Default for ControllerConfig {
             broker_session_timeout_ms: 9_000,
             default_min_insync_replicas: 1,
             default_unclean_leader_election: false,
+            default_fsync: TopicFsync::Always,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -123,6 +126,8 @@ pub struct CreateTopicRequest {
     pub min_insync_replicas: Option<i32>,
     /// `unclean.leader.election.enable`, or the cluster default.
     pub unclean_leader_election: Option<bool>,
+    /// The durability policy, or the cluster default.
+    pub fsync: Option<TopicFsync>,
 }
 
 /// One member of a proposed ISR, with the broker epoch the leader knows it by (KIP-903).
@@ -371,7 +376,9 @@ impl Controller {
                 return Ok(Vec::new());
             }
             if !old.fenced {
-                if self.has_live_session(old.id, old.epoch, now) {
+                // A process in controlled shutdown announced it is going: its successor
+                // may take over (fencing it) without waiting out its session.
+                if !old.shutting_down && self.has_live_session(old.id, old.epoch, now) {
                     return Err(RegisterBrokerError::DuplicateBrokerRegistration(req.id));
                 }
                 batch.fence(old.id, old.epoch);
@@ -513,6 +520,7 @@ impl Controller {
             unclean_leader_election: req
                 .unclean_leader_election
                 .unwrap_or(self.config.default_unclean_leader_election),
+            fsync: req.fsync.unwrap_or(self.config.default_fsync),
         };
         let mut batch = Batch::new(&self.config, state);
         batch.push(MetadataRecord::Topic {
@@ -570,7 +578,7 @@ impl Controller {
         }
         let mut batch = Batch::new(&self.config, state);
         batch.push(MetadataRecord::TopicConfig { id, config });
-        batch.update_all(|t, _| t == id, |p| p.isr.clone(), None);
+        batch.update_all(|t, _| t.id == id, |p| p.isr.clone(), None);
         Ok(batch.records)
     }
 
@@ -677,10 +685,16 @@ impl<'a> Batch<'a> {
         );
     }
 
-    /// An unclean restart: `id` leaves every ISR and ELR and is no last known leader.
+    /// An unclean restart: `id` leaves every ISR and ELR and is no last known leader, in
+    /// topics with `fsync=interval` (under `fsync=always` it lost nothing it acknowledged).
     fn remove_unclean(&mut self, id: BrokerId) {
         self.update_all(
-            |_, p| p.isr.contains(&id) || p.elr.contains(&id) || p.last_known_leader == Some(id),
+            |t, p| {
+                t.config.fsync == TopicFsync::Interval
+                    && (p.isr.contains(&id)
+                        || p.elr.contains(&id)
+                        || p.last_known_leader == Some(id))
+            },
             |p| without(&p.isr, id),
             Some(id),
         );
@@ -692,14 +706,14 @@ impl<'a> Batch<'a> {
 
     fn update_all(
         &mut self,
-        select: impl Fn(TopicId, &PartitionState) -> bool,
+        select: impl Fn(&TopicState, &PartitionState) -> bool,
         target_isr: impl Fn(&PartitionState) -> BTreeSet<BrokerId>,
         unclean_shutdown: Option<BrokerId>,
     ) {
         let selected: Vec<_> = self
             .state
             .partitions()
-            .filter(|(t, _, p)| select(t.id, p))
+            .filter(|(t, _, p)| select(t, p))
             .map(|(t, id, p)| (t.id, id, target_isr(p)))
             .collect();
         for (topic, partition, isr) in selected {

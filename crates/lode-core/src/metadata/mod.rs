@@ -49,7 +49,8 @@ pub use controller::{
 pub use invariants::{check_invariants, EpochHistory, Violation};
 pub use records::MetadataRecord;
 pub use state::{
-    ApplyError, BrokerRegistration, MetadataState, PartitionState, TopicConfig, TopicState,
+    ApplyError, BrokerRegistration, MetadataState, PartitionState, TopicConfig, TopicFsync,
+    TopicState,
 };
 
 pub use lode_proto::types::{BrokerEpoch, PartitionEpoch, TopicId};

@@ -191,11 +191,23 @@ impl Sim {
         }
     }
 
+    /// A crash: under `fsync=interval` an arbitrary tail of each log is lost; under
+    /// `fsync=always` the model's log is what was synced, and survives.
     fn crash(&mut self, id: BrokerId) {
         let lengths: Vec<u64> = self.brokers[&id]
             .logs
-            .values()
-            .map(|l| self.rng.below(l.len() as u64 + 1))
+            .iter()
+            .map(|(key, l)| {
+                let synced = self
+                    .state
+                    .topic(key.0)
+                    .is_some_and(|t| t.config.fsync == TopicFsync::Always);
+                if synced {
+                    l.len() as u64
+                } else {
+                    self.rng.below(l.len() as u64 + 1)
+                }
+            })
             .collect();
         let broker = self.brokers.get_mut(&id).unwrap();
         broker.up = false;
@@ -238,6 +250,11 @@ impl Sim {
             replication_factor: rf,
             min_insync_replicas: Some(1 + self.rng.below(rf as u64) as i32),
             unclean_leader_election: Some(self.rng.chance(20)),
+            fsync: Some(if self.rng.chance(50) {
+                TopicFsync::Always
+            } else {
+                TopicFsync::Interval
+            }),
         };
         if let Ok(records) = self.ctl.create_topic(&self.state, &req) {
             self.commit(records);
@@ -245,9 +262,18 @@ impl Sim {
     }
 
     fn alter_config(&mut self, name: &str) {
+        let Some(fsync) = self
+            .state
+            .topic_id(name)
+            .and_then(|id| self.state.topic(id))
+            .map(|t| t.config.fsync)
+        else {
+            return;
+        };
         let config = TopicConfig {
             min_insync_replicas: 1 + self.rng.below(3) as i32,
             unclean_leader_election: self.rng.chance(20),
+            fsync,
         };
         let records = self
             .ctl

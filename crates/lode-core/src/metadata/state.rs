@@ -43,6 +43,21 @@ pub struct TopicConfig {
     pub min_insync_replicas: i32,
     /// `unclean.leader.election.enable`.
     pub unclean_leader_election: bool,
+    /// When replicas sync appends, and so what an unclean restart may have lost.
+    pub fsync: TopicFsync,
+}
+
+/// A topic's durability policy (`lode.fsync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicFsync {
+    /// A replica counts an offset toward the high watermark only once it is synced: an
+    /// unclean restart loses nothing it acknowledged, so it stays in the ISR and ELR.
+    #[default]
+    Always,
+    /// Kafka's default: offsets count once written, syncs happen on an interval. An
+    /// unclean restart may have lost acknowledged records: the replica leaves every ISR
+    /// and ELR (KIP-966).
+    Interval,
 }
 
 /// One partition's replication state, as the controller owns it.

@@ -123,6 +123,7 @@ impl Cluster {
             replication_factor: rf,
             min_insync_replicas: Some(min_isr),
             unclean_leader_election: None,
+            fsync: Some(TopicFsync::Interval),
         };
         let records = self.ctl.create_topic(&self.state, &req).unwrap();
         self.apply(records);
@@ -197,6 +198,7 @@ fn create_topic_rejections() {
         replication_factor: rf,
         min_insync_replicas: None,
         unclean_leader_election: None,
+        fsync: Some(TopicFsync::Interval),
     };
     let err = |c: &Cluster, r| c.ctl.create_topic(&c.state, &r).unwrap_err();
     assert_eq!(
@@ -326,6 +328,7 @@ fn unclean_election_only_when_enabled() {
         let config = TopicConfig {
             min_insync_replicas: 1,
             unclean_leader_election: unclean,
+            fsync: TopicFsync::Interval,
         };
         let records = c.ctl.alter_topic_config(&c.state, "t", config).unwrap();
         c.apply(records);
@@ -359,6 +362,41 @@ fn unclean_restart_leaves_isr_and_elr_clean_restart_keeps_elr() {
         assert!(c.state.broker(b(2)).unwrap().fenced);
         assert_eq!(c.part(t).elr, if clean { set(&[2]) } else { set(&[]) });
     }
+}
+
+#[test]
+fn unclean_restart_keeps_isr_and_elr_of_fsync_always_topics() {
+    let mut c = Cluster::with_brokers(3);
+    let t = c.create("t", 0, 1, 3, 3);
+    let req = CreateTopicRequest {
+        name: "synced".into(),
+        id: TopicId(1),
+        partitions: 1,
+        replication_factor: 3,
+        min_insync_replicas: Some(3),
+        unclean_leader_election: None,
+        fsync: Some(TopicFsync::Always),
+    };
+    let records = c.ctl.create_topic(&c.state, &req).unwrap();
+    c.apply(records);
+    let synced = TopicId(1);
+    c.expire(&[2]);
+    assert_eq!((c.part(t).elr, c.part(synced).elr), (set(&[2]), set(&[2])));
+    c.register(2, 99, None).unwrap();
+    // Only the fsync=interval topic may have lost acknowledged records on broker 2.
+    assert_eq!((c.part(t).elr, c.part(synced).elr), (set(&[]), set(&[2])));
+}
+
+#[test]
+fn a_new_process_may_replace_one_in_controlled_shutdown_at_once() {
+    let mut c = Cluster::with_brokers(3);
+    c.create("t", 0, 1, 3, 1);
+    c.heartbeat(1, true, true);
+    assert!(c.state.broker(b(1)).unwrap().shutting_down);
+    // Its session is live, but it announced it is leaving.
+    let old = c.epoch(1);
+    c.register(1, 77, Some(old)).unwrap();
+    assert!(c.epoch(1) > old);
 }
 
 #[test]
@@ -624,6 +662,7 @@ fn serde_round_trip_of_records_and_state() {
             config: TopicConfig {
                 min_insync_replicas: 2,
                 unclean_leader_election: true,
+                fsync: TopicFsync::Interval,
             },
         },
         MetadataRecord::RemoveTopic {
@@ -637,6 +676,7 @@ fn serde_round_trip_of_records_and_state() {
         replication_factor: 2,
         min_insync_replicas: None,
         unclean_leader_election: Some(true),
+        fsync: Some(TopicFsync::Interval),
     };
     records.extend(c.apply(c.ctl.create_topic(&c.state, &create).unwrap()));
     // An unclean restart after the session expired: Fence, partition changes, register.
@@ -661,6 +701,7 @@ fn lowering_min_isr_clears_the_elr_of_that_topic_only() {
     let config = TopicConfig {
         min_insync_replicas: 1,
         unclean_leader_election: false,
+        fsync: TopicFsync::Interval,
     };
     let records = c.ctl.alter_topic_config(&c.state, "t", config).unwrap();
     c.apply(records);

@@ -184,8 +184,14 @@ pub struct RaftConfig {
     /// again, at random) starts an election; a leader not fetched from by a majority for
     /// this long resigns.
     pub fetch_timeout: Duration,
-    /// How often a follower fetches when it has nothing new.
+    /// How often a follower fetches when it has nothing new (and, with `fetch_wait`, after
+    /// a `NotLeader` answer).
     pub fetch_interval: Duration,
+    /// The leader holds a fetch that finds nothing new for up to this long, answering it as
+    /// soon as an entry is appended or the high watermark moves (KRaft's long poll): the
+    /// fetcher learns of a commit within one message instead of its next poll. Zero: the
+    /// leader answers every fetch at once and idle fetchers poll every `fetch_interval`.
+    pub fetch_wait: Duration,
     /// Entries per fetch response, at most.
     pub fetch_entries_max: usize,
     /// A planted bug, off unless set by a test.
@@ -194,17 +200,25 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    /// Defaults for `voters`: fetch timeout 2 s, fetch interval 100 ms, 512 entries a fetch.
+    /// Defaults for `voters`: fetch timeout 2 s, fetch interval 100 ms, fetch wait 500 ms,
+    /// 512 entries a fetch.
     #[must_use]
     pub fn new(voters: BTreeSet<BrokerId>) -> RaftConfig {
         RaftConfig {
             voters,
             fetch_timeout: Duration::from_secs(2),
             fetch_interval: Duration::from_millis(100),
+            fetch_wait: Duration::from_millis(500),
             fetch_entries_max: 512,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
+    }
+
+    /// The long-poll time actually used: at most half the fetch timeout, so a held fetch
+    /// is answered well before its sender would start an election.
+    fn fetch_wait(&self) -> Duration {
+        self.fetch_wait.min(self.fetch_timeout / 2)
     }
 
     fn majority(&self) -> usize {
@@ -270,6 +284,15 @@ struct Progress {
     last_fetch: Instant,
 }
 
+/// A fetch the leader holds (long poll) until there is something to answer.
+#[derive(Clone, Copy, Debug)]
+struct Parked {
+    fetch_offset: Offset,
+    last_fetched_epoch: Epoch,
+    /// Answered (empty) at this time at the latest.
+    until: Instant,
+}
+
 /// One Raft node: a voter or an observer.
 #[derive(Debug)]
 pub struct RaftNode {
@@ -296,6 +319,11 @@ pub struct RaftNode {
     votes: BTreeSet<BrokerId>,
     /// Leader: replicas' progress.
     progress: BTreeMap<BrokerId, Progress>,
+    /// Leader: fetches held until there is news (at most one per fetcher).
+    parked: BTreeMap<BrokerId, Parked>,
+    /// Leader: the high watermark last sent to each fetcher; a fetch is held only when
+    /// its sender already knows the current one.
+    sent_high_watermark: BTreeMap<BrokerId, Offset>,
     /// Last time a leader was heard from (a fetch response from it).
     last_leader_contact: Option<Instant>,
     /// Observer: which voter to ask when no leader is known.
@@ -338,6 +366,8 @@ impl RaftNode {
             fetch_deadline: now,
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            sent_high_watermark: BTreeMap::new(),
             last_leader_contact: None,
             probe: 0,
             config,
@@ -496,6 +526,9 @@ impl RaftNode {
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
+        // Held fetches are dropped: their senders time out and find the new leader.
+        self.parked.clear();
+        self.sent_high_watermark.clear();
         self.next_fetch = Some(now);
         self.reset_election_timer(now);
         if leader.is_some() {
@@ -528,6 +561,16 @@ impl RaftNode {
                         "leader resigns: no quorum"
                     );
                     self.become_follower(None, now);
+                } else {
+                    let due: Vec<BrokerId> = self
+                        .parked
+                        .iter()
+                        .filter(|(_, p)| now >= p.until)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in due {
+                        self.answer_parked(id, &mut out);
+                    }
                 }
             }
             Role::Follower | Role::Prospective | Role::Candidate => {
@@ -580,7 +623,9 @@ impl RaftNode {
             },
         });
         self.next_fetch = None;
-        self.fetch_deadline = now.saturating_add(self.config.fetch_interval.saturating_mul(4));
+        self.fetch_deadline = now
+            .saturating_add(self.config.fetch_wait())
+            .saturating_add(self.config.fetch_interval.saturating_mul(4));
     }
 
     fn start_pre_vote(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -705,6 +750,7 @@ impl RaftNode {
             ..Persist::default()
         })];
         self.advance_high_watermark(&mut out);
+        self.answer_all_parked(&mut out);
         Ok((offset, out))
     }
 
@@ -927,6 +973,8 @@ impl RaftNode {
             out.push(reply(body, self));
             return;
         }
+        // A newer fetch from the same sender replaces a held one.
+        self.parked.remove(&from);
         // The fetch offset is durable on the fetcher: it acknowledges everything below.
         if self.config.voters.contains(&from) {
             self.progress.insert(
@@ -938,15 +986,69 @@ impl RaftNode {
             );
             self.advance_high_watermark(out);
         }
-        let start = usize::try_from(fetch_offset.0 - self.log_start().0).unwrap_or(0);
-        let entries: Vec<Entry> = self
-            .entries
-            .iter()
-            .skip(start)
-            .take(self.config.fetch_entries_max)
-            .cloned()
-            .collect();
-        out.push(reply(FetchBody::Entries(entries), self));
+        let nothing_new = fetch_offset == self.end_offset()
+            && self.sent_high_watermark.get(&from) == Some(&self.high_watermark);
+        if nothing_new && !self.config.fetch_wait().is_zero() {
+            self.parked.insert(
+                from,
+                Parked {
+                    fetch_offset,
+                    last_fetched_epoch,
+                    until: now.saturating_add(self.config.fetch_wait()),
+                },
+            );
+            return;
+        }
+        self.answer_fetch(from, fetch_offset, last_fetched_epoch, out);
+    }
+
+    /// Leader: answers a (matching) fetch with the entries from `fetch_offset`, or the
+    /// snapshot if compaction has passed it.
+    fn answer_fetch(
+        &mut self,
+        to: BrokerId,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
+        let body = match &self.snapshot {
+            Some(s) if fetch_offset < self.log_start() => FetchBody::Snapshot(s.clone()),
+            _ => {
+                let start = usize::try_from(fetch_offset.0 - self.log_start().0).unwrap_or(0);
+                FetchBody::Entries(
+                    self.entries
+                        .iter()
+                        .skip(start)
+                        .take(self.config.fetch_entries_max)
+                        .cloned()
+                        .collect(),
+                )
+            }
+        };
+        self.sent_high_watermark.insert(to, self.high_watermark);
+        out.push(Action::Send {
+            to,
+            msg: Message::FetchResponse {
+                epoch: self.epoch,
+                leader: self.leader(),
+                high_watermark: self.high_watermark,
+                fetched: (fetch_offset, last_fetched_epoch),
+                body,
+            },
+        });
+    }
+
+    fn answer_parked(&mut self, id: BrokerId, out: &mut Vec<Action>) {
+        if let Some(p) = self.parked.remove(&id) {
+            self.answer_fetch(id, p.fetch_offset, p.last_fetched_epoch, out);
+        }
+    }
+
+    fn answer_all_parked(&mut self, out: &mut Vec<Action>) {
+        let ids: Vec<BrokerId> = self.parked.keys().copied().collect();
+        for id in ids {
+            self.answer_parked(id, out);
+        }
     }
 
     /// The leader's commit rule: the largest offset a majority of voters (itself included)
@@ -975,6 +1077,7 @@ impl RaftNode {
         if own_epoch || self.planted_commit_earlier_epoch() {
             self.high_watermark = majority_end;
             self.emit_applies(out);
+            self.answer_all_parked(out);
         }
     }
 
@@ -1084,6 +1187,8 @@ impl RaftNode {
             self.high_watermark = hw;
             self.emit_applies(out);
         }
+        // With a long-polling leader an empty answer already waited: fetch again at once.
+        let fetch_again_now = fetch_again_now || !self.config.fetch_wait().is_zero();
         self.next_fetch = Some(if fetch_again_now {
             now
         } else {

@@ -86,6 +86,11 @@ impl Cluster {
         let mut config = RaftConfig::new(voter_set.clone());
         config.fetch_timeout = Duration::from_millis(200);
         config.fetch_interval = Duration::from_millis(20);
+        // Long poll off in a quarter of the schedules, else held for 10-80 ms.
+        config.fetch_wait = match rng.below(4) {
+            0 => Duration::ZERO,
+            _ => Duration::from_millis(10 + rng.below(71)),
+        };
         // Small responses, so an epoch's entries can arrive a few at a time.
         config.fetch_entries_max = 1 + rng.below(4) as usize;
         let mut c = Cluster {
@@ -656,8 +661,10 @@ fn a_vote_is_persisted_before_it_is_sent() {
 
 #[cfg(feature = "planted-bugs")]
 fn catches(bug: RaftBug) -> u64 {
-    let plant = move |c: &mut RaftConfig| c.planted = Some(bug);
-    for seed in 0..5_000 {
+    let plant = move |c: &mut RaftConfig| {
+        c.planted = Some(bug);
+    };
+    for seed in 0..10_000 {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             schedule(seed, Some(&plant))
         }));
@@ -676,7 +683,7 @@ fn catches(bug: RaftBug) -> u64 {
             Ok(Ok(())) => {}
         }
     }
-    panic!("planted {bug:?} was not caught in 5000 schedules");
+    panic!("planted {bug:?} was not caught in 10000 schedules");
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -689,4 +696,137 @@ fn planted_double_vote_is_caught() {
 #[test]
 fn planted_commit_of_an_earlier_epoch_is_caught() {
     assert!(catches(RaftBug::CommitEarlierEpoch) <= 5_000);
+}
+
+/// Delivers every message at once, at `now`, until none is left; returns how many.
+fn deliver_all(
+    nodes: &mut BTreeMap<BrokerId, RaftNode>,
+    now: Instant,
+    mut queue: Vec<(BrokerId, Action)>,
+) -> usize {
+    let mut delivered = 0;
+    while let Some((from, action)) = queue.pop() {
+        let Action::Send { to, msg } = action else {
+            continue;
+        };
+        delivered += 1;
+        assert!(delivered < 10_000, "messages never stop");
+        let out = nodes
+            .get_mut(&to)
+            .expect("known node")
+            .receive(now, from, msg);
+        queue.extend(out.into_iter().map(|a| (to, a)));
+    }
+    delivered
+}
+
+/// Voters 0 and 1, observer 2; node 0 elected at `now`, everything delivered, and every
+/// node polled until the leader is known everywhere. Returns the time reached.
+fn elected_pair(fetch_wait: Duration, now: Instant) -> (BTreeMap<BrokerId, RaftNode>, Instant) {
+    let voters: BTreeSet<BrokerId> = [BrokerId(0), BrokerId(1)].into();
+    let mut config = RaftConfig::new(voters);
+    config.fetch_wait = fetch_wait;
+    let interval = config.fetch_interval;
+    let mut nodes: BTreeMap<BrokerId, RaftNode> = (0..3)
+        .map(|i| {
+            let id = BrokerId(i);
+            let node = RaftNode::new(
+                id,
+                config.clone(),
+                Durable::default(),
+                1 + i as u64,
+                Instant(0),
+            );
+            (id, node)
+        })
+        .collect();
+    // Only node 0's election timer runs out.
+    let out = nodes.get_mut(&BrokerId(0)).unwrap().tick(now);
+    deliver_all(
+        &mut nodes,
+        now,
+        out.into_iter().map(|a| (BrokerId(0), a)).collect(),
+    );
+    assert_eq!(nodes[&BrokerId(0)].role(), Role::Leader);
+    // (An observer may first ask the other voter, which names the leader; it asks the
+    // leader one fetch interval later.)
+    let mut t = now;
+    for _ in 0..2 {
+        for id in [BrokerId(1), BrokerId(2)] {
+            let out = nodes.get_mut(&id).unwrap().tick(t);
+            deliver_all(&mut nodes, t, out.into_iter().map(|a| (id, a)).collect());
+        }
+        t = t.saturating_add(interval);
+    }
+    assert!(nodes.values().all(|n| n.leader() == Some(BrokerId(0))));
+    (nodes, t)
+}
+
+/// Proposes on leader 0 at `t`, then lets voter 1 poll once (one fetch interval later):
+/// the entry commits. Returns the time reached.
+fn commit_one(nodes: &mut BTreeMap<BrokerId, RaftNode>, t: Instant) -> Instant {
+    let (offset, out) = nodes
+        .get_mut(&BrokerId(0))
+        .unwrap()
+        .propose(b"x".to_vec())
+        .unwrap();
+    deliver_all(
+        nodes,
+        t,
+        out.into_iter().map(|a| (BrokerId(0), a)).collect(),
+    );
+    let t = t.saturating_add(RaftConfig::new(BTreeSet::new()).fetch_interval);
+    let out = nodes.get_mut(&BrokerId(1)).unwrap().tick(t);
+    deliver_all(
+        nodes,
+        t,
+        out.into_iter().map(|a| (BrokerId(1), a)).collect(),
+    );
+    assert!(
+        nodes[&BrokerId(0)].high_watermark() > offset,
+        "committed on the leader"
+    );
+    t
+}
+
+#[test]
+fn a_held_fetch_carries_a_commit_to_every_node_without_another_poll() {
+    let (mut nodes, t) = elected_pair(Duration::from_millis(500), Instant(10_000_000_000));
+    let t = commit_one(&mut nodes, t);
+    // The observer did not poll: its held fetch was answered with the entry, and its next
+    // one when the high watermark moved.
+    let leader_hw = nodes[&BrokerId(0)].high_watermark();
+    for id in [BrokerId(1), BrokerId(2)] {
+        assert_eq!(
+            nodes[&id].high_watermark(),
+            leader_hw,
+            "node {id:?} knows the commit"
+        );
+    }
+    // Both fetchers wait at the leader again, answered (empty) when their time is up.
+    let out = nodes
+        .get_mut(&BrokerId(0))
+        .unwrap()
+        .tick(t.saturating_add(Duration::from_secs(1)));
+    let answered = out
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: Message::FetchResponse { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(answered, 2, "both held fetches answered at their deadline");
+}
+
+#[test]
+fn without_a_long_poll_followers_learn_of_a_commit_only_when_they_poll() {
+    let (mut nodes, t) = elected_pair(Duration::ZERO, Instant(10_000_000_000));
+    commit_one(&mut nodes, t);
+    // Nothing was held, so nobody sent the observer the news.
+    assert!(nodes[&BrokerId(2)].high_watermark() < nodes[&BrokerId(0)].high_watermark());
 }

@@ -146,6 +146,7 @@ async fn scenario(seed: u64) -> Vec<String> {
                 replication_factor: 3,
                 min_insync_replicas: Some(2),
                 unclean_leader_election: None,
+                fsync: None,
             })
         };
         let r = pa
@@ -172,6 +173,7 @@ async fn scenario(seed: u64) -> Vec<String> {
                         replication_factor: 1,
                         min_insync_replicas: None,
                         unclean_leader_election: None,
+                        fsync: None,
                     }),
                     Duration::from_secs(5),
                 )
@@ -233,6 +235,7 @@ async fn scenario(seed: u64) -> Vec<String> {
                     replication_factor: 2,
                     min_insync_replicas: None,
                     unclean_leader_election: None,
+                    fsync: None,
                 }),
                 Duration::from_secs(5),
             )

@@ -43,6 +43,7 @@ usage:
         --min-insync-replicas N  min ISR of topics created without one (default 1)
         --replica-lag-time-max-ms MS  an ISR member behind for longer leaves the ISR
                                  (default 30000)
+        --session-timeout-ms MS  a broker silent this long is fenced (default 9000)
   lode topic create NAME [--partitions N] [--replication-factor R]
   lode topic list | describe NAME | delete NAME
   lode produce TOPIC [--acks 0|1|all] [--key-separator SEP] [--compression CODEC]
@@ -412,8 +413,18 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(ms) = file.session_timeout_ms {
-        config.session_timeout = Duration::from_millis(ms);
+    match f.value("--session-timeout-ms")? {
+        Some(n) => {
+            config.session_timeout = Duration::from_millis(
+                n.parse()
+                    .context("--session-timeout-ms takes milliseconds")?,
+            )
+        }
+        None => {
+            if let Some(ms) = file.session_timeout_ms {
+                config.session_timeout = Duration::from_millis(ms);
+            }
+        }
     }
     if !config.voters.is_empty()
         && config.controller_listen.is_none()

@@ -4,113 +4,19 @@
 #![cfg(not(madsim))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{eventually, view, Cluster};
 use lode_client::Client;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    id: i32,
-    kafka: SocketAddr,
-    data: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self, voters: &str) {
-        let child = Command::new(env!("CARGO_BIN_EXE_lode"))
-            .args([
-                "broker",
-                "--node-id",
-                &self.id.to_string(),
-                "--listen",
-                &self.kafka.to_string(),
-                "--data-dir",
-                self.data.to_str().unwrap(),
-                "--voters",
-                voters,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `f` every 100 ms for up to `secs`.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out: {what}");
-}
-
-/// The live brokers and the controller, as the brokers at `bootstrap` describe them.
-async fn view(bootstrap: &str) -> Option<(usize, i32)> {
-    let c = Client::connect(bootstrap, "cluster-test").await.ok()?;
-    c.metadata(None).await.ok()?;
-    Some((c.brokers().await.len(), c.controller_id().await?))
-}
 
 #[test]
 fn killing_the_active_controller_elects_another_and_it_rejoins() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|id| Node {
-            id,
-            kafka: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            data: tmp.path().join(format!("broker-{id}")),
-            child: None,
-        })
-        .collect();
-    let voters = (0..3)
-        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
-        .collect::<Vec<_>>()
-        .join(",");
-    for n in &mut nodes {
-        n.start(&voters);
-    }
-    let all = nodes
-        .iter()
-        .map(|n| n.kafka.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let _one = common::ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rt = common::runtime();
+    let mut cluster = Cluster::start(3, &[]);
+    let all = cluster.bootstrap();
     rt.block_on(async {
         let controller = eventually(30, "three brokers registered and a controller", || {
             let all = all.clone();
@@ -120,8 +26,9 @@ fn killing_the_active_controller_elects_another_and_it_rejoins() {
         let client = Client::connect(&all, "cluster-test").await.unwrap();
         client.create_topic("before", 3, 3).await.unwrap();
 
-        nodes[controller as usize].kill();
-        let rest = nodes
+        cluster.nodes[controller as usize].kill();
+        let rest = cluster
+            .nodes
             .iter()
             .filter(|n| n.id != controller)
             .map(|n| n.kafka.to_string())
@@ -147,7 +54,7 @@ fn killing_the_active_controller_elects_another_and_it_rejoins() {
             "{t:?}"
         );
 
-        nodes[controller as usize].start(&voters);
+        cluster.restart(controller);
         let back = eventually(30, "the old controller back in Metadata", || {
             let all = all.clone();
             async move { view(&all).await.filter(|(n, _)| *n == 3).map(|(_, c)| c) }

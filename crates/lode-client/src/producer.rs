@@ -538,7 +538,13 @@ impl Inner {
                     let me = Arc::clone(&self);
                     lode_env::task::spawn(async move { me.retry_alone(out, e).await });
                 }
-                other => self.complete(out, other).await,
+                other => {
+                    if other.as_ref().is_err_and(should_retry) {
+                        // Not retried here, but the next batch must find the new leader.
+                        self.client.invalidate(&out.topic).await;
+                    }
+                    self.complete(out, other).await;
+                }
             }
         }
     }

@@ -115,6 +115,7 @@ pub enum ReplicaFetchReply {
         /// The leader's high watermark.
         high_watermark: Offset,
         /// Whole batches, as stored.
+        #[serde(with = "lode_proto::byte_vec")]
         records: Vec<u8>,
     },
     /// The follower's log diverges: truncate to at most `end_offset` (and to its own end

@@ -127,7 +127,7 @@ pub enum QuorumError {
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Wire {
     Raft(Message),
-    App(Vec<u8>),
+    App(#[serde(with = "lode_proto::byte_vec")] Vec<u8>),
 }
 
 enum Input {

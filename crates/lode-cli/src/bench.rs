@@ -81,6 +81,14 @@ fn disk_ceiling(dir: &std::path::Path, bytes: usize) -> anyhow::Result<(f64, f64
     Ok((written as f64 / write_secs, written as f64 / synced_secs))
 }
 
+fn list_configs(configs: &[(&str, &str)]) -> String {
+    configs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `lode bench`.
 pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>> {
     Box::pin(async move {
@@ -116,6 +124,22 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             .unwrap_or("0")
             .parse()
             .context("--rate (records/s, 0 = as fast as possible)")?;
+        let replication_factor: i16 = f
+            .value("--replication-factor")?
+            .unwrap_or("-1")
+            .parse()
+            .context("--replication-factor (-1: the broker's default)")?;
+        let topic_configs: Vec<(String, String)> = match f.value("--topic-config")? {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .with_context(|| format!("--topic-config takes NAME=VALUE,...; got {kv:?}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
         let acks = match f.value("--acks")?.unwrap_or("1") {
             "all" | "-1" => -1,
             "1" => 1,
@@ -143,9 +167,18 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             .await
             .with_context(|| format!("connecting to {bootstrap}"))?;
         let topic = format!("lode-bench-{:08x}", lode_env::rng::seed_u64() as u32);
-        client.create_topic(&topic, partitions, -1).await?;
+        let configs: Vec<(&str, &str)> = topic_configs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        client
+            .create_topic_with(&topic, partitions, replication_factor, &configs)
+            .await?;
+        let described = client.topic(&topic).await?;
+        let rf = described.partitions.first().map_or(0, |p| p.replicas.len());
         println!(
-            "workload: {records} records of {record_bytes} B, {partitions} partitions, acks={acks}, linger {linger_ms} ms, rate {}",
+            "workload: {records} records of {record_bytes} B, {partitions} partitions (replication factor {rf}{}), acks={acks}, linger {linger_ms} ms, rate {}",
+            if configs.is_empty() { String::new() } else { format!(", {}", list_configs(&configs)) },
             if rate > 0.0 { format!("{rate:.0}/s") } else { "max".into() }
         );
 

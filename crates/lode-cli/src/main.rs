@@ -52,6 +52,7 @@ usage:
       prints values, one per line; stops after --count records or when idle for 2 s
   lode bench [--records N] [--record-bytes B] [--partitions P] [--acks 0|1|all]
              [--rate MSG_PER_S] [--linger-ms MS] [--compression none|gzip|snappy|lz4|zstd]
+             [--replication-factor R] [--topic-config NAME=VALUE,...]
       produce throughput and latency against a running broker, beside the loopback ceiling
   (client commands take --bootstrap HOST:PORT, default 127.0.0.1:9092)
   lode log recover DIR        recover a partition directory and verify it

@@ -341,10 +341,37 @@ impl Client {
         partitions: i32,
         replication_factor: i16,
     ) -> Result<(), ClientError> {
+        self.create_topic_with(name, partitions, replication_factor, &[])
+            .await
+    }
+
+    /// Creates a topic with topic configs (`name=value`, e.g. `min.insync.replicas`).
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with the broker's error code (36 if it exists, 40 for a
+    /// config it refuses).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
         let mut t = CreatableTopic::default();
         t.name = TopicName(StrBytes::from_string(name.to_owned()));
         t.num_partitions = partitions;
         t.replication_factor = replication_factor;
+        t.configs = configs
+            .iter()
+            .map(|(k, v)| {
+                let mut c =
+                    kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default(
+                    );
+                c.name = StrBytes::from_string((*k).to_owned());
+                c.value = Some(StrBytes::from_string((*v).to_owned()));
+                c
+            })
+            .collect();
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = 30_000;

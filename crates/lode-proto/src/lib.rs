@@ -4,6 +4,7 @@
 //! - [`batch`]: Kafka RecordBatch v2, the unit a client produces and the log stores.
 
 pub mod batch;
+pub mod byte_vec;
 pub mod types;
 
 pub use types::{

@@ -32,6 +32,7 @@ pub struct Entry {
     /// The epoch (term) of the leader that appended it.
     pub epoch: Epoch,
     /// What it carries: empty for the marker a new leader appends at the start of its epoch.
+    #[serde(with = "lode_proto::byte_vec")]
     pub data: Vec<u8>,
 }
 
@@ -43,6 +44,7 @@ pub struct Snapshot {
     /// The epoch of the last entry in the snapshot.
     pub last_epoch: Epoch,
     /// The state machine's serialized state.
+    #[serde(with = "lode_proto::byte_vec")]
     pub data: Vec<u8>,
 }
 

@@ -10,4 +10,8 @@
 //!   give a prefix of what was appended that holds everything synced.
 
 #[cfg(madsim)]
+pub mod chaos;
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
 pub mod disk_crash;

@@ -1,39 +1,209 @@
-//! `lode-sim`: runs simulation scenarios by seed. Build with `--cfg madsim`:
+//! `lode-sim`: seeded simulations of lode. Build with `--cfg madsim`:
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim -- disk-crash --seed 7
+//! RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim -- run --seed 7
 //! ```
+
+#[cfg(madsim)]
+const USAGE: &str = "\
+usage:
+  lode-sim run --seed N [--schedule FILE] [--trace FILE] [--planted NAME]
+      one chaos run: parameters, schedule, verdict; the schedule file has one fault per
+      line, AT_MS FAULT (crash N, power-loss N, stop N, restart N, pause N, resume N,
+      isolate N, heal), as printed by a run
+  lode-sim explore --seeds A..B [--planted NAME]
+      a run per seed, one process each; a summary; non-zero exit on any failure
+  lode-sim check-determinism --seed N
+      the same seed twice, in two processes: the trace hashes must be equal
+  lode-sim disk-crash --seed N | --seeds A..B
+      a partition log on the simulated disk, killed mid-IO, recovered and checked
+planted bugs (built with --features planted-bugs): ack-before-sync";
 
 #[cfg(madsim)]
 fn main() -> anyhow::Result<()> {
     use anyhow::Context;
+    // Broker logs on standard error, off unless RUST_LOG asks (e.g. RUST_LOG=info).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: lode-sim disk-crash --seed N [--seeds A..B]";
-    let scenario = args.first().context(usage)?;
-    anyhow::ensure!(
-        scenario == "disk-crash",
-        "unknown scenario {scenario:?}; {usage}"
-    );
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let (from, to) = match (flag("--seed"), flag("--seeds")) {
-        (Some(s), _) => {
-            let s: u64 = s.parse().context("--seed takes a number")?;
-            (s, s + 1)
+    let planted = flag("--planted")
+        .map(|s| s.parse::<lode_sim::chaos::Planted>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let seeds = || -> anyhow::Result<(u64, u64)> {
+        match (flag("--seed"), flag("--seeds")) {
+            (Some(s), _) => {
+                let s: u64 = s.parse().context("--seed takes a number")?;
+                Ok((s, s + 1))
+            }
+            (None, Some(r)) => {
+                let (a, b) = r.split_once("..").context("--seeds takes A..B")?;
+                Ok((
+                    a.parse().context("seed range start")?,
+                    b.parse().context("seed range end")?,
+                ))
+            }
+            (None, None) => anyhow::bail!("{USAGE}"),
         }
-        (None, Some(r)) => {
-            let (a, b) = r.split_once("..").context("--seeds takes A..B")?;
-            (
-                a.parse().context("seed range start")?,
-                b.parse().context("seed range end")?,
-            )
-        }
-        (None, None) => anyhow::bail!("{usage}"),
     };
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let (seed, _) = seeds()?;
+            let schedule = flag("--schedule")
+                .map(|f| std::fs::read_to_string(&f).with_context(|| f.clone()))
+                .transpose()?
+                .map(|t| t.parse::<lode_sim::chaos::Schedule>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            run_one(seed, planted, schedule, flag("--trace"))
+        }
+        Some("explore") => explore(seeds()?, planted),
+        Some("check-determinism") => check_determinism(seeds()?.0),
+        Some("disk-crash") => disk_crash(seeds()?),
+        _ => anyhow::bail!("{USAGE}"),
+    }
+}
+
+#[cfg(madsim)]
+fn run_one(
+    seed: u64,
+    planted: Option<lode_sim::chaos::Planted>,
+    schedule: Option<lode_sim::chaos::Schedule>,
+    trace: Option<String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use lode_sim::chaos::{Params, Schedule};
+    let params = Params::of(seed, planted);
+    let schedule = schedule.unwrap_or_else(|| Schedule::of(&params));
+    println!(
+        "seed {seed}, commit {}",
+        option_env!("LODE_COMMIT").unwrap_or("(unknown)")
+    );
+    println!("parameters: {params:?}");
+    println!("schedule (AT_MS FAULT):\n{schedule}");
+    let wall = std::time::Instant::now();
+    let report = lode_sim::chaos::run(&params, &schedule);
+    if let Some(path) = trace {
+        std::fs::write(&path, report.trace.join("\n") + "\n").with_context(|| path.clone())?;
+        println!("trace written to {path}");
+    }
+    println!(
+        "sends: {} acknowledged, {} refused, {} unknown; {} values read; {:.1} simulated s in {:.1} wall s",
+        report.acked,
+        report.failed,
+        report.unknown,
+        report.read,
+        report.simulated_s,
+        wall.elapsed().as_secs_f64()
+    );
+    for p in &report.permitted {
+        println!("permitted loss: {p}");
+    }
+    println!("trace hash {:016x}", report.trace_hash());
+    if report.violations.is_empty() {
+        println!("verdict: ok");
+        return Ok(());
+    }
+    for v in &report.violations {
+        println!("VIOLATION {v}");
+    }
+    let planted_flag = planted.map_or(String::new(), |_| {
+        format!(" --planted {}", flag_name(planted))
+    });
+    println!(
+        "verdict: FAILED; reproduce with: RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim --all-features -- run --seed {seed}{planted_flag}"
+    );
+    anyhow::bail!("seed {seed} failed")
+}
+
+#[cfg(madsim)]
+fn flag_name(planted: Option<lode_sim::chaos::Planted>) -> &'static str {
+    match planted {
+        Some(lode_sim::chaos::Planted::AckBeforeSync) => "ack-before-sync",
+        None => "",
+    }
+}
+
+/// One process per seed (a panic or hang in one run cannot take the others with it).
+#[cfg(madsim)]
+fn explore(
+    (from, to): (u64, u64),
+    planted: Option<lode_sim::chaos::Planted>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("own path")?;
+    let wall = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for seed in from..to {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "--seed", &seed.to_string()]);
+        if planted.is_some() {
+            cmd.args(["--planted", flag_name(planted)]);
+        }
+        let out = cmd.output().context("running a seed")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let verdict = text
+            .lines()
+            .find(|l| l.starts_with("verdict:"))
+            .unwrap_or("verdict: crashed")
+            .to_owned();
+        println!("seed {seed}: {verdict}");
+        if !out.status.success() {
+            let log = format!("lode-sim-seed-{seed}.log");
+            std::fs::write(
+                &log,
+                [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+            )?;
+            println!("  log kept in {log}");
+            failed.push(seed);
+        }
+    }
+    println!(
+        "{} seeds, {} failed {failed:?}, {:.1} wall s",
+        to - from,
+        failed.len(),
+        wall.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(failed.is_empty(), "{} seeds failed", failed.len());
+    Ok(())
+}
+
+#[cfg(madsim)]
+fn check_determinism(seed: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("own path")?;
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let out = std::process::Command::new(&exe)
+            .args(["run", "--seed", &seed.to_string()])
+            .output()
+            .context("running the seed")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let hash = text
+            .lines()
+            .find_map(|l| l.strip_prefix("trace hash "))
+            .context("no trace hash in the run's output")?
+            .to_owned();
+        hashes.push(hash);
+    }
+    println!("seed {seed}: trace hashes {} and {}", hashes[0], hashes[1]);
+    anyhow::ensure!(hashes[0] == hashes[1], "seed {seed} is not deterministic");
+    Ok(())
+}
+
+#[cfg(madsim)]
+fn disk_crash((from, to): (u64, u64)) -> anyhow::Result<()> {
     let mut failed = 0;
     for seed in from..to {
         println!("seed {seed}: {:?}", lode_sim::disk_crash::params(seed));
@@ -61,6 +231,6 @@ fn main() -> anyhow::Result<()> {
 #[cfg(not(madsim))]
 fn main() {
     eprintln!("lode-sim runs only in the simulation build:");
-    eprintln!("  RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim -- disk-crash --seed 1");
+    eprintln!("  RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim -- run --seed 1");
     std::process::exit(2);
 }

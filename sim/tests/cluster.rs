@@ -12,9 +12,7 @@ use std::time::Duration;
 use lode_client::{Client, Producer, ProducerConfig, Record};
 use madsim::runtime::Runtime;
 
-mod common;
-
-use common::{client_when_ready, Cluster};
+use lode_sim::cluster::{client_when_ready, Cluster};
 
 const SUBNET: u8 = 3;
 

@@ -13,9 +13,7 @@ use lode_client::{Client, Consumer, Producer, ProducerConfig, Record};
 use lode_proto::Offset;
 use madsim::runtime::Runtime;
 
-mod common;
-
-use common::{client_when_ready, Cluster};
+use lode_sim::cluster::{client_when_ready, Cluster};
 
 const SUBNET: u8 = 4;
 

@@ -410,6 +410,7 @@ fn apply_one(
                     match postcard::from_bytes::<Vec<MetadataRecord>>(&e.data) {
                         Ok(records) => {
                             for (i, r) in records.iter().enumerate() {
+                                tracing::debug!(offset = e.offset.0, record = ?r, "metadata record");
                                 if let Err(err) = st.apply(metadata_offset(e.offset, i), r) {
                                     // The controller decided on the same state: a refusal
                                     // here is a bug, but every node refuses alike.

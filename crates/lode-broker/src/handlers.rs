@@ -477,6 +477,9 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                             }
                             Ok(()) => {
                                 let mut bytes = records.to_vec();
+                                // Read before the append: if leadership moves in between,
+                                // the wait below fails the request, as it must.
+                                let epoch = p.leader_epoch();
                                 match p.append(&mut bytes).await {
                                     Ok((info, _dup)) => {
                                         pr.base_offset = info.base_offset.0;
@@ -487,6 +490,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                                                 pd.index,
                                                 Arc::clone(&p),
                                                 info.last_offset,
+                                                epoch,
                                             ));
                                         }
                                         codes::NONE
@@ -517,14 +521,16 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
         resp.responses.push(tr);
     }
     // acks=all: wait (bounded by the request's timeout) until each batch is committed.
-    for (topic, index, p, last) in waits {
+    for (topic, index, p, last, epoch) in waits {
         let committed = broker
             .clock
-            .timeout(timeout, p.wait_committed(last))
+            .timeout(timeout, p.wait_committed(last, epoch))
             .await
             .is_ok()
             && p.high_watermark() > last;
         let code = match p.ack_state(last) {
+            // Checked first: a deposed leader's high watermark says nothing of this batch.
+            _ if !p.still_leads(epoch) => codes::NOT_LEADER_OR_FOLLOWER,
             _ if !committed => codes::REQUEST_TIMED_OUT,
             lode_core::replication::AckState::Committed => codes::NONE,
             lode_core::replication::AckState::NotEnoughReplicasAfterAppend => {

@@ -153,13 +153,28 @@ impl Partition {
         *self.hw.borrow()
     }
 
-    /// Waits until the high watermark passes `offset` (or the partition closes).
-    pub async fn wait_committed(&self, offset: Offset) {
+    /// Waits until the high watermark passes `offset`, or this broker no longer leads in
+    /// `epoch` (the epoch the batch was appended in), or the partition closes.
+    pub async fn wait_committed(&self, offset: Offset, epoch: Epoch) {
         let mut rx = self.hw.subscribe();
         // An error means the sender is gone: the partition is closing; stop waiting.
         let _ = rx
-            .wait_for(|hw| *hw > offset || self.closed.load(Ordering::Acquire))
+            .wait_for(|hw| {
+                *hw > offset || self.closed.load(Ordering::Acquire) || !self.still_leads(epoch)
+            })
             .await;
+    }
+
+    /// Whether this broker still leads the partition in `epoch`. A deposed leader must not
+    /// complete an acks=all request: its high watermark now follows another leader's log,
+    /// in which the request's offsets may hold other records.
+    #[must_use]
+    pub fn still_leads(&self, epoch: Epoch) -> bool {
+        self.standalone
+            || self
+                .replication_lock()
+                .as_ref()
+                .is_some_and(|r| r.leader_epoch() == epoch)
     }
 
     /// The first offset still readable.
@@ -325,6 +340,8 @@ impl Partition {
         );
         tracing::info!(topic = %self.topic, partition = self.index, epoch = epoch.0, "leader");
         *self.replication_lock() = Some(rep);
+        // Requests appended in an earlier epoch of this broker fail: wake them.
+        self.hw.send_modify(|_| {});
         let hw = self
             .replication_lock()
             .as_mut()
@@ -338,6 +355,8 @@ impl Partition {
     pub fn become_follower(&self) {
         if self.replication_lock().take().is_some() {
             tracing::info!(topic = %self.topic, partition = self.index, "follower");
+            // Wakes acks=all requests waiting here: they fail, deposed.
+            self.hw.send_modify(|_| {});
         }
     }
 

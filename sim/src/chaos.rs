@@ -1,0 +1,952 @@
+//! Seeded chaos on real brokers: a swarm of parameters and a fault schedule drawn from one
+//! seed, producers writing unique values through the real client, then heal, a liveness
+//! check, a full read, and a history checker.
+//!
+//! The schedule is data: one fault per line, `AT_MS KIND ARGS` (see [`Fault`]), printed
+//! with every run and accepted back from a file, so a failing run can be replayed, edited
+//! and shrunk by hand.
+//!
+//! What the history checker asserts (Jepsen's names):
+//! - lost-write: a value acknowledged with acks=all is not in the log;
+//! - inconsistent-offsets: an acknowledged value is at another offset than acknowledged;
+//! - duplicate: a value is in the log twice (the producers do not retry, so a duplicate
+//!   can only come from the brokers);
+//! - failed-but-present: a value refused with NOT_ENOUGH_REPLICAS (never appended) is in
+//!   the log;
+//! - nonmonotonic-send: one producer's acknowledged offsets in a partition go backwards.
+//!
+//! Loss the configuration allows is reported as permitted, with the reason, not ignored:
+//! acks=1 values lost to a leader failure, and acks=all values of an `fsync=interval` topic
+//! after a power loss.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lode_broker::BrokerConfig;
+use lode_client::{Client, ClientError, Consumer, Producer, ProducerConfig, Record};
+use lode_proto::Offset;
+use madsim::net::NetSim;
+use madsim::runtime::Runtime;
+
+use crate::cluster::{client_when_ready, Cluster};
+
+const SUBNET: u8 = 1;
+const TOPIC: &str = "chaos";
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+/// Values of the final writes (one per partition, after healing), which the checker skips.
+const SENTINEL: &str = "final-";
+
+/// xorshift64*: the swarm's parameters and schedule from the seed, independent of madsim's
+/// own randomness (so the schedule of a seed can be printed before the run).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Deliberately broken brokers the runs must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planted {
+    /// A leader acknowledges acks=all once its own log has the batch (under fsync=always).
+    AckBeforeSync,
+}
+
+impl FromStr for Planted {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Planted, String> {
+        match s {
+            "ack-before-sync" => Ok(Planted::AckBeforeSync),
+            other => Err(format!(
+                "unknown planted bug {other:?} (known: ack-before-sync)"
+            )),
+        }
+    }
+}
+
+/// Durability policy of the run's topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// `lode.fsync=always`.
+    Always,
+    /// `lode.fsync=interval`.
+    Interval,
+}
+
+/// Everything a seed decides besides the fault schedule.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// The seed.
+    pub seed: u64,
+    /// Brokers, all controller voters.
+    pub brokers: i32,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Its replication factor.
+    pub replication_factor: i16,
+    /// Its `min.insync.replicas`.
+    pub min_isr: i32,
+    /// Its durability policy.
+    pub fsync: Fsync,
+    /// Producers; producer `i` uses acks=1 if `i` is in `acks_one`, else acks=all.
+    pub producers: u32,
+    /// Producers with acks=1.
+    pub acks_one: BTreeSet<u32>,
+    /// How long the producers and the faults run, in simulated milliseconds.
+    pub duration_ms: u64,
+    /// A planted bug, if any.
+    pub planted: Option<Planted>,
+}
+
+impl Params {
+    /// The parameters of `seed`.
+    #[must_use]
+    pub fn of(seed: u64, planted: Option<Planted>) -> Params {
+        let mut r = Rng::new(seed);
+        let brokers = 3 + r.below(3) as i32;
+        let replication_factor = 3;
+        let min_isr = 1 + i32::from(r.chance(70));
+        let producers = 1 + r.below(3) as u32;
+        let acks_one = (0..producers).filter(|_| r.chance(25)).collect();
+        let fsync = match planted {
+            // The planted bug is about syncs: it only shows under fsync=always.
+            Some(Planted::AckBeforeSync) => Fsync::Always,
+            None if r.chance(30) => Fsync::Interval,
+            None => Fsync::Always,
+        };
+        Params {
+            seed,
+            brokers,
+            partitions: 1 + r.below(3) as i32,
+            replication_factor,
+            min_isr: min_isr.min(i32::from(replication_factor)),
+            fsync,
+            producers,
+            acks_one,
+            duration_ms: 8_000 + r.below(8_000),
+            planted,
+        }
+    }
+}
+
+/// One fault. Text form: `crash N`, `power-loss N`, `stop N` (clean), `restart N`,
+/// `pause N`, `resume N`, `isolate N` (cut from every other broker and the clients),
+/// `heal`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of a broker.
+    Crash(i32),
+    /// Power loss: the broker dies and its disk loses, keeps or tears unsynced writes.
+    PowerLoss(i32),
+    /// A clean stop through the broker's shutdown path.
+    Stop(i32),
+    /// A stopped or crashed broker starts again from its disk.
+    Restart(i32),
+    /// The broker's process stops being scheduled.
+    Pause(i32),
+    /// A paused broker runs again.
+    Resume(i32),
+    /// Every link to and from the broker is cut.
+    Isolate(i32),
+    /// Every link is restored.
+    Heal,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Crash(n) => write!(f, "crash {n}"),
+            Fault::PowerLoss(n) => write!(f, "power-loss {n}"),
+            Fault::Stop(n) => write!(f, "stop {n}"),
+            Fault::Restart(n) => write!(f, "restart {n}"),
+            Fault::Pause(n) => write!(f, "pause {n}"),
+            Fault::Resume(n) => write!(f, "resume {n}"),
+            Fault::Isolate(n) => write!(f, "isolate {n}"),
+            Fault::Heal => write!(f, "heal"),
+        }
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        let node = || -> Result<i32, String> {
+            words
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("{s:?}: a broker number must follow"))
+        };
+        match words.first().copied() {
+            Some("crash") => Ok(Fault::Crash(node()?)),
+            Some("power-loss") => Ok(Fault::PowerLoss(node()?)),
+            Some("stop") => Ok(Fault::Stop(node()?)),
+            Some("restart") => Ok(Fault::Restart(node()?)),
+            Some("pause") => Ok(Fault::Pause(node()?)),
+            Some("resume") => Ok(Fault::Resume(node()?)),
+            Some("isolate") => Ok(Fault::Isolate(node()?)),
+            Some("heal") => Ok(Fault::Heal),
+            _ => Err(format!("{s:?}: unknown fault")),
+        }
+    }
+}
+
+/// Faults at simulated milliseconds after the workload started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Schedule(pub Vec<(u64, Fault)>);
+
+impl Schedule {
+    /// The schedule a seed draws: a fault every 0.5-3 s, each broker taken down at most
+    /// to a minority at a time and brought back 1-4 s later.
+    #[must_use]
+    pub fn of(p: &Params) -> Schedule {
+        let mut r = Rng::new(p.seed ^ 0x00c0_ffee);
+        let mut out = Vec::new();
+        let mut down: BTreeMap<i32, (u64, Fault)> = BTreeMap::new();
+        let mut isolated = false;
+        let minority = (p.brokers - 1) / 2;
+        let mut t = 500 + r.below(1000);
+        while t < p.duration_ms {
+            // Bring back what is due.
+            let due: Vec<i32> = down
+                .iter()
+                .filter(|(_, (at, _))| *at <= t)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in due {
+                if let Some((at, undo)) = down.remove(&n) {
+                    out.push((at, undo));
+                }
+            }
+            if isolated && r.chance(50) {
+                out.push((t, Fault::Heal));
+                isolated = false;
+            } else if (down.len() as i32) < minority || (down.is_empty() && minority == 0) {
+                let n = loop {
+                    let n = r.below(p.brokers as u64) as i32;
+                    if !down.contains_key(&n) {
+                        break n;
+                    }
+                };
+                let back = t + 1_000 + r.below(3_000);
+                let (fault, undo) = match r.below(10) {
+                    0..=2 => (Fault::Crash(n), Fault::Restart(n)),
+                    3..=5 => (Fault::PowerLoss(n), Fault::Restart(n)),
+                    6 => (Fault::Stop(n), Fault::Restart(n)),
+                    7 => (Fault::Pause(n), Fault::Resume(n)),
+                    _ if !isolated => {
+                        isolated = true;
+                        (Fault::Isolate(n), Fault::Heal)
+                    }
+                    _ => (Fault::Crash(n), Fault::Restart(n)),
+                };
+                out.push((t, fault));
+                if undo == Fault::Heal {
+                    out.push((back, Fault::Heal));
+                } else {
+                    down.insert(n, (back, undo));
+                }
+            }
+            t += 500 + r.below(2_500);
+        }
+        out.extend(down.into_values());
+        out.sort_by_key(|(at, _)| *at);
+        Schedule(out)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (at, fault) in &self.0 {
+            writeln!(f, "{at} {fault}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Schedule, String> {
+        let mut out = Vec::new();
+        for line in s
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (at, fault) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("{line:?}: give AT_MS FAULT"))?;
+            let at: u64 = at
+                .parse()
+                .map_err(|_| format!("{line:?}: AT_MS is a number"))?;
+            out.push((at, fault.parse()?));
+        }
+        out.sort_by_key(|(at, _)| *at);
+        Ok(Schedule(out))
+    }
+}
+
+/// What became of one send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged at this offset.
+    Ok(i64),
+    /// Definitely not appended (NOT_ENOUGH_REPLICAS).
+    Fail,
+    /// Unknown: timed out, leader moved, connection lost.
+    Info(String),
+}
+
+/// One send in the history.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// Producer number.
+    pub producer: u32,
+    /// The value (unique in the run).
+    pub value: String,
+    /// Its partition.
+    pub partition: i32,
+    /// acks=1 (else acks=all).
+    pub acks_one: bool,
+    /// Simulated milliseconds at invocation and completion.
+    pub invoked_ms: u64,
+    /// See `invoked_ms`.
+    pub completed_ms: u64,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// A run's result.
+#[derive(Debug)]
+pub struct Report {
+    /// Its parameters.
+    pub params: Params,
+    /// Its schedule.
+    pub schedule: Schedule,
+    /// Violations: empty when the run passed.
+    pub violations: Vec<String>,
+    /// Losses the configuration allows, with the reason.
+    pub permitted: Vec<String>,
+    /// Counts: acknowledged, failed, unknown sends; values read.
+    pub acked: usize,
+    /// See `acked`.
+    pub failed: usize,
+    /// See `acked`.
+    pub unknown: usize,
+    /// See `acked`.
+    pub read: usize,
+    /// The trace: faults, client operations and checks, with simulated time.
+    pub trace: Vec<String>,
+    /// Simulated seconds the run took.
+    pub simulated_s: f64,
+}
+
+impl Report {
+    /// A hash of the trace (FNV-1a): equal for equal runs.
+    #[must_use]
+    pub fn trace_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.trace {
+            for b in line.bytes().chain(std::iter::once(b'\n')) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
+fn now_ms(start: madsim::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync + 'static {
+    let planted = p.planted;
+    move |c: &mut BrokerConfig| {
+        c.replica_lag_time_max = Duration::from_secs(3);
+        #[cfg(feature = "planted-bugs")]
+        if planted == Some(Planted::AckBeforeSync) {
+            c.planted = Some(lode_broker::PlantedBug::AckOnLeaderSync);
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        let _ = planted;
+    }
+}
+
+/// Runs `params` with `schedule` in a fresh madsim runtime seeded with the seed.
+#[must_use]
+pub fn run(params: &Params, schedule: &Schedule) -> Report {
+    let rt = Runtime::with_seed_and_config(params.seed, madsim::Config::default());
+    let (p, s) = (params.clone(), schedule.clone());
+    rt.block_on(async move { scenario(p, s).await })
+}
+
+/// The run itself, inside a madsim runtime.
+pub async fn scenario(params: Params, schedule: Schedule) -> Report {
+    let trace = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = {
+        let trace = Arc::clone(&trace);
+        move |line: String| {
+            trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line)
+        }
+    };
+    let cluster = Cluster::start(params.seed, SUBNET, params.brokers, broker_tweak(&params));
+    let client_node = cluster.client_node();
+    let all = cluster.bootstrap(0..params.brokers);
+    let start = madsim::time::Instant::now();
+    log(format!("0 params {params:?}"));
+
+    // Set-up: the topic, once every broker is in.
+    let set_up = {
+        let (all, p) = (all.clone(), params.clone());
+        client_node
+            .spawn(async move {
+                let client = client_when_ready(&all, p.brokers as usize).await;
+                let fsync = match p.fsync {
+                    Fsync::Always => "always",
+                    Fsync::Interval => "interval",
+                };
+                let min_isr = p.min_isr.to_string();
+                client
+                    .create_topic_with(
+                        TOPIC,
+                        p.partitions,
+                        p.replication_factor,
+                        &[("lode.fsync", fsync), ("min.insync.replicas", &min_isr)],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err("the set-up task died".into()))
+    };
+    if let Err(e) = set_up {
+        cluster.stop();
+        return Report {
+            params,
+            schedule,
+            violations: vec![format!("set-up: creating the topic failed: {e}")],
+            permitted: Vec::new(),
+            acked: 0,
+            failed: 0,
+            unknown: 0,
+            read: 0,
+            trace: trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            simulated_s: start.elapsed().as_secs_f64(),
+        };
+    }
+    let workload_start = madsim::time::Instant::now();
+    log(format!("{} workload starts", now_ms(start)));
+
+    // The workload: each producer sends, waits for the answer, and goes on.
+    let history = Arc::new(Mutex::new(Vec::<Op>::new()));
+    let mut producers = Vec::new();
+    for id in 0..params.producers {
+        let (all, history, p) = (all.clone(), Arc::clone(&history), params.clone());
+        let log = log.clone();
+        producers.push(client_node.spawn(async move {
+            produce(id, &all, &p, (start, workload_start), &history, &log).await;
+        }));
+    }
+
+    // The nemesis.
+    let mut down = BTreeSet::new();
+    let mut happened = Happened::default();
+    for (at, fault) in &schedule.0 {
+        let at = Duration::from_millis(*at);
+        let elapsed = workload_start.elapsed();
+        if at > elapsed {
+            madsim::time::sleep(at - elapsed).await;
+        }
+        log(format!("{} fault {fault}", now_ms(start)));
+        apply(&cluster, fault, &mut down, &mut happened).await;
+    }
+    let left = Duration::from_millis(params.duration_ms).saturating_sub(workload_start.elapsed());
+    madsim::time::sleep(left).await;
+    for p in producers {
+        let _ = p.await;
+    }
+
+    // Heal: every link back, every broker running.
+    log(format!("{} heal all", now_ms(start)));
+    heal(&cluster);
+    for n in std::mem::take(&mut down) {
+        if n >= 0 {
+            cluster.restart(n);
+        } else {
+            cluster.resume(-n - 1);
+        }
+    }
+
+    let mut violations = Vec::new();
+    let mut permitted = Vec::new();
+    // Liveness: within 60 simulated seconds every partition has a leader and a full ISR.
+    let offline_allowed = params.fsync == Fsync::Interval && happened.unclean_restart;
+    let settled = {
+        let (all, p) = (all.clone(), params.clone());
+        client_node
+            .spawn(async move { settle(&all, &p, offline_allowed).await })
+            .await
+            .unwrap_or(Err("liveness task died".into()))
+    };
+    log(format!("{} settled: {settled:?}", now_ms(start)));
+    let offline = match settled {
+        Ok(offline) => offline,
+        Err(e) => {
+            violations.push(format!("liveness: {e}"));
+            BTreeSet::new()
+        }
+    };
+    for p in &offline {
+        permitted.push(format!(
+            "partition {p} offline after healing: every ISR member restarted uncleanly under fsync=interval (KIP-966; no unclean recovery)"
+        ));
+    }
+
+    // Read everything below the high watermarks.
+    let read = {
+        let (all, p, off) = (all.clone(), params.clone(), offline.clone());
+        client_node
+            .spawn(async move { read_all(&all, p.partitions, &off).await })
+            .await
+            .unwrap_or(Err("reader task died".into()))
+    };
+    let history = history
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => {
+            violations.push(format!("read: {e}"));
+            BTreeMap::new()
+        }
+    };
+    check(
+        &params,
+        happened.power_loss,
+        &offline,
+        &history,
+        &read,
+        &mut violations,
+        &mut permitted,
+    );
+    for v in &violations {
+        log(format!("{} violation {v}", now_ms(start)));
+    }
+    cluster.stop();
+    let trace = trace
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Report {
+        acked: history
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+            .count(),
+        failed: history
+            .iter()
+            .filter(|o| o.outcome == Outcome::Fail)
+            .count(),
+        unknown: history
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Info(_)))
+            .count(),
+        read: read.values().map(Vec::len).sum(),
+        params,
+        schedule,
+        violations,
+        permitted,
+        trace,
+        simulated_s: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Which kinds of fault the run saw (what the guarantees then allow).
+#[derive(Debug, Default)]
+struct Happened {
+    power_loss: bool,
+    unclean_restart: bool,
+}
+
+/// Applies one fault. `down` holds crashed/stopped brokers as `n` and paused ones as
+/// `-n - 1`.
+async fn apply(
+    cluster: &Cluster,
+    fault: &Fault,
+    down: &mut BTreeSet<i32>,
+    happened: &mut Happened,
+) {
+    let n_max = cluster.nodes.len() as i32;
+    let valid = |n: i32| (0..n_max).contains(&n);
+    match *fault {
+        Fault::Crash(n) if valid(n) && !down.contains(&n) => {
+            cluster.crash(n);
+            happened.unclean_restart = true;
+            down.insert(n);
+        }
+        Fault::PowerLoss(n) if valid(n) && !down.contains(&n) => {
+            cluster.power_loss(n);
+            happened.power_loss = true;
+            happened.unclean_restart = true;
+            down.insert(n);
+        }
+        Fault::Stop(n) if valid(n) && !down.contains(&n) && !down.contains(&(-n - 1)) => {
+            cluster.clean_stop(n, Duration::from_secs(6)).await;
+            down.insert(n);
+        }
+        Fault::Restart(n) if down.remove(&n) => cluster.restart(n),
+        Fault::Pause(n) if valid(n) && !down.contains(&n) && !down.contains(&(-n - 1)) => {
+            cluster.pause(n);
+            down.insert(-n - 1);
+        }
+        Fault::Resume(n) if down.remove(&(-n - 1)) => cluster.resume(n),
+        Fault::Isolate(n) if valid(n) => {
+            let net = NetSim::current();
+            let me = cluster.nodes[n as usize].id();
+            net.clog_node(me);
+        }
+        Fault::Heal => heal(cluster),
+        // A fault on a broker in the wrong state (a hand-edited schedule): skipped.
+        _ => {}
+    }
+}
+
+fn heal(cluster: &Cluster) {
+    let net = NetSim::current();
+    for node in &cluster.nodes {
+        net.unclog_node(node.id());
+    }
+}
+
+async fn produce(
+    id: u32,
+    bootstrap: &str,
+    p: &Params,
+    (trace_start, start): (madsim::time::Instant, madsim::time::Instant),
+    history: &Mutex<Vec<Op>>,
+    log: &(impl Fn(String) + Send + Sync),
+) {
+    let acks_one = p.acks_one.contains(&id);
+    let Ok(client) = Client::connect(bootstrap, &format!("producer-{id}")).await else {
+        return;
+    };
+    let config = ProducerConfig {
+        acks: if acks_one { 1 } else { -1 },
+        idempotent: false,
+        // One attempt per value: its outcome is that attempt's.
+        retries: 0,
+        in_flight_per_partition_max: 1,
+        linger: Duration::from_millis(1),
+        request_timeout: Duration::from_secs(3),
+        ..ProducerConfig::default()
+    };
+    let Ok(producer) = Producer::new(Arc::clone(&client), config).await else {
+        return;
+    };
+    let deadline = Duration::from_millis(p.duration_ms);
+    let mut seq = 0_u64;
+    while start.elapsed() < deadline {
+        let value = format!("p{id}-{seq}");
+        let partition = (seq % p.partitions as u64) as i32;
+        seq += 1;
+        let invoked_ms = now_ms(start);
+        let record = Record {
+            value: Some(value.clone().into_bytes()),
+            partition: Some(partition),
+            ..Record::default()
+        };
+        let outcome = match producer.send(TOPIC, record).await {
+            Err(e) => Outcome::Info(e.to_string()),
+            Ok(d) => match madsim::time::timeout(Duration::from_secs(10), d).await {
+                Ok(Ok(Ok(offset))) => Outcome::Ok(offset.0),
+                Ok(Ok(Err(ClientError::Broker { code, .. }))) if code == NOT_ENOUGH_REPLICAS => {
+                    Outcome::Fail
+                }
+                Ok(Ok(Err(e))) => Outcome::Info(e.to_string()),
+                Ok(Err(_)) => Outcome::Info("producer dropped the send".into()),
+                Err(_) => Outcome::Info("no answer in 10 s".into()),
+            },
+        };
+        let completed_ms = now_ms(start);
+        log(format!(
+            "{} producer {id} {value} -> {partition}: {outcome:?}",
+            now_ms(trace_start)
+        ));
+        let failed = !matches!(outcome, Outcome::Ok(_));
+        history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Op {
+                producer: id,
+                value,
+                partition,
+                acks_one,
+                invoked_ms,
+                completed_ms,
+                outcome,
+            });
+        if failed {
+            // Find the new leader, and do not spin on a dead one.
+            let _ = client.metadata(Some(&[TOPIC])).await;
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            madsim::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Waits until every partition has a leader and an ISR of all its replicas. With
+/// `offline_allowed` (fsync=interval after unclean restarts), a partition without leader
+/// and ISR is accepted as offline (KIP-966: every ISR member restarted uncleanly, and there
+/// is no unclean recovery): the result names those.
+async fn settle(
+    bootstrap: &str,
+    p: &Params,
+    offline_allowed: bool,
+) -> Result<BTreeSet<i32>, String> {
+    let mut last = String::new();
+    let mut offline = BTreeSet::new();
+    for _ in 0..600 {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        let Ok(c) = Client::connect(bootstrap, "settle").await else {
+            continue;
+        };
+        let Ok(topics) = c.metadata(Some(&[TOPIC])).await else {
+            continue;
+        };
+        let Some(t) = topics.into_iter().find(|t| t.name == TOPIC) else {
+            continue;
+        };
+        last = format!("{:?}", t.partitions);
+        offline = t
+            .partitions
+            .iter()
+            .filter(|part| offline_allowed && part.leader < 0 && part.isr.is_empty())
+            .map(|part| part.index)
+            .collect();
+        let full = t.partitions.len() == p.partitions as usize
+            && t.partitions.iter().all(|part| {
+                offline.contains(&part.index)
+                    || part.leader >= 0 && {
+                        let mut isr = part.isr.clone();
+                        let mut replicas = part.replicas.clone();
+                        isr.sort_unstable();
+                        replicas.sort_unstable();
+                        isr == replicas
+                    }
+            });
+        if full && offline.is_empty() {
+            return Ok(offline);
+        }
+    }
+    if !offline.is_empty() {
+        // Still so after 60 s: accepted as permitted.
+        return Ok(offline);
+    }
+    Err(format!(
+        "60 s after healing, not every partition has a leader and a full ISR: {last}"
+    ))
+}
+
+/// value -> every (partition, offset) it is at.
+type Read = BTreeMap<String, Vec<(i32, i64)>>;
+
+async fn read_all(
+    bootstrap: &str,
+    partitions: i32,
+    offline: &BTreeSet<i32>,
+) -> Result<Read, String> {
+    let client = Client::connect(bootstrap, "reader")
+        .await
+        .map_err(|e| e.to_string())?;
+    // A final acks=all write per partition: once it is acknowledged, the high watermark
+    // covers everything before it, whatever a new leader's high watermark said so far.
+    let sentinels = Producer::new(
+        Arc::clone(&client),
+        ProducerConfig {
+            acks: -1,
+            idempotent: false,
+            retries: 0,
+            request_timeout: Duration::from_secs(3),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut consumer = Consumer::new(Arc::clone(&client));
+    let mut ends = BTreeMap::new();
+    for p in (0..partitions).filter(|p| !offline.contains(p)) {
+        let mut end = None;
+        for _ in 0..50 {
+            let record = Record {
+                value: Some(format!("{SENTINEL}{p}").into_bytes()),
+                partition: Some(p),
+                ..Record::default()
+            };
+            if let Ok(d) = sentinels.send(TOPIC, record).await {
+                if let Ok(Ok(offset)) = d.await {
+                    end = Some(Offset(offset.0 + 1));
+                    break;
+                }
+            }
+            let _ = client.metadata(Some(&[TOPIC])).await;
+            madsim::time::sleep(Duration::from_millis(200)).await;
+        }
+        ends.insert(
+            p,
+            end.ok_or_else(|| format!("the final write to partition {p} was never acknowledged"))?,
+        );
+        consumer.assign(TOPIC, p, Offset(0));
+    }
+    let mut read = Read::new();
+    for _ in 0..2_000 {
+        if ends
+            .iter()
+            .all(|(p, end)| consumer.position(TOPIC, *p).is_some_and(|o| o >= *end))
+        {
+            return Ok(read);
+        }
+        match consumer.poll().await {
+            Ok(records) => {
+                for r in records {
+                    let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                        .into_owned();
+                    read.entry(v).or_default().push((r.partition, r.offset.0));
+                }
+            }
+            Err(_) => {
+                let _ = client.metadata(Some(&[TOPIC])).await;
+                madsim::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(format!("could not read up to the high watermarks {ends:?}"))
+}
+
+/// The history checker.
+fn check(
+    p: &Params,
+    power_lost: bool,
+    offline: &BTreeSet<i32>,
+    history: &[Op],
+    read: &Read,
+    violations: &mut Vec<String>,
+    permitted: &mut Vec<String>,
+) {
+    let sent: BTreeMap<&str, &Op> = history.iter().map(|o| (o.value.as_str(), o)).collect();
+    for (value, copies) in read {
+        if value.starts_with(SENTINEL) {
+            continue;
+        }
+        if copies.len() > 1 {
+            violations.push(format!(
+                "duplicate: {value} is in the log {} times: {copies:?}",
+                copies.len()
+            ));
+        }
+        match sent.get(value.as_str()) {
+            None => violations.push(format!("unexpected: {value} was never sent, at {copies:?}")),
+            Some(op) if op.outcome == Outcome::Fail => violations.push(format!(
+                "failed-but-present: {value} was refused with NOT_ENOUGH_REPLICAS at {} ms but is at {copies:?}",
+                op.completed_ms
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut last: BTreeMap<(u32, i32), (i64, &str)> = BTreeMap::new();
+    for op in history {
+        let Outcome::Ok(offset) = op.outcome else {
+            continue;
+        };
+        if offline.contains(&op.partition) {
+            // Unreadable, not known lost: reported with the partition above.
+            continue;
+        }
+        match read.get(&op.value).map(Vec::as_slice) {
+            None => {
+                let why = if op.acks_one {
+                    Some("acks=1: acknowledged by the leader alone")
+                } else if p.fsync == Fsync::Interval && power_lost {
+                    Some("fsync=interval with a power loss in the run")
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => permitted.push(format!("{} (acknowledged at offset {offset} of partition {}): {why}", op.value, op.partition)),
+                    None => {
+                        let now_there = read
+                            .iter()
+                            .find(|(_, at)| at.contains(&(op.partition, offset)))
+                            .map_or("nothing", |(v, _)| v.as_str());
+                        violations.push(format!(
+                            "lost-write: {} acknowledged at {} ms at offset {offset} of partition {} is not in the log (that offset now holds {now_there})",
+                            op.value, op.completed_ms, op.partition
+                        ));
+                    }
+                }
+            }
+            Some([(part, at)]) if (*part, *at) != (op.partition, offset) => violations.push(format!(
+                "inconsistent-offsets: {} acknowledged at offset {offset} of partition {} is at offset {at} of partition {part}",
+                op.value, op.partition
+            )),
+            _ => {}
+        }
+        if op.acks_one {
+            // acks=1 values may be lost to a failover, and their offsets reused.
+            continue;
+        }
+        if let Some((prev, prev_value)) =
+            last.insert((op.producer, op.partition), (offset, &op.value))
+        {
+            if prev >= offset {
+                violations.push(format!(
+                    "nonmonotonic-send: producer {} got offset {offset} for {} after {prev} for {prev_value} in partition {}",
+                    op.producer, op.value, op.partition
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_print_and_parse_back() {
+        for seed in 0..50 {
+            let p = Params::of(seed, None);
+            let s = Schedule::of(&p);
+            let text = s.to_string();
+            assert_eq!(text.parse::<Schedule>().unwrap(), s, "seed {seed}:\n{text}");
+        }
+        assert!("12 explode 3".parse::<Schedule>().is_err());
+        assert!("x crash 3".parse::<Schedule>().is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! A cluster of real brokers in combined mode on simulated nodes of one subnet, each with
+//! its own simulated disk: start, power loss, crash, clean stop (the broker's own shutdown
+//! path), restart. Used by the madsim tests and by the chaos runner.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lode_broker::{Broker, BrokerConfig};
+use lode_client::Client;
+use lode_env::{Clock, Env, SimDisk};
+use lode_proto::BrokerId;
+use madsim::runtime::{Handle, NodeHandle};
+
+/// Brokers on `10.0.SUBNET.(i+1)`: Kafka on port 9092, the controller on 9093.
+pub struct Cluster {
+    /// The third byte of the brokers' addresses.
+    pub subnet: u8,
+    /// The simulated nodes, by broker id.
+    pub nodes: Vec<NodeHandle>,
+    /// Their disks, which survive restarts.
+    pub disks: Vec<SimDisk>,
+    /// Per node: a clean stop was asked for (the node's task shuts its broker down).
+    stop_asked: Vec<Arc<(AtomicBool, tokio::sync::Notify)>>,
+    /// Per node: its broker finished a clean shutdown.
+    stopped: Vec<Arc<(AtomicBool, tokio::sync::Notify)>>,
+}
+
+/// Address of broker `i`'s Kafka listener: `10.0.SUBNET.(i+1):9092`.
+#[must_use]
+pub fn kafka(subnet: u8, i: i32) -> SocketAddr {
+    SocketAddr::from(([10, 0, subnet, host(i)], 9092))
+}
+
+/// Address of broker `i`'s controller listener: `10.0.SUBNET.(i+1):9093`.
+#[must_use]
+pub fn controller(subnet: u8, i: i32) -> SocketAddr {
+    SocketAddr::from(([10, 0, subnet, host(i)], 9093))
+}
+
+fn host(i: i32) -> u8 {
+    u8::try_from(i + 1).unwrap_or(u8::MAX)
+}
+
+/// Broker `i` of `n`, every one a voter, with short sessions; `tweak` adjusts the rest.
+#[must_use]
+pub fn config(subnet: u8, n: i32, i: i32, tweak: impl Fn(&mut BrokerConfig)) -> BrokerConfig {
+    let mut c = BrokerConfig::new(BrokerId(i), kafka(subnet, i));
+    c.voters = (0..n)
+        .map(|v| (BrokerId(v), controller(subnet, v)))
+        .collect::<BTreeMap<_, _>>();
+    c.session_timeout = Duration::from_millis(1500);
+    c.heartbeat_interval = Duration::from_millis(200);
+    tweak(&mut c);
+    c
+}
+
+impl Cluster {
+    /// Starts `n` brokers; a restarted node starts its broker again from its disk.
+    ///
+    /// # Panics
+    /// Outside a madsim runtime.
+    pub fn start(
+        seed: u64,
+        subnet: u8,
+        n: i32,
+        tweak: impl Fn(&mut BrokerConfig) + Clone + Send + Sync + 'static,
+    ) -> Cluster {
+        let handle = Handle::current();
+        let mut nodes = Vec::new();
+        let mut disks = Vec::new();
+        let mut stop_asked = Vec::new();
+        let mut stopped = Vec::new();
+        for i in 0..n {
+            let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
+            let d = disk.clone();
+            let ask = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
+            let done = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
+            let (a, s) = (Arc::clone(&ask), Arc::clone(&done));
+            let tweak = tweak.clone();
+            nodes.push(
+                handle
+                    .create_node()
+                    .name(format!("broker-{i}"))
+                    .ip(kafka(subnet, i).ip())
+                    .init(move || {
+                        let d = d.clone();
+                        let (ask, done) = (Arc::clone(&a), Arc::clone(&s));
+                        let config = config(subnet, n, i, tweak.clone());
+                        async move {
+                            let broker = match Broker::start(
+                                config,
+                                Env::simulated(&d, Clock::system()),
+                            )
+                            .await
+                            {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    // A start can fail on an injected disk fault: the node
+                                    // stays down until restarted.
+                                    tracing::warn!(node = i, error = %e, "broker did not start");
+                                    return;
+                                }
+                            };
+                            // Runs until killed, or until a clean stop is asked for.
+                            loop {
+                                let asked = ask.1.notified();
+                                if ask.0.load(Ordering::Acquire) {
+                                    break;
+                                }
+                                asked.await;
+                            }
+                            broker.shutdown().await;
+                            done.0.store(true, Ordering::Release);
+                            done.1.notify_waiters();
+                            std::future::pending::<()>().await;
+                        }
+                    })
+                    .build(),
+            );
+            disks.push(disk);
+            stop_asked.push(ask);
+            stopped.push(done);
+        }
+        Cluster {
+            subnet,
+            nodes,
+            disks,
+            stop_asked,
+            stopped,
+        }
+    }
+
+    /// The bootstrap list of the brokers `ids`.
+    pub fn bootstrap(&self, ids: impl IntoIterator<Item = i32>) -> String {
+        ids.into_iter()
+            .map(|i| kafka(self.subnet, i).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Power loss of broker `i`: the node dies, its unsynced writes are gone.
+    pub fn power_loss(&self, i: i32) {
+        Handle::current().kill(self.nodes[i as usize].id());
+        self.disks[i as usize].crash();
+    }
+
+    /// A process crash of broker `i` (kill -9): the node dies; the page cache, which is
+    /// the kernel's, keeps every write.
+    pub fn crash(&self, i: i32) {
+        Handle::current().kill(self.nodes[i as usize].id());
+    }
+
+    /// A clean stop of broker `i` through the broker's shutdown path (controlled shutdown,
+    /// logs closed, clean-shutdown marker); the node is killed once that finished, or after
+    /// `max` if it did not.
+    pub async fn clean_stop(&self, i: i32, max: Duration) {
+        let (ask, done) = (&self.stop_asked[i as usize], &self.stopped[i as usize]);
+        let finished = done.1.notified();
+        done.0.store(false, Ordering::Release);
+        ask.0.store(true, Ordering::Release);
+        ask.1.notify_waiters();
+        if !done.0.load(Ordering::Acquire) {
+            let _ = madsim::time::timeout(max, finished).await;
+        }
+        Handle::current().kill(self.nodes[i as usize].id());
+    }
+
+    /// Starts broker `i` again from its disk.
+    pub fn restart(&self, i: i32) {
+        self.stop_asked[i as usize]
+            .0
+            .store(false, Ordering::Release);
+        Handle::current().restart(self.nodes[i as usize].id());
+    }
+
+    /// Pauses broker `i` (its tasks stop running; its connections stay open).
+    pub fn pause(&self, i: i32) {
+        Handle::current().pause(self.nodes[i as usize].id());
+    }
+
+    /// Resumes a paused broker.
+    pub fn resume(&self, i: i32) {
+        Handle::current().resume(self.nodes[i as usize].id());
+    }
+
+    /// Stops every node.
+    pub fn stop(&self) {
+        for n in &self.nodes {
+            Handle::current().kill(n.id());
+        }
+    }
+
+    /// A node for clients on the same subnet.
+    #[must_use]
+    pub fn client_node(&self) -> NodeHandle {
+        Handle::current()
+            .create_node()
+            .name("client")
+            .ip([10, 0, self.subnet, 100].into())
+            .build()
+    }
+}
+
+/// A client of `bootstrap` once Metadata lists `brokers` brokers (registered and unfenced),
+/// polling for up to 20 s.
+///
+/// # Panics
+/// If they are not there by then.
+pub async fn client_when_ready(bootstrap: &str, brokers: usize) -> Arc<Client> {
+    for _ in 0..200 {
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(c) = Client::connect(bootstrap, "sim").await {
+            if c.metadata(None).await.is_ok() && c.brokers().await.len() == brokers {
+                return c;
+            }
+        }
+    }
+    panic!("{brokers} brokers were not in Metadata within 20 s");
+}

@@ -732,26 +732,39 @@ async fn settle(
 ) -> Result<BTreeSet<i32>, String> {
     let mut last = String::new();
     let mut offline = BTreeSet::new();
-    for _ in 0..600 {
+    let brokers: Vec<&str> = bootstrap.split(',').collect();
+    'poll: for _ in 0..600 {
         madsim::time::sleep(Duration::from_millis(100)).await;
-        let Ok(c) = Client::connect(bootstrap, "settle").await else {
+        // Every broker must say so: one that is still replaying the metadata log answers
+        // from an old state.
+        let mut views = Vec::new();
+        for b in &brokers {
+            let Ok(c) = Client::connect(b, "settle").await else {
+                continue 'poll;
+            };
+            let Ok(topics) = c.metadata(Some(&[TOPIC])).await else {
+                continue 'poll;
+            };
+            let Some(t) = topics.into_iter().find(|t| t.name == TOPIC) else {
+                continue 'poll;
+            };
+            views.push(t.partitions);
+        }
+        last = format!("{:?}", views.first());
+        if views.windows(2).any(|w| w[0] != w[1]) {
+            last = format!("brokers disagree: {views:?}");
+            continue;
+        }
+        let Some(parts) = views.into_iter().next() else {
             continue;
         };
-        let Ok(topics) = c.metadata(Some(&[TOPIC])).await else {
-            continue;
-        };
-        let Some(t) = topics.into_iter().find(|t| t.name == TOPIC) else {
-            continue;
-        };
-        last = format!("{:?}", t.partitions);
-        offline = t
-            .partitions
+        offline = parts
             .iter()
             .filter(|part| offline_allowed && part.leader < 0 && part.isr.is_empty())
             .map(|part| part.index)
             .collect();
-        let full = t.partitions.len() == p.partitions as usize
-            && t.partitions.iter().all(|part| {
+        let full = parts.len() == p.partitions as usize
+            && parts.iter().all(|part| {
                 offline.contains(&part.index)
                     || part.leader >= 0 && {
                         let mut isr = part.isr.clone();
@@ -770,7 +783,7 @@ async fn settle(
         return Ok(offline);
     }
     Err(format!(
-        "60 s after healing, not every partition has a leader and a full ISR: {last}"
+        "60 s after healing, not every partition has a leader and a full ISR on every broker: {last}"
     ))
 }
 

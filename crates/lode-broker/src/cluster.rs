@@ -19,6 +19,10 @@ use crate::Broker;
 /// shutdown, read and removed at start.
 pub const CLEAN_SHUTDOWN_EPOCH: &str = "broker-epoch.clean";
 
+/// Kafka's STALE_BROKER_EPOCH and BROKER_ID_NOT_REGISTERED.
+const STALE_BROKER_EPOCH: i16 = 77;
+const BROKER_ID_NOT_REGISTERED: i16 = 102;
+
 /// How long a clean shutdown waits for the controller to move this broker's leaderships
 /// away and fence it, before closing anyway.
 pub const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(5);
@@ -57,7 +61,34 @@ pub(crate) async fn lifecycle(
 ) {
     let me = broker.config.node_id;
     let incarnation = lode_env::rng::seed_u64();
-    let epoch = loop {
+    loop {
+        let epoch = register(&broker, &plane, incarnation, clean).await;
+        broker.membership.epoch.store(epoch.0, Ordering::Release);
+        tracing::info!(
+            node = me.0,
+            epoch = epoch.0,
+            "registered with the controller"
+        );
+        heartbeat_until_stale(&broker, &plane, epoch).await;
+        // The controller no longer knows this epoch (fenced and replaced, or a registration
+        // answered by a controller whose entry was lost): register again, same process.
+        tracing::warn!(
+            node = me.0,
+            epoch = epoch.0,
+            "broker epoch is stale; registering again"
+        );
+    }
+}
+
+/// Registers until a controller accepts; returns the broker epoch.
+async fn register(
+    broker: &Broker,
+    plane: &ControlPlane,
+    incarnation: u64,
+    clean: Option<BrokerEpoch>,
+) -> BrokerEpoch {
+    let me = broker.config.node_id;
+    loop {
         let reply = plane
             .request(
                 ControlRequest::Register(BrokerRegistrationRequest {
@@ -73,19 +104,18 @@ pub(crate) async fn lifecycle(
         match reply {
             ControlReply::Done {
                 broker_epoch: Some(e),
-            } => break e,
+            } => return e,
             other => {
                 tracing::info!(node = me.0, ?other, "registration not accepted yet");
                 broker.clock.sleep(Duration::from_millis(500)).await;
             }
         }
-    };
-    broker.membership.epoch.store(epoch.0, Ordering::Release);
-    tracing::info!(
-        node = me.0,
-        epoch = epoch.0,
-        "registered with the controller"
-    );
+    }
+}
+
+/// Heartbeats with `epoch` until the controller says it is not (or no longer) registered.
+async fn heartbeat_until_stale(broker: &Broker, plane: &ControlPlane, epoch: BrokerEpoch) {
+    let me = broker.config.node_id;
     loop {
         // Caught up once this node has applied its own registration.
         let caught_up = plane.read(|s| s.broker(me).is_some_and(|b| b.epoch == epoch));
@@ -102,6 +132,10 @@ pub(crate) async fn lifecycle(
             .await;
         if let ControlReply::Refused { code, message } = reply {
             tracing::debug!(node = me.0, code, message, "heartbeat refused");
+            // STALE_BROKER_EPOCH, BROKER_ID_NOT_REGISTERED: only a new registration helps.
+            if code == STALE_BROKER_EPOCH || code == BROKER_ID_NOT_REGISTERED {
+                return;
+            }
         }
         broker.clock.sleep(broker.config.heartbeat_interval).await;
     }

@@ -518,6 +518,9 @@ impl Active {
         // The working state while active: the applied state plus what this controller
         // proposed since. `None` while not (yet) active.
         let mut working: Option<(lode_proto::Epoch, MetadataState)> = None;
+        // The raft offset of this controller's latest proposal: a decision that needs no
+        // record was taken on the working state, so it holds only once that commits.
+        let mut last_proposed: Option<Offset> = None;
         let tick = Duration::from_millis(100);
         loop {
             let status = self.quorum.status();
@@ -541,11 +544,13 @@ impl Active {
                             "active controller"
                         );
                         working = Some((status.epoch, st));
+                        last_proposed = None;
                     }
                 }
             } else if working.is_some() {
                 tracing::info!(node = self.me.0, "no longer the active controller");
                 working = None;
+                last_proposed = None;
             }
             let next = tokio::select! {
                 // Biased: tokio's random branch order would break deterministic replay.
@@ -609,12 +614,18 @@ impl Active {
             if records.is_empty() {
                 if let Some(to) = to {
                     let epoch = broker_epoch.and_then(|id| st.broker(id).map(|b| b.epoch));
-                    self.reply(
-                        to,
-                        ControlReply::Done {
-                            broker_epoch: epoch,
-                        },
-                    );
+                    let done = ControlReply::Done {
+                        broker_epoch: epoch,
+                    };
+                    let proposed_in = working.as_ref().map(|(e, _)| *e);
+                    match last_proposed {
+                        // E.g. a registration retried while its record is still in flight:
+                        // answered once that is committed, and only if it is ours.
+                        Some(offset) if *self.applied.borrow() <= offset => {
+                            self.answer_when_committed(to, offset, proposed_in, done);
+                        }
+                        _ => self.reply(to, done),
+                    }
                 }
                 continue;
             }
@@ -632,9 +643,13 @@ impl Active {
                 }
             };
             let offset = match self.quorum.propose(bytes).await {
-                Ok(o) => o,
+                Ok(o) => {
+                    last_proposed = Some(o);
+                    o
+                }
                 Err(e) => {
                     working = None;
+                    last_proposed = None;
                     if let Some(to) = to {
                         self.reply(to, ControlReply::refused(NOT_CONTROLLER, e.to_string()));
                     }
@@ -649,36 +664,46 @@ impl Active {
             let epoch = broker_epoch.and_then(|id| st.broker(id).map(|b| b.epoch));
             let proposed_in = working.as_ref().map(|(e, _)| *e);
             if let Some(to) = to {
-                let recent = Arc::clone(&self.recent);
-                // Answer once committed and applied here, without holding up the next
-                // decision.
-                let mut applied = self.applied.clone();
-                let clock = self.clock.clone();
-                let q = Arc::clone(&self.quorum);
-                lode_env::task::spawn(async move {
-                    let done = clock
-                        .timeout(Duration::from_secs(30), applied.wait_for(|a| *a > offset))
-                        .await;
-                    // Committed at that offset, but was it this controller's entry? A deposed
-                    // leader's entry can be replaced by the next leader's.
-                    let ours = recent
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get(&offset)
-                        .copied()
-                        == proposed_in;
-                    let reply = match done {
-                        Ok(Ok(_)) if ours => ControlReply::Done {
-                            broker_epoch: epoch,
-                        },
-                        Ok(Ok(_)) => {
-                            ControlReply::refused(NOT_CONTROLLER, "superseded by a new controller")
-                        }
-                        _ => ControlReply::refused(REQUEST_TIMED_OUT, "not committed in time"),
-                    };
-                    send_reply(&q, to, reply);
-                });
+                let done = ControlReply::Done {
+                    broker_epoch: epoch,
+                };
+                self.answer_when_committed(to, offset, proposed_in, done);
             }
         }
+    }
+
+    /// Sends `done` once the entry at raft `offset` is committed and applied here and is
+    /// the one this controller proposed in `proposed_in` (a deposed leader's entry can be
+    /// replaced by the next leader's); else a refusal. Does not hold up the next decision.
+    fn answer_when_committed(
+        &self,
+        to: ReplyTo,
+        offset: Offset,
+        proposed_in: Option<lode_proto::Epoch>,
+        done: ControlReply,
+    ) {
+        let recent = Arc::clone(&self.recent);
+        let mut applied = self.applied.clone();
+        let clock = self.clock.clone();
+        let q = Arc::clone(&self.quorum);
+        lode_env::task::spawn(async move {
+            let committed = clock
+                .timeout(Duration::from_secs(30), applied.wait_for(|a| *a > offset))
+                .await;
+            let ours = recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&offset)
+                .copied()
+                == proposed_in;
+            let reply = match committed {
+                Ok(Ok(_)) if ours => done,
+                Ok(Ok(_)) => {
+                    ControlReply::refused(NOT_CONTROLLER, "superseded by a new controller")
+                }
+                _ => ControlReply::refused(REQUEST_TIMED_OUT, "not committed in time"),
+            };
+            send_reply(&q, to, reply);
+        });
     }
 }

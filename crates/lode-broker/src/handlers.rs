@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use lode_proto::batch;
-use lode_proto::Offset;
+use lode_proto::{Epoch, Offset};
 use lode_storage::LogError;
 
 use crate::codes;
@@ -479,7 +479,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                                 let mut bytes = records.to_vec();
                                 // Read before the append: if leadership moves in between,
                                 // the wait below fails the request, as it must.
-                                let epoch = p.leader_epoch();
+                                let epoch = p.leading_epoch().unwrap_or(Epoch::NONE);
                                 match p.append(&mut bytes).await {
                                     Ok((info, _dup)) => {
                                         pr.base_offset = info.base_offset.0;
@@ -509,6 +509,7 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
                                     Err(AppendError::Fenced { .. }) => {
                                         codes::INVALID_PRODUCER_EPOCH
                                     }
+                                    Err(AppendError::NotLeader) => codes::NOT_LEADER_OR_FOLLOWER,
                                 }
                             }
                         }

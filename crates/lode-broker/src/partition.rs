@@ -42,6 +42,9 @@ pub enum AppendError {
         /// The producer's current epoch.
         current: i16,
     },
+    /// This broker does not lead the partition (yet, or any more).
+    #[error("not the partition's leader")]
+    NotLeader,
 }
 
 /// A partition replica on this broker (a leader, until replication arrives).
@@ -165,6 +168,18 @@ impl Partition {
             .await;
     }
 
+    /// The epoch this broker leads the partition in, if it leads it (a standalone
+    /// partition always leads).
+    #[must_use]
+    pub fn leading_epoch(&self) -> Option<Epoch> {
+        if self.standalone {
+            return Some(self.leader_epoch());
+        }
+        self.replication_lock()
+            .as_ref()
+            .map(LeaderReplication::leader_epoch)
+    }
+
     /// Whether this broker still leads the partition in `epoch`. A deposed leader must not
     /// complete an acks=all request: its high watermark now follows another leader's log,
     /// in which the request's offsets may hold other records.
@@ -211,6 +226,12 @@ impl Partition {
             )
         };
         let mut log = self.log.write().await;
+        // Under the log lock: a broker that the metadata names leader but that has not
+        // taken up leadership (just restarted, or not yet reconciled) must not append with
+        // a stale epoch in its batches.
+        let Some(epoch) = self.leading_epoch() else {
+            return Err(AppendError::NotLeader);
+        };
         let idempotent = pid >= 0 && first_seq >= 0;
         if idempotent {
             let verdict = self
@@ -232,7 +253,7 @@ impl Partition {
                 Verdict::Fenced { current } => return Err(AppendError::Fenced { current }),
             }
         }
-        let info = log.append_leader(batch, self.leader_epoch()).await?;
+        let info = log.append_leader(batch, epoch).await?;
         if idempotent {
             let meta = BatchMeta {
                 first_seq,

@@ -102,6 +102,9 @@ fn voters_cluster_id(
     format!("lode-{h:016x}")
 }
 
+/// Producer ids are `local counter * PRODUCER_ID_STRIDE + broker id`.
+const PRODUCER_ID_STRIDE: i64 = 1 << 20;
+
 impl Broker {
     /// Opens the data directory (recovering every partition), binds the listener and
     /// starts serving. Returns once clients can connect.
@@ -225,9 +228,14 @@ impl Broker {
             checkpoint::write(&self.root, PRODUCER_IDS, &end.to_be_bytes()).await?;
             *ids = (start, end);
         }
-        let id = ids.0;
+        let local = ids.0;
         ids.0 += 1;
-        Ok(id)
+        // Unique across the cluster without coordination: every broker draws from its own
+        // residue class modulo `PRODUCER_ID_STRIDE` (broker ids are unique and below it).
+        // Two brokers handing out the same id would make one producer's first batch a
+        // "duplicate" of another's.
+        let node = i64::from(self.config.node_id.0).rem_euclid(PRODUCER_ID_STRIDE);
+        Ok(local * PRODUCER_ID_STRIDE + node)
     }
 
     /// Whether this process is registered and unfenced in the metadata it has applied

@@ -304,6 +304,9 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
             .node_id
             .context("--node-id (or node_id in the config file) is required")?,
     };
+    if !(0..1 << 20).contains(&node) {
+        bail!("--node-id must be from 0 to {}", (1 << 20) - 1);
+    }
     let listen = f
         .value("--listen")?
         .map(str::to_owned)

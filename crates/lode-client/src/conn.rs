@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -54,6 +55,12 @@ struct Writer {
     half: WriteHalf<Stream>,
     next_correlation: i32,
 }
+
+/// How long a request may wait for its answer (Kafka's `request.timeout.ms` is 30 s; a
+/// broker may hold a Produce or Fetch that long itself).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long the ApiVersions exchange that opens a connection may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to one broker, with the versions both sides speak.
 pub struct Connection {
@@ -179,7 +186,9 @@ impl Connection {
             broken,
             _stop_reader: stop_tx,
         };
-        let resp: ApiVersionsResponse = c.call_at(&ApiVersionsRequest::default(), 0).await?;
+        let resp: ApiVersionsResponse = c
+            .call_at(&ApiVersionsRequest::default(), 0, HANDSHAKE_TIMEOUT)
+            .await?;
         if resp.error_code != 0 {
             return Err(ClientError::Broker {
                 api: "ApiVersions",
@@ -316,7 +325,20 @@ impl Connection {
     /// error and should be dropped.
     pub async fn call<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
         let version = self.version_of::<R>()?;
-        self.call_at(req, version).await
+        self.call_at(req, version, REQUEST_TIMEOUT).await
+    }
+
+    /// Like [`Connection::call`], giving up (and breaking the connection) after `timeout`.
+    ///
+    /// # Errors
+    /// As `call`, and [`ClientError::Timeout`].
+    pub async fn call_within<R: Request>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
+        let version = self.version_of::<R>()?;
+        self.call_at(req, version, timeout).await
     }
 
     /// Sends `req` expecting no response (Produce with acks=0).
@@ -328,12 +350,27 @@ impl Connection {
         self.write(req, version, false).await.map(|_| ())
     }
 
-    async fn call_at<R: Request>(&self, req: &R, version: i16) -> Result<R::Response, ClientError> {
+    async fn call_at<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
         let key = ApiKey::try_from(R::KEY).map_err(|()| ClientError::Unsupported(R::KEY))?;
         let Some(rx) = self.write(req, version, true).await? else {
             return Err(ClientError::Protocol("no response waiter".into()));
         };
-        let mut buf = rx.await.map_err(|_| ClientError::Closed)??;
+        // A broker whose process is stopped still accepts connections (the kernel does) but
+        // never answers: without a deadline the caller would wait forever. Responses come
+        // in order, so a connection with a lost answer is unusable: it is broken.
+        let answer = match lode_env::Clock::system().timeout(timeout, rx).await {
+            Ok(a) => a,
+            Err(_) => {
+                self.broken.store(true, Ordering::Release);
+                return Err(ClientError::Timeout);
+            }
+        };
+        let mut buf = answer.map_err(|_| ClientError::Closed)??;
         ResponseHeader::decode(&mut buf, key.response_header_version(version))
             .map_err(ClientError::decode)?;
         let resp = R::Response::decode(&mut buf, version).map_err(ClientError::decode)?;

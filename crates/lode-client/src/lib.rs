@@ -10,6 +10,7 @@ pub mod producer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -149,6 +150,9 @@ pub struct Client {
     topics: Mutex<BTreeMap<String, TopicInfo>>,
 }
 
+/// How long one broker may take to answer Metadata before the next one is asked.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
     /// A client for the cluster reachable at `bootstrap` (comma-separated `IP:PORT`).
     ///
@@ -218,13 +222,34 @@ impl Client {
                 .collect()
         });
         req.allow_auto_topic_creation = true;
-        let conn = self.any_broker().await?;
-        let resp: MetadataResponse = match conn.call(&req).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.drop_conn(conn.addr()).await;
-                return Err(e);
+        // The bootstrap addresses first (the ones the user gave), then the other brokers
+        // known; a broker that does not answer in time is skipped.
+        let known: Vec<SocketAddr> = self.brokers.lock().await.values().copied().collect();
+        let mut candidates: Vec<SocketAddr> = self.bootstrap.clone();
+        candidates.extend(known.into_iter().filter(|a| !self.bootstrap.contains(a)));
+        let mut last = ClientError::Timeout;
+        let mut answered = None;
+        for addr in candidates {
+            let conn = match self.conn(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match conn.call_within(&req, METADATA_TIMEOUT).await {
+                Ok(r) => {
+                    answered = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    self.drop_conn(addr).await;
+                    last = e;
+                }
             }
+        }
+        let Some(resp): Option<MetadataResponse> = answered else {
+            return Err(last);
         };
         let mut brokers = self.brokers.lock().await;
         // The response lists the live brokers: the map is replaced, not merged.

@@ -9,8 +9,8 @@
 //! What the history checker asserts (Jepsen's names):
 //! - lost-write: a value acknowledged with acks=all is not in the log;
 //! - inconsistent-offsets: an acknowledged value is at another offset than acknowledged;
-//! - duplicate: a value is in the log twice (the producers do not retry, so a duplicate
-//!   can only come from the brokers);
+//! - duplicate: a value is in the log twice (plain producers do not retry; idempotent ones
+//!   retry, and the brokers must recognise the retries);
 //! - failed-but-present: a value refused with NOT_ENOUGH_REPLICAS (never appended) is in
 //!   the log;
 //! - nonmonotonic-send: one producer's acknowledged offsets in a partition go backwards.
@@ -111,6 +111,9 @@ pub struct Params {
     pub producers: u32,
     /// Producers with acks=1.
     pub acks_one: BTreeSet<u32>,
+    /// acks=all producers that are idempotent and retry (up to 5 times): their failures
+    /// are unknown outcomes, and a duplicate of theirs is a violation.
+    pub idempotent: BTreeSet<u32>,
     /// How long the producers and the faults run, in simulated milliseconds.
     pub duration_ms: u64,
     /// A planted bug, if any.
@@ -126,23 +129,30 @@ impl Params {
         let replication_factor = 3;
         let min_isr = 1 + i32::from(r.chance(70));
         let producers = 1 + r.below(3) as u32;
-        let acks_one = (0..producers).filter(|_| r.chance(25)).collect();
+        let acks_one: BTreeSet<u32> = (0..producers).filter(|_| r.chance(25)).collect();
         let fsync = match planted {
             // The planted bug is about syncs: it only shows under fsync=always.
             Some(Planted::AckBeforeSync) => Fsync::Always,
             None if r.chance(30) => Fsync::Interval,
             None => Fsync::Always,
         };
+        let partitions = 1 + r.below(3) as i32;
+        let duration_ms = 8_000 + r.below(8_000);
+        // Drawn last, so the other parameters of a seed stay what they were.
+        let idempotent = (0..producers)
+            .filter(|i| !acks_one.contains(i) && r.chance(40))
+            .collect();
         Params {
             seed,
             brokers,
-            partitions: 1 + r.below(3) as i32,
+            partitions,
             replication_factor,
             min_isr: min_isr.min(i32::from(replication_factor)),
             fsync,
             producers,
             acks_one,
-            duration_ms: 8_000 + r.below(8_000),
+            idempotent,
+            duration_ms,
             planted,
         }
     }
@@ -653,14 +663,15 @@ async fn produce(
     log: &(impl Fn(String) + Send + Sync),
 ) {
     let acks_one = p.acks_one.contains(&id);
+    let idempotent = p.idempotent.contains(&id);
     let Ok(client) = Client::connect(bootstrap, &format!("producer-{id}")).await else {
         return;
     };
     let config = ProducerConfig {
         acks: if acks_one { 1 } else { -1 },
-        idempotent: false,
-        // One attempt per value: its outcome is that attempt's.
-        retries: 0,
+        idempotent,
+        // Without idempotence one attempt per value: its outcome is that attempt's.
+        retries: if idempotent { 5 } else { 0 },
         in_flight_per_partition_max: 1,
         linger: Duration::from_millis(1),
         request_timeout: Duration::from_secs(3),
@@ -685,7 +696,10 @@ async fn produce(
             Err(e) => Outcome::Info(e.to_string()),
             Ok(d) => match madsim::time::timeout(Duration::from_secs(10), d).await {
                 Ok(Ok(Ok(offset))) => Outcome::Ok(offset.0),
-                Ok(Ok(Err(ClientError::Broker { code, .. }))) if code == NOT_ENOUGH_REPLICAS => {
+                // After retries an earlier attempt may have been appended: unknown.
+                Ok(Ok(Err(ClientError::Broker { code, .. })))
+                    if code == NOT_ENOUGH_REPLICAS && !idempotent =>
+                {
                     Outcome::Fail
                 }
                 Ok(Ok(Err(e))) => Outcome::Info(e.to_string()),

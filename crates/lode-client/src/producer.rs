@@ -104,8 +104,10 @@ struct Inner {
     flush: AtomicBool,
     closed: AtomicBool,
     round_robin: AtomicU32,
-    producer_id: i64,
-    producer_epoch: i16,
+    /// Producer id and epoch (-1 without idempotence). A batch whose outcome is unknown
+    /// (it failed, but may have been appended) retires the id: its sequence numbers must
+    /// never be reused, or the next batch would be taken for a retry of it.
+    ids: std::sync::Mutex<(i64, i16)>,
     sequences: Mutex<BTreeMap<(String, i32), i32>>,
 }
 
@@ -174,24 +176,11 @@ impl Producer {
     /// # Errors
     /// When InitProducerId fails.
     pub async fn new(client: Arc<Client>, config: ProducerConfig) -> Result<Producer, ClientError> {
-        let (mut producer_id, mut producer_epoch) = (-1, -1);
-        if config.idempotent {
-            let mut req = InitProducerIdRequest::default();
-            req.transactional_id = None;
-            req.transaction_timeout_ms = -1;
-            req.producer_id = ProducerId(-1);
-            req.producer_epoch = -1;
-            let conn = client.any_broker().await?;
-            let resp = conn.call(&req).await?;
-            if resp.error_code != 0 {
-                return Err(ClientError::Broker {
-                    api: "InitProducerId",
-                    code: resp.error_code,
-                });
-            }
-            producer_id = resp.producer_id.0;
-            producer_epoch = resp.producer_epoch;
-        }
+        let (producer_id, producer_epoch) = if config.idempotent {
+            init_producer_id(&client).await?
+        } else {
+            (-1, -1)
+        };
         let inner = Arc::new(Inner {
             client,
             room: Semaphore::new(config.buffered_records_max),
@@ -204,8 +193,7 @@ impl Producer {
             flush: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             round_robin: AtomicU32::new(0),
-            producer_id,
-            producer_epoch,
+            ids: std::sync::Mutex::new((producer_id, producer_epoch)),
             sequences: Mutex::new(BTreeMap::new()),
         });
         let sender = Arc::clone(&inner);
@@ -331,6 +319,8 @@ impl Queue {
 
 /// A batch on its way: where it goes, its records' acknowledgements, and its bytes.
 struct Outgoing {
+    /// The producer id the batch was built with (-1 without idempotence).
+    producer_id: i64,
     topic: String,
     partition: i32,
     records: usize,
@@ -428,15 +418,27 @@ impl Inner {
         }
     }
 
+    fn ids(&self) -> (i64, i16) {
+        *self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn in_flight_max(&self) -> usize {
-        if self.producer_id >= 0 {
+        if self.config.idempotent {
             1
         } else {
             self.config.in_flight_per_partition_max.max(1)
         }
     }
 
-    fn build(&self, pending: &Pending, sequence: i32) -> Result<Vec<u8>, ClientError> {
+    fn build(
+        &self,
+        pending: &Pending,
+        (producer_id, producer_epoch): (i64, i16),
+        sequence: i32,
+    ) -> Result<Vec<u8>, ClientError> {
         let base_ts = pending
             .records
             .first()
@@ -446,8 +448,8 @@ impl Inner {
         b.reserve(pending.bytes);
         b.base_timestamp(base_ts);
         b.compression(self.config.compression);
-        if self.producer_id >= 0 {
-            b.producer(self.producer_id, self.producer_epoch, sequence);
+        if producer_id >= 0 {
+            b.producer(producer_id, producer_epoch, sequence);
         }
         for r in &pending.records {
             let headers: Vec<(&[u8], Option<&[u8]>)> = r
@@ -464,7 +466,8 @@ impl Inner {
 
     /// Builds the batch of `pending` with the partition's next sequence number.
     async fn outgoing(&self, topic: String, partition: i32, pending: Pending) -> Outgoing {
-        let sequence = if self.producer_id >= 0 {
+        let ids = self.ids();
+        let sequence = if ids.0 >= 0 {
             *self
                 .sequences
                 .lock()
@@ -474,8 +477,9 @@ impl Inner {
         } else {
             -1
         };
-        let batch = self.build(&pending, sequence).map(Bytes::from);
+        let batch = self.build(&pending, ids, sequence).map(Bytes::from);
         Outgoing {
+            producer_id: ids.0,
             topic,
             partition,
             records: pending.records.len(),
@@ -612,10 +616,26 @@ impl Inner {
     async fn complete(&self, out: Outgoing, result: Result<Offset, ClientError>) {
         let count = i32::try_from(out.records).unwrap_or(i32::MAX);
         let key = (out.topic, out.partition);
-        if result.is_ok() && self.producer_id >= 0 {
+        let current = out.producer_id >= 0 && out.producer_id == self.ids().0;
+        if current && result.is_ok() {
             let mut seqs = self.sequences.lock().await;
             let s = seqs.entry(key.clone()).or_insert(0);
             *s = s.wrapping_add(count) & i32::MAX;
+        } else if current {
+            // Unknown outcome: start over under a new producer id, every sequence at 0.
+            match init_producer_id(&self.client).await {
+                Ok(ids) => {
+                    let mut seqs = self.sequences.lock().await;
+                    *self
+                        .ids
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+                    seqs.clear();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no new producer id after a failed batch");
+                }
+            }
         }
         for (i, ack) in out.acks.into_iter().enumerate() {
             let r = match &result {
@@ -644,6 +664,24 @@ impl Inner {
         // The partition may have its next batch waiting.
         self.wake.notify_one();
     }
+}
+
+/// Asks any broker for a new producer id and epoch.
+async fn init_producer_id(client: &Client) -> Result<(i64, i16), ClientError> {
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = None;
+    req.transaction_timeout_ms = -1;
+    req.producer_id = ProducerId(-1);
+    req.producer_epoch = -1;
+    let conn = client.any_broker().await?;
+    let resp = conn.call(&req).await?;
+    if resp.error_code != 0 {
+        return Err(ClientError::Broker {
+            api: "InitProducerId",
+            code: resp.error_code,
+        });
+    }
+    Ok((resp.producer_id.0, resp.producer_epoch))
 }
 
 /// A copy of an error for each record of a failed batch.

@@ -452,6 +452,9 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
         .build()
         .context("runtime")?;
     rt.block_on(async {
+        // Handlers first: a SIGTERM during start-up must not kill the process uncleanly
+        // (the default action); it is kept and acted on once the brokers are up.
+        let mut signals = ShutdownSignals::install()?;
         let started = std::time::Instant::now();
         let mut brokers = Vec::new();
         let mut bootstrap = Vec::new();
@@ -499,7 +502,7 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
         if dev {
             println!("try: kcat -b {bootstrap} -L    (Ctrl-C stops it cleanly)");
         }
-        shutdown_signal().await?;
+        signals.wait().await;
         // All at once: each hands its leaderships to the others (controlled shutdown) while
         // every controller is still up.
         let stopping: Vec<_> = brokers
@@ -516,15 +519,30 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler")?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT (Ctrl-C), caught from the moment they are installed.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
     }
-    tracing::info!("shutting down");
-    Ok(())
+
+    /// Until either arrives (or arrived since `install`).
+    async fn wait(&mut self) {
+        tokio::select! {
+            biased;
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 fn recover(dir: &str) -> anyhow::Result<()> {

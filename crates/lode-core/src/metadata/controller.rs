@@ -384,7 +384,7 @@ impl Controller {
                 batch.fence(old.id, old.epoch);
             }
             if req.clean_shutdown_epoch != Some(old.epoch) {
-                tracing::info!(broker = %req.id, "unclean restart: out of every ISR and ELR");
+                tracing::info!(broker = %req.id, "unclean restart: out of the ISR and ELR of its fsync=interval topics");
                 batch.remove_unclean(req.id);
             }
         }

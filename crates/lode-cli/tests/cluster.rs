@@ -27,13 +27,7 @@ fn killing_the_active_controller_elects_another_and_it_rejoins() {
         client.create_topic("before", 3, 3).await.unwrap();
 
         cluster.nodes[controller as usize].kill();
-        let rest = cluster
-            .nodes
-            .iter()
-            .filter(|n| n.id != controller)
-            .map(|n| n.kafka.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let rest = cluster.bootstrap_except(&[controller]);
         let next = eventually(30, "a new controller, the dead broker fenced", || {
             let rest = rest.clone();
             async move {

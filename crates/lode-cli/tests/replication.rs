@@ -125,6 +125,16 @@ async fn produce_until(
     out
 }
 
+/// Sends value `n` to `topic` and waits until it is acknowledged.
+async fn send_acked(producer: &Producer, topic: &str, n: u64) {
+    let record = Record {
+        value: Some(value(n)),
+        ..Record::default()
+    };
+    let d = producer.send(topic, record).await.unwrap();
+    d.await.unwrap().unwrap();
+}
+
 /// Waits until `count` went up by `more` (the producer makes progress).
 async fn progress(count: &AtomicU64, more: u64, what: &str) {
     let target = count.load(Ordering::Acquire) + more;
@@ -324,13 +334,7 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_after_it_resumes() {
             .unwrap();
 
         cluster.nodes[paused as usize].pause();
-        let others: String = cluster
-            .nodes
-            .iter()
-            .filter(|n| n.id != paused)
-            .map(|n| n.kafka.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let others = cluster.bootstrap_except(&[paused]);
         let started = std::time::Instant::now();
         until_isr(
             &others,
@@ -357,17 +361,7 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_after_it_resumes() {
         )
         .await
         .unwrap();
-        let d = producer
-            .send(
-                TOPIC,
-                Record {
-                    value: Some(value(1)),
-                    ..Record::default()
-                },
-            )
-            .await
-            .unwrap();
-        d.await.unwrap().unwrap();
+        send_acked(&producer, TOPIC, 1).await;
 
         cluster.nodes[paused as usize].resume();
         until_isr(&all, TOPIC, "the resumed follower back in the ISR", |isr| {
@@ -406,13 +400,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
         for f in &followers {
             cluster.nodes[*f as usize].kill();
         }
-        let alive: String = cluster
-            .nodes
-            .iter()
-            .filter(|n| !followers.contains(&n.id))
-            .map(|n| n.kafka.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let alive = cluster.bootstrap_except(&followers);
         let client = Client::connect(&alive, "replication-test").await.unwrap();
         let all_acks = Producer::new(Arc::clone(&client), one_attempt(-1))
             .await
@@ -445,17 +433,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
         let one_ack = Producer::new(Arc::clone(&client), one_attempt(1))
             .await
             .unwrap();
-        let d = one_ack
-            .send(
-                TOPIC,
-                Record {
-                    value: Some(value(1)),
-                    ..Record::default()
-                },
-            )
-            .await
-            .unwrap();
-        d.await.unwrap().unwrap();
+        send_acked(&one_ack, TOPIC, 1).await;
 
         // One follower back: acks=all succeeds again.
         cluster.restart(followers[0]);
@@ -467,17 +445,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
         let all_acks = Producer::new(Arc::clone(&client), one_attempt(-1))
             .await
             .unwrap();
-        let d = all_acks
-            .send(
-                TOPIC,
-                Record {
-                    value: Some(value(2)),
-                    ..Record::default()
-                },
-            )
-            .await
-            .unwrap();
-        d.await.unwrap().unwrap();
+        send_acked(&all_acks, TOPIC, 2).await;
 
         let log = read_all(&all, TOPIC, 1).await;
         for n in &refused {

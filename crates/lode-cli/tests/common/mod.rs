@@ -153,8 +153,14 @@ impl Cluster {
 
     /// Every node's Kafka address, comma separated.
     pub fn bootstrap(&self) -> String {
+        self.bootstrap_except(&[])
+    }
+
+    /// The Kafka addresses of every node but those in `skip`, comma separated.
+    pub fn bootstrap_except(&self, skip: &[i32]) -> String {
         self.nodes
             .iter()
+            .filter(|n| !skip.contains(&n.id))
             .map(|n| n.kafka.to_string())
             .collect::<Vec<_>>()
             .join(",")

@@ -31,7 +31,15 @@ use lode_proto::Offset;
 use madsim::net::NetSim;
 use madsim::runtime::Runtime;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use lode_broker::observe::Event;
+use lode_proto::BrokerId;
+
 use crate::cluster::{client_when_ready, Cluster};
+use crate::invariants::{Checker, Settings};
+use crate::trace::Line;
 
 const SUBNET: u8 = 1;
 const TOPIC: &str = "chaos";
@@ -64,22 +72,81 @@ impl Rng {
     }
 }
 
-/// Deliberately broken brokers the runs must catch.
+/// Deliberately broken brokers the runs must catch (built with `--features planted-bugs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planted {
     /// A leader acknowledges acks=all once its own log has the batch (under fsync=always).
     AckBeforeSync,
+    /// A replica truncates its log to its high watermark on restart (KAFKA-1211).
+    TruncateToHw,
+    /// The leader's high watermark advances with an ISR below min ISR.
+    HwBelowMinIsr,
+    /// A follower joins the ISR without reaching the leader epoch's start (KAFKA-7128).
+    IsrWithoutEpochStart,
+    /// The controller accepts an AlterPartition with a stale partition epoch (KIP-497).
+    StaleAlterPartition,
+    /// The controller elects a leader outside ISR and ELR with unclean election off.
+    ElectOutsideIsr,
+    /// Consumers read up to the log end, above the high watermark.
+    ReadAboveHw,
+}
+
+impl Planted {
+    /// Every planted bug, with its name.
+    pub const ALL: [(&'static str, Planted); 7] = [
+        ("truncate-to-hw", Planted::TruncateToHw),
+        ("hw-below-min-isr", Planted::HwBelowMinIsr),
+        ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
+        ("stale-alter-partition", Planted::StaleAlterPartition),
+        ("ack-before-sync", Planted::AckBeforeSync),
+        ("elect-outside-isr", Planted::ElectOutsideIsr),
+        ("read-above-hw", Planted::ReadAboveHw),
+    ];
+
+    /// Its name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        Planted::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The broker's planted bug.
+    #[cfg(feature = "planted-bugs")]
+    fn broker_bug(self) -> lode_broker::PlantedBug {
+        use lode_broker::PlantedBug as B;
+        use lode_core::metadata::PlantedBug as C;
+        use lode_core::replication::ReplicationBug as R;
+        match self {
+            Planted::AckBeforeSync => B::AckOnLeaderSync,
+            Planted::TruncateToHw => B::TruncateToHighWatermark,
+            Planted::HwBelowMinIsr => B::Replication(R::HwBelowMinIsr),
+            Planted::IsrWithoutEpochStart => B::Replication(R::IsrWithoutEpochStart),
+            Planted::StaleAlterPartition => B::Controller(C::AcceptStalePartitionEpoch),
+            Planted::ElectOutsideIsr => B::Controller(C::ElectOutsideIsrAndElr),
+            Planted::ReadAboveHw => B::ReadAboveHighWatermark,
+        }
+    }
+}
+
+impl fmt::Display for Planted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FromStr for Planted {
     type Err = String;
     fn from_str(s: &str) -> Result<Planted, String> {
-        match s {
-            "ack-before-sync" => Ok(Planted::AckBeforeSync),
-            other => Err(format!(
-                "unknown planted bug {other:?} (known: ack-before-sync)"
-            )),
-        }
+        Planted::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Planted::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown planted bug {s:?} (known: {})", names.join(", "))
+            })
     }
 }
 
@@ -114,6 +181,8 @@ pub struct Params {
     /// acks=all producers that are idempotent and retry (up to 5 times): their failures
     /// are unknown outcomes, and a duplicate of theirs is a violation.
     pub idempotent: BTreeSet<u32>,
+    /// Consumers reading every partition by assignment while the producers run.
+    pub consumers: u32,
     /// How long the producers and the faults run, in simulated milliseconds.
     pub duration_ms: u64,
     /// A planted bug, if any.
@@ -127,14 +196,18 @@ impl Params {
         let mut r = Rng::new(seed);
         let brokers = 3 + r.below(3) as i32;
         let replication_factor = 3;
-        let min_isr = 1 + i32::from(r.chance(70));
+        let mut min_isr = 1 + i32::from(r.chance(70));
+        if planted == Some(Planted::HwBelowMinIsr) {
+            // Only a min ISR above one can be broken.
+            min_isr = 2;
+        }
         let producers = 1 + r.below(3) as u32;
         let acks_one: BTreeSet<u32> = (0..producers).filter(|_| r.chance(25)).collect();
         let fsync = match planted {
             // The planted bug is about syncs: it only shows under fsync=always.
             Some(Planted::AckBeforeSync) => Fsync::Always,
-            None if r.chance(30) => Fsync::Interval,
-            None => Fsync::Always,
+            _ if r.chance(30) => Fsync::Interval,
+            _ => Fsync::Always,
         };
         let partitions = 1 + r.below(3) as i32;
         let duration_ms = 8_000 + r.below(8_000);
@@ -142,6 +215,7 @@ impl Params {
         let idempotent = (0..producers)
             .filter(|i| !acks_one.contains(i) && r.chance(40))
             .collect();
+        let consumers = 1 + r.below(2) as u32;
         Params {
             seed,
             brokers,
@@ -152,6 +226,7 @@ impl Params {
             producers,
             acks_one,
             idempotent,
+            consumers,
             duration_ms,
             planted,
         }
@@ -385,6 +460,34 @@ impl Report {
     }
 }
 
+/// The trace's first line: every parameter of the run.
+fn params_line(p: &Params) -> String {
+    let set = |s: &BTreeSet<u32>| s.iter().map(|i| i64::from(*i)).collect::<Vec<_>>();
+    Line::new(0, "params")
+        .num("seed", p.seed as i64)
+        .num("brokers", i64::from(p.brokers))
+        .num("partitions", i64::from(p.partitions))
+        .num("replication_factor", i64::from(p.replication_factor))
+        .num("min_isr", i64::from(p.min_isr))
+        .str(
+            "fsync",
+            match p.fsync {
+                Fsync::Always => "always",
+                Fsync::Interval => "interval",
+            },
+        )
+        .num("producers", i64::from(p.producers))
+        .nums("acks_one", set(&p.acks_one))
+        .nums("idempotent", set(&p.idempotent))
+        .num("consumers", i64::from(p.consumers))
+        .num("duration_ms", p.duration_ms as i64)
+        .str(
+            "planted",
+            &p.planted.map_or("none".into(), |b| b.to_string()),
+        )
+        .done()
+}
+
 fn now_ms(start: madsim::time::Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -394,8 +497,8 @@ fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync 
     move |c: &mut BrokerConfig| {
         c.replica_lag_time_max = Duration::from_secs(3);
         #[cfg(feature = "planted-bugs")]
-        if planted == Some(Planted::AckBeforeSync) {
-            c.planted = Some(lode_broker::PlantedBug::AckOnLeaderSync);
+        {
+            c.planted = planted.map(Planted::broker_bug);
         }
         #[cfg(not(feature = "planted-bugs"))]
         let _ = planted;
@@ -422,11 +525,30 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
                 .push(line)
         }
     };
+    let start = madsim::time::Instant::now();
+    // The state invariants: every broker event is checked and traced as it happens.
+    let checker = Rc::new(RefCell::new(Checker::new(Settings {
+        min_isr: params
+            .min_isr
+            .clamp(1, i32::from(params.replication_factor)) as usize,
+        unclean_election: false,
+    })));
+    let _observing = {
+        let (checker, trace) = (Rc::clone(&checker), Arc::clone(&trace));
+        lode_broker::observe::install(Rc::new(move |node: BrokerId, e: Event| {
+            let t = now_ms(start);
+            let broken = checker.borrow_mut().take(t, node.0, &e);
+            let mut trace = trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            trace.push(crate::trace::event(t, node.0, &e));
+            trace.extend(broken);
+        }))
+    };
+    log(params_line(&params));
     let cluster = Cluster::start(params.seed, SUBNET, params.brokers, broker_tweak(&params));
     let client_node = cluster.client_node();
     let all = cluster.bootstrap(0..params.brokers);
-    let start = madsim::time::Instant::now();
-    log(format!("0 params {params:?}"));
 
     // Set-up: the topic, once every broker is in.
     let set_up = {
@@ -471,7 +593,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         };
     }
     let workload_start = madsim::time::Instant::now();
-    log(format!("{} workload starts", now_ms(start)));
+    log(Line::new(now_ms(start), "workload-starts").done());
 
     // The workload: each producer sends, waits for the answer, and goes on.
     let history = Arc::new(Mutex::new(Vec::<Op>::new()));
@@ -484,6 +606,16 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         }));
     }
 
+    let polls = Arc::new(Mutex::new(Vec::<Poll>::new()));
+    let mut consumers = Vec::new();
+    for id in 0..params.consumers {
+        let (all, polls, p) = (all.clone(), Arc::clone(&polls), params.clone());
+        let log = log.clone();
+        consumers.push(client_node.spawn(async move {
+            consume(id, &all, &p, (start, workload_start), &polls, &log).await;
+        }));
+    }
+
     // The nemesis.
     let mut down = BTreeSet::new();
     let mut happened = Happened::default();
@@ -493,17 +625,28 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         if at > elapsed {
             madsim::time::sleep(at - elapsed).await;
         }
-        log(format!("{} fault {fault}", now_ms(start)));
+        log(Line::new(now_ms(start), "fault")
+            .str("fault", &fault.to_string())
+            .done());
         apply(&cluster, fault, &mut down, &mut happened).await;
+        if happened.power_loss && params.fsync == Fsync::Interval {
+            let mut c = checker.borrow_mut();
+            if c.loss_allowed.is_none() {
+                c.loss_allowed = Some(format!(
+                    "fsync=interval with a power loss ({fault} at {} ms)",
+                    now_ms(start)
+                ));
+            }
+        }
     }
     let left = Duration::from_millis(params.duration_ms).saturating_sub(workload_start.elapsed());
     madsim::time::sleep(left).await;
-    for p in producers {
+    for p in producers.into_iter().chain(consumers) {
         let _ = p.await;
     }
 
     // Heal: every link back, every broker running.
-    log(format!("{} heal all", now_ms(start)));
+    log(Line::new(now_ms(start), "heal-all").done());
     heal(&cluster);
     for n in std::mem::take(&mut down) {
         if n >= 0 {
@@ -524,7 +667,9 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             .await
             .unwrap_or(Err("liveness task died".into()))
     };
-    log(format!("{} settled: {settled:?}", now_ms(start)));
+    log(Line::new(now_ms(start), "settled")
+        .str("result", &format!("{settled:?}"))
+        .done());
     let offline = match settled {
         Ok(offline) => offline,
         Err(e) => {
@@ -566,8 +711,33 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         &mut violations,
         &mut permitted,
     );
+    let polls = polls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    check_polls(
+        &params,
+        happened.power_loss,
+        &offline,
+        &history,
+        &polls,
+        &read,
+        &mut violations,
+        &mut permitted,
+    );
     for v in &violations {
-        log(format!("{} violation {v}", now_ms(start)));
+        log(Line::new(now_ms(start), "violation")
+            .str("checker", "history")
+            .str("evidence", v)
+            .done());
+    }
+    {
+        // The state invariants' findings come first: they are nearer the cause.
+        let c = checker.borrow();
+        let mut all = c.violations.clone();
+        all.append(&mut violations);
+        violations = all;
+        permitted.extend(c.permitted.iter().cloned());
     }
     cluster.stop();
     let trace = trace
@@ -708,10 +878,17 @@ async fn produce(
             },
         };
         let completed_ms = now_ms(start);
-        log(format!(
-            "{} producer {id} {value} -> {partition}: {outcome:?}",
-            now_ms(trace_start)
-        ));
+        let line = Line::new(now_ms(trace_start), "send")
+            .num("producer", i64::from(id))
+            .str("value", &value)
+            .num("partition", i64::from(partition))
+            .num("invoked_ms", invoked_ms as i64);
+        log(match &outcome {
+            Outcome::Ok(offset) => line.str("outcome", "ok").num("offset", *offset),
+            Outcome::Fail => line.str("outcome", "fail"),
+            Outcome::Info(why) => line.str("outcome", "info").str("why", why),
+        }
+        .done());
         let failed = !matches!(outcome, Outcome::Ok(_));
         history
             .lock()
@@ -731,6 +908,160 @@ async fn produce(
             madsim::time::sleep(Duration::from_millis(100)).await;
         } else {
             madsim::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One record a consumer received during the run.
+#[derive(Clone, Debug)]
+pub struct Poll {
+    /// Consumer number.
+    pub consumer: u32,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Value.
+    pub value: String,
+    /// Simulated milliseconds since the workload started.
+    pub at_ms: u64,
+}
+
+/// A consumer by assignment of every partition from offset 0, polling until the workload
+/// ends.
+async fn consume(
+    id: u32,
+    bootstrap: &str,
+    p: &Params,
+    (trace_start, start): (madsim::time::Instant, madsim::time::Instant),
+    polls: &Mutex<Vec<Poll>>,
+    log: &(impl Fn(String) + Send + Sync),
+) {
+    let Ok(client) = Client::connect(bootstrap, &format!("consumer-{id}")).await else {
+        return;
+    };
+    let mut consumer = Consumer::new(Arc::clone(&client));
+    for part in 0..p.partitions {
+        consumer.assign(TOPIC, part, Offset(0));
+    }
+    let deadline = Duration::from_millis(p.duration_ms);
+    while start.elapsed() < deadline {
+        let got = madsim::time::timeout(Duration::from_secs(5), consumer.poll()).await;
+        match got {
+            Ok(Ok(records)) => {
+                let at_ms = now_ms(start);
+                for r in records {
+                    let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                        .into_owned();
+                    log(Line::new(now_ms(trace_start), "poll")
+                        .num("consumer", i64::from(id))
+                        .num("partition", i64::from(r.partition))
+                        .num("offset", r.offset.0)
+                        .str("value", &value)
+                        .done());
+                    polls
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Poll {
+                            consumer: id,
+                            partition: r.partition,
+                            offset: r.offset.0,
+                            value,
+                            at_ms,
+                        });
+                }
+                madsim::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(_)) | Err(_) => {
+                let _ = client.metadata(Some(&[TOPIC])).await;
+                madsim::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The consumers' history checker: nonmonotonic-poll (a consumer's offsets in a partition
+/// go backwards or repeat), poll-skip (it jumps over an offset the final log holds), G1a
+/// (it read a value whose send definitely failed), and dirty-read (what it read at an offset
+/// is not what the final log holds there: a delivered record must be permanent).
+#[allow(clippy::too_many_arguments)]
+fn check_polls(
+    p: &Params,
+    power_lost: bool,
+    offline: &BTreeSet<i32>,
+    history: &[Op],
+    polls: &[Poll],
+    read: &Read,
+    violations: &mut Vec<String>,
+    permitted: &mut Vec<String>,
+) {
+    let failed: BTreeSet<&str> = history
+        .iter()
+        .filter(|o| o.outcome == Outcome::Fail)
+        .map(|o| o.value.as_str())
+        .collect();
+    // The final log: (partition, offset) -> value.
+    let mut at: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+    for (v, places) in read {
+        for place in places {
+            at.insert(*place, v.as_str());
+        }
+    }
+    let loss_allowed = p.fsync == Fsync::Interval && power_lost;
+    let mut last: BTreeMap<(u32, i32), &Poll> = BTreeMap::new();
+    let mut kept = 0;
+    let mut push = |v: String| {
+        kept += 1;
+        if kept <= 20 {
+            violations.push(v);
+        }
+    };
+    for poll in polls {
+        if failed.contains(poll.value.as_str()) {
+            push(format!(
+                "G1a: consumer {} read {} at offset {} of partition {} ({} ms), a value refused with NOT_ENOUGH_REPLICAS",
+                poll.consumer, poll.value, poll.offset, poll.partition, poll.at_ms
+            ));
+        }
+        if !offline.contains(&poll.partition) {
+            match at.get(&(poll.partition, poll.offset)) {
+                Some(v) if *v == poll.value => {}
+                now => {
+                    let what = format!(
+                        "dirty-read: consumer {} read {} at offset {} of partition {} ({} ms); the final log has {} there",
+                        poll.consumer,
+                        poll.value,
+                        poll.offset,
+                        poll.partition,
+                        poll.at_ms,
+                        now.unwrap_or(&"nothing")
+                    );
+                    if loss_allowed {
+                        permitted.push(format!("{what} (fsync=interval with a power loss)"));
+                    } else {
+                        push(what);
+                    }
+                }
+            }
+        }
+        if let Some(prev) = last.insert((poll.consumer, poll.partition), poll) {
+            if poll.offset <= prev.offset {
+                push(format!(
+                    "nonmonotonic-poll: consumer {} read offset {} of partition {} ({} ms) after offset {} ({} ms)",
+                    poll.consumer, poll.offset, poll.partition, poll.at_ms, prev.offset, prev.at_ms
+                ));
+            } else if !loss_allowed {
+                let skipped: Vec<i64> = at
+                    .range((poll.partition, prev.offset + 1)..(poll.partition, poll.offset))
+                    .map(|((_, o), _)| *o)
+                    .collect();
+                if !skipped.is_empty() {
+                    push(format!(
+                        "poll-skip: consumer {} read offset {} of partition {} ({} ms) right after {} ({} ms), skipping {skipped:?}",
+                        poll.consumer, poll.offset, poll.partition, poll.at_ms, prev.offset, prev.at_ms
+                    ));
+                }
+            }
         }
     }
 }

@@ -15,3 +15,7 @@ pub mod chaos;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod disk_crash;
+#[cfg(madsim)]
+pub mod invariants;
+#[cfg(madsim)]
+pub mod trace;

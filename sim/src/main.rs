@@ -129,10 +129,7 @@ fn run_one(
 
 #[cfg(madsim)]
 fn flag_name(planted: Option<lode_sim::chaos::Planted>) -> &'static str {
-    match planted {
-        Some(lode_sim::chaos::Planted::AckBeforeSync) => "ack-before-sync",
-        None => "",
-    }
+    planted.map_or("", lode_sim::chaos::Planted::name)
 }
 
 /// One process per seed (a panic or hang in one run cannot take the others with it).

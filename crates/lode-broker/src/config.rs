@@ -75,6 +75,15 @@ pub enum PlantedBug {
     /// A leader counts a record committed (high watermark, acks=all) once its own log has
     /// it, without waiting for the ISR.
     AckOnLeaderSync,
+    /// A replica truncates its log to its checkpointed high watermark when it opens it
+    /// (Kafka before KIP-101: KAFKA-1211).
+    TruncateToHighWatermark,
+    /// Consumer fetches read up to the log end instead of the high watermark.
+    ReadAboveHighWatermark,
+    /// A broken rule of the partition leader.
+    Replication(lode_core::replication::ReplicationBug),
+    /// A broken rule of the controller.
+    Controller(lode_core::metadata::PlantedBug),
 }
 
 /// The sync interval of `fsync=interval` topics when the broker's default is `always`.

@@ -208,6 +208,7 @@ impl ControlPlane {
             clock: clock.clone(),
         });
         lode_env::task::spawn(apply_loop(
+            me,
             committed,
             Arc::clone(&state),
             applied_tx,
@@ -367,6 +368,7 @@ struct Snapshotter {
 }
 
 async fn apply_loop(
+    me: BrokerId,
     mut committed: mpsc::Receiver<Committed>,
     state: Arc<RwLock<MetadataState>>,
     applied: watch::Sender<Offset>,
@@ -374,7 +376,7 @@ async fn apply_loop(
     mut snapshots: Snapshotter,
 ) {
     while let Some(c) = committed.recv().await {
-        if let Some(s) = apply_one(c, &state, &applied, &recent, &mut snapshots) {
+        if let Some(s) = apply_one(me, c, &state, &applied, &recent, &mut snapshots) {
             snapshots.quorum.compact(s);
         }
     }
@@ -382,6 +384,7 @@ async fn apply_loop(
 
 /// Applies one committed item; returns a snapshot of the state when one is due.
 fn apply_one(
+    me: BrokerId,
     c: Committed,
     state: &RwLock<MetadataState>,
     applied: &watch::Sender<Offset>,
@@ -395,7 +398,11 @@ fn apply_one(
         Committed::Snapshot(s) => {
             match postcard::from_bytes::<MetadataState>(&s.data) {
                 Ok(restored) => {
+                    let before = crate::observe::enabled().then(|| partition_views(&st));
                     *st = restored;
+                    if let Some(before) = before {
+                        observe_changes(me, &before, &st);
+                    }
                     applied.send_replace(s.end_offset);
                     snapshots.since = 0;
                 }
@@ -406,6 +413,7 @@ fn apply_one(
         Committed::Entries(entries) => {
             let mut last = None;
             for e in entries {
+                let before = crate::observe::enabled().then(|| partition_views(&st));
                 if !e.data.is_empty() {
                     match postcard::from_bytes::<Vec<MetadataRecord>>(&e.data) {
                         Ok(records) => {
@@ -432,6 +440,13 @@ fn apply_one(
                         r.pop_first();
                     }
                 }
+                if let Some(before) = before {
+                    crate::observe::emit(me, || crate::observe::Event::MetadataApplied {
+                        offset: e.offset,
+                        digest: crate::observe::digest(&e.data),
+                    });
+                    observe_changes(me, &before, &st);
+                }
                 applied.send_replace(e.offset.next());
                 snapshots.since += 1;
                 last = Some((e.offset, e.epoch));
@@ -452,6 +467,45 @@ fn apply_one(
                     None
                 }
             }
+        }
+    }
+}
+
+type Views = BTreeMap<(String, i32), crate::observe::PartitionView>;
+
+/// Every partition as the simulator's observer sees it.
+fn partition_views(st: &MetadataState) -> Views {
+    st.partitions()
+        .map(|(t, i, p)| {
+            let view = crate::observe::PartitionView {
+                replicas: p.replicas.clone(),
+                isr: p.isr.iter().copied().collect(),
+                elr: p.elr.iter().copied().collect(),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch.0,
+                elected_unclean: p.elected_unclean,
+                fenced_in_isr: p
+                    .isr
+                    .iter()
+                    .filter(|b| st.broker(**b).is_none_or(|r| r.fenced))
+                    .copied()
+                    .collect(),
+            };
+            ((t.name.clone(), i.0), view)
+        })
+        .collect()
+}
+
+/// Reports the partitions whose state differs from `before`.
+fn observe_changes(me: BrokerId, before: &Views, st: &MetadataState) {
+    for ((topic, partition), state) in partition_views(st) {
+        if before.get(&(topic.clone(), partition)) != Some(&state) {
+            crate::observe::emit(me, || crate::observe::Event::PartitionChanged {
+                topic,
+                partition,
+                state,
+            });
         }
     }
 }

@@ -539,6 +539,13 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
             }
             lode_core::replication::AckState::Waiting => codes::REQUEST_TIMED_OUT,
         };
+        if code == codes::NONE {
+            crate::observe::emit(broker.config.node_id, || crate::observe::Event::Acked {
+                topic: topic.to_string(),
+                partition: index,
+                last,
+            });
+        }
         if code != codes::NONE {
             let slot = resp
                 .responses

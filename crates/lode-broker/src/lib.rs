@@ -12,6 +12,7 @@ pub mod codes;
 pub mod config;
 pub mod control;
 mod handlers;
+pub mod observe;
 pub mod partition;
 pub mod quorum;
 pub mod replica;
@@ -112,6 +113,7 @@ impl Broker {
     /// # Errors
     /// See [`StartError`].
     pub async fn start(mut config: BrokerConfig, env: Env) -> Result<Arc<Broker>, StartError> {
+        observe::emit(config.node_id, || observe::Event::Started);
         let root = env.data_dir.clone();
         let cluster_id = match checkpoint::read(&root, CLUSTER_ID).await? {
             // Every member of a cluster must report the same id (clients refuse to mix
@@ -157,13 +159,18 @@ impl Broker {
             qc.fetch_timeout = config
                 .session_timeout
                 .min(std::time::Duration::from_secs(2));
-            let cc = lode_core::metadata::ControllerConfig {
+            #[allow(unused_mut)]
+            let mut cc = lode_core::metadata::ControllerConfig {
                 broker_session_timeout_ms: u64::try_from(config.session_timeout.as_millis())
                     .unwrap_or(u64::MAX),
                 default_min_insync_replicas: config.default_min_insync_replicas,
                 default_fsync: config.default_topic_fsync(),
                 ..lode_core::metadata::ControllerConfig::default()
             };
+            #[cfg(feature = "planted-bugs")]
+            if let Some(PlantedBug::Controller(bug)) = config.planted {
+                cc.planted = Some(bug);
+            }
             let dir = root
                 .sub_dir(&format!("{}-0", topics::METADATA_TOPIC))
                 .await

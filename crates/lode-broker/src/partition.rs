@@ -73,9 +73,28 @@ pub struct Partition {
     /// As leader in combined mode: the ISR replication state. `None` as follower (or
     /// standalone).
     replication: std::sync::Mutex<Option<LeaderReplication>>,
-    /// Planted bug: commit on the leader's own sync.
+    /// This broker (for what the simulator observes).
+    node: BrokerId,
+    /// A planted bug (tests only).
     #[cfg(feature = "planted-bugs")]
-    pub planted_ack_on_leader_sync: AtomicBool,
+    planted: Option<crate::config::PlantedBug>,
+}
+
+/// How a partition replica is kept.
+#[derive(Clone, Debug)]
+pub struct PartitionOptions {
+    /// This broker.
+    pub node: BrokerId,
+    /// The partition's durability policy.
+    pub fsync: FsyncPolicy,
+    /// Segment size.
+    pub segment_bytes_max: u64,
+    /// Standalone (no metadata log): the broker is the only replica and what is synced is
+    /// committed.
+    pub standalone: bool,
+    /// A planted bug (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<crate::config::PlantedBug>,
 }
 
 /// What a replica fetch gets from this partition as leader, and an ISR change to propose.
@@ -86,17 +105,21 @@ impl Partition {
     ///
     /// # Errors
     /// When the log cannot be opened.
-    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         topic: &str,
         index: i32,
         dir: Dir,
         clock: Clock,
-        fsync: FsyncPolicy,
-        segment_bytes_max: u64,
+        options: PartitionOptions,
         data_arrived: watch::Sender<u64>,
-        standalone: bool,
     ) -> Result<Arc<Partition>, LogError> {
+        let PartitionOptions {
+            node,
+            fsync,
+            segment_bytes_max,
+            standalone,
+            ..
+        } = options;
         let config = LogConfig {
             segment_bytes_max,
             sync: SyncPolicy::GroupCommit,
@@ -112,6 +135,26 @@ impl Partition {
         if standalone {
             let end = log.log_end_offset();
             log.set_high_watermark(end);
+        }
+        crate::observe::emit(node, || crate::observe::Event::Opened {
+            topic: topic.to_owned(),
+            partition: index,
+            log_end: log.log_end_offset(),
+            high_watermark: log.high_watermark(),
+        });
+        #[cfg(feature = "planted-bugs")]
+        if options.planted == Some(crate::config::PlantedBug::TruncateToHighWatermark)
+            && !standalone
+            && log.high_watermark() < log.log_end_offset()
+        {
+            let to = log.high_watermark().max(log.log_start_offset());
+            log.truncate_to(to).await?;
+            crate::observe::emit(node, || crate::observe::Event::Truncated {
+                topic: topic.to_owned(),
+                partition: index,
+                to,
+                reason: "planted: truncated to the high watermark on opening",
+            });
         }
         let end = log.high_watermark();
         let producers = rebuild_producers(&log).await;
@@ -130,8 +173,9 @@ impl Partition {
             epoch: AtomicI32::new(0),
             standalone,
             replication: std::sync::Mutex::new(None),
+            node,
             #[cfg(feature = "planted-bugs")]
-            planted_ack_on_leader_sync: AtomicBool::new(false),
+            planted: options.planted,
         });
         let syncer = Arc::clone(&p);
         lode_env::task::spawn(async move { syncer.sync_loop(clock).await });
@@ -254,6 +298,12 @@ impl Partition {
             }
         }
         let info = log.append_leader(batch, epoch).await?;
+        crate::observe::emit(self.node, || crate::observe::Event::Appended {
+            topic: self.topic.clone(),
+            partition: self.index,
+            batches: crate::observe::batch_ids(batch),
+            as_leader: true,
+        });
         if idempotent {
             let meta = BatchMeta {
                 first_seq,
@@ -285,13 +335,29 @@ impl Partition {
     /// The leader's own log (synced part, under fsync=always) now ends at `end`: the new
     /// high watermark, if it moves.
     #[cfg(feature = "planted-bugs")]
+    fn planted(&self, bug: crate::config::PlantedBug) -> bool {
+        self.planted == Some(bug)
+    }
+
+    #[cfg(feature = "planted-bugs")]
     fn planted_ack(&self) -> bool {
-        self.planted_ack_on_leader_sync.load(Ordering::Relaxed)
+        self.planted(crate::config::PlantedBug::AckOnLeaderSync)
     }
 
     #[cfg(not(feature = "planted-bugs"))]
     #[allow(clippy::unused_self)]
     fn planted_ack(&self) -> bool {
+        false
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted_read_above_hw(&self) -> bool {
+        self.planted(crate::config::PlantedBug::ReadAboveHighWatermark)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[allow(clippy::unused_self)]
+    fn planted_read_above_hw(&self) -> bool {
         false
     }
 
@@ -361,6 +427,12 @@ impl Partition {
         );
         tracing::info!(topic = %self.topic, partition = self.index, epoch = epoch.0, "leader");
         *self.replication_lock() = Some(rep);
+        crate::observe::emit(self.node, || crate::observe::Event::Leader {
+            topic: self.topic.clone(),
+            partition: self.index,
+            epoch,
+            start: end,
+        });
         // Requests appended in an earlier epoch of this broker fail: wake them.
         self.hw.send_modify(|_| {});
         let hw = self
@@ -376,6 +448,10 @@ impl Partition {
     pub fn become_follower(&self) {
         if self.replication_lock().take().is_some() {
             tracing::info!(topic = %self.topic, partition = self.index, "follower");
+            crate::observe::emit(self.node, || crate::observe::Event::Follower {
+                topic: self.topic.clone(),
+                partition: self.index,
+            });
             // Wakes acks=all requests waiting here: they fail, deposed.
             self.hw.send_modify(|_| {});
         }
@@ -497,6 +573,12 @@ impl Partition {
         let mut log = self.log.write().await;
         if !records.is_empty() {
             log.append_replica(records).await?;
+            crate::observe::emit(self.node, || crate::observe::Event::Appended {
+                topic: self.topic.clone(),
+                partition: self.index,
+                batches: crate::observe::batch_ids(records),
+                as_leader: false,
+            });
             // Under fsync=always the next fetch acknowledges these: they must be durable.
             if self.fsync == FsyncPolicy::Always {
                 log.sync().await?;
@@ -534,6 +616,12 @@ impl Partition {
         if to < end {
             tracing::info!(topic = %self.topic, partition = self.index, from = end.0, to = to.0, "diverging tail truncated");
             log.truncate_to(to).await?;
+            crate::observe::emit(self.node, || crate::observe::Event::Truncated {
+                topic: self.topic.clone(),
+                partition: self.index,
+                to,
+                reason: "diverging from the leader",
+            });
         }
         Ok(())
     }
@@ -555,6 +643,15 @@ impl Partition {
         });
         if moved {
             self.data_arrived.send_modify(|n| *n = n.wrapping_add(1));
+            crate::observe::emit(self.node, || crate::observe::Event::HighWatermark {
+                topic: self.topic.clone(),
+                partition: self.index,
+                high_watermark: hw,
+                leader_isr: self
+                    .replication_lock()
+                    .as_ref()
+                    .map(|r| r.maximal_isr().into_iter().collect()),
+            });
         }
     }
 
@@ -563,8 +660,20 @@ impl Partition {
     /// # Errors
     /// [`LogError::OffsetOutOfRange`] and IO errors.
     pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
-        let hw = self.high_watermark();
-        self.log.read().await.read(offset, max_bytes, hw).await
+        let log = self.log.read().await;
+        let limit = if self.planted_read_above_hw() {
+            log.log_end_offset()
+        } else {
+            self.high_watermark()
+        };
+        let data = log.read(offset, max_bytes, limit).await?;
+        crate::observe::emit(self.node, || crate::observe::Event::Served {
+            topic: self.topic.clone(),
+            partition: self.index,
+            batches: crate::observe::batch_ids(&data),
+            high_watermark: self.high_watermark(),
+        });
+        Ok(data)
     }
 
     /// The first offset whose timestamp is at least `ts`, with that timestamp, below the

@@ -226,10 +226,12 @@ pub(crate) async fn reconcile_roles(broker: &Arc<Broker>, plane: &Arc<ControlPla
             continue;
         };
         if leader == Some(me) {
-            let config = ReplicationConfig {
-                replica_lag_time_max: broker.config.replica_lag_time_max,
-                min_insync_replicas: min_isr,
-            };
+            #[allow(unused_mut)]
+            let mut config = ReplicationConfig::new(broker.config.replica_lag_time_max, min_isr);
+            #[cfg(feature = "planted-bugs")]
+            if let Some(crate::config::PlantedBug::Replication(bug)) = broker.config.planted {
+                config.planted = Some(bug);
+            }
             p.become_leader(
                 me,
                 epoch,

@@ -12,7 +12,7 @@ use lode_storage::{checkpoint, LogError};
 use tokio::sync::RwLock;
 
 use crate::config::BrokerConfig;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionOptions};
 
 /// A topic: its id and partitions.
 pub struct Topic {
@@ -168,23 +168,23 @@ impl Topics {
         dir: Dir,
         fsync: TopicFsync,
     ) -> Result<Arc<Partition>, CreateError> {
-        let p = Partition::open(
+        let options = PartitionOptions {
+            node: self.config.node_id,
+            fsync: self.config.fsync_policy(fsync),
+            segment_bytes_max: self.config.segment_bytes_max,
+            standalone: self.config.voters.is_empty(),
+            #[cfg(feature = "planted-bugs")]
+            planted: self.config.planted,
+        };
+        Ok(Partition::open(
             topic,
             index,
             dir,
             self.clock.clone(),
-            self.config.fsync_policy(fsync),
-            self.config.segment_bytes_max,
+            options,
             self.data_arrived.clone(),
-            self.config.voters.is_empty(),
         )
-        .await?;
-        #[cfg(feature = "planted-bugs")]
-        if self.config.planted == Some(crate::config::PlantedBug::AckOnLeaderSync) {
-            p.planted_ack_on_leader_sync
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(p)
+        .await?)
     }
 
     /// The topic called `name`.

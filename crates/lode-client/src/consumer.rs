@@ -111,16 +111,26 @@ impl Consumer {
     }
 
     /// Fetches once from every assigned partition and returns what arrived, in offset
-    /// order per partition; positions advance past it.
+    /// order per partition; positions advance past it, and only past what is returned.
     ///
     /// # Errors
-    /// Broker and connection errors (OFFSET_OUT_OF_RANGE among them), and compressed
-    /// batches, which this client does not decompress yet.
+    /// When nothing arrived: the first broker or connection error (OFFSET_OUT_OF_RANGE
+    /// among them) or undecodable batch. When some partitions returned records, those are
+    /// returned and the others' errors wait for the next poll (dropping them with the
+    /// error would skip them: their positions have moved).
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
         let mut by_leader: BTreeMap<std::net::SocketAddr, Vec<(String, i32, Offset)>> =
             BTreeMap::new();
+        let mut first_error = None;
         for ((topic, partition), offset) in &self.positions {
-            let conn = self.client.leader(topic, *partition).await?;
+            // A partition without a reachable leader does not hold up the others.
+            let conn = match self.client.leader(topic, *partition).await {
+                Ok(c) => c,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             let addr = conn.addr();
             by_leader
                 .entry(addr)
@@ -155,19 +165,27 @@ impl Consumer {
                     t
                 })
                 .collect();
-            let conn = self.client.conn(addr).await?;
+            let conn = match self.client.conn(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             let resp = match conn.call(&req).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.client.drop_conn(addr).await;
-                    return Err(e);
+                    first_error.get_or_insert(e);
+                    continue;
                 }
             };
             if resp.error_code != 0 {
-                return Err(ClientError::Broker {
+                first_error.get_or_insert(ClientError::Broker {
                     api: "Fetch",
                     code: resp.error_code,
                 });
+                continue;
             }
             for t in resp.responses {
                 let topic = t.topic.0.to_string();
@@ -177,10 +195,11 @@ impl Consumer {
                         if p.error_code == 6 || p.error_code == 3 {
                             self.client.invalidate(&topic).await;
                         }
-                        return Err(ClientError::Broker {
+                        first_error.get_or_insert(ClientError::Broker {
                             api: "Fetch",
                             code: p.error_code,
                         });
+                        continue;
                     }
                     let key = (topic.clone(), p.partition_index);
                     let Some(position) = self.positions.get(&key).copied() else {
@@ -189,7 +208,7 @@ impl Consumer {
                     let records = p.records.unwrap_or_default();
                     let mut next = position;
                     let mut rest = &records[..];
-                    while !rest.is_empty() {
+                    'batches: while !rest.is_empty() {
                         // A partial batch at the end of a fetch is normal: stop there.
                         let Ok((b, tail)) = RecordBatch::parse(rest) else {
                             break;
@@ -207,19 +226,38 @@ impl Consumer {
                         let bad = |e: lode_proto::batch::BatchError| {
                             ClientError::Protocol(format!("{topic}-{}: {e}", p.partition_index))
                         };
-                        let buf = match b.decompressed_records(limit).map_err(bad)? {
-                            std::borrow::Cow::Borrowed(section) => records.slice_ref(section),
-                            std::borrow::Cow::Owned(v) => Bytes::from(v),
+                        let buf = match b.decompressed_records(limit) {
+                            Ok(std::borrow::Cow::Borrowed(section)) => records.slice_ref(section),
+                            Ok(std::borrow::Cow::Owned(v)) => Bytes::from(v),
+                            Err(e) => {
+                                first_error.get_or_insert(bad(e));
+                                break 'batches;
+                            }
                         };
-                        let recs = b.records_in(&buf).map_err(bad)?;
+                        let recs = match b.records_in(&buf) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                first_error.get_or_insert(bad(e));
+                                break 'batches;
+                            }
+                        };
                         let share = |s: &[u8]| buf.slice_ref(s);
+                        // The batch's records are all returned or none: the position moves
+                        // past whole batches only.
+                        let mut batch_out = Vec::new();
                         for r in recs {
-                            let r = r.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                            let r = match r {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    first_error.get_or_insert(ClientError::Protocol(e.to_string()));
+                                    break 'batches;
+                                }
+                            };
                             let offset = b.base_offset().add(i64::from(r.offset_delta));
                             if offset < position {
                                 continue;
                             }
-                            out.push(ConsumerRecord {
+                            batch_out.push(ConsumerRecord {
                                 topic: Arc::clone(&shared_topic),
                                 partition: p.partition_index,
                                 offset,
@@ -237,12 +275,16 @@ impl Consumer {
                                     .collect(),
                             });
                         }
+                        out.append(&mut batch_out);
                         next = next.max(b.next_offset());
                     }
                     self.positions.insert(key, next);
                 }
             }
         }
-        Ok(out)
+        match first_error {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 }

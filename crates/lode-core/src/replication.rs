@@ -35,6 +35,43 @@ pub struct ReplicationConfig {
     pub replica_lag_time_max: Duration,
     /// `min.insync.replicas`.
     pub min_insync_replicas: usize,
+    /// A deliberately broken rule (tests and the simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<ReplicationBug>,
+}
+
+impl ReplicationConfig {
+    /// The settings, with no planted bug.
+    #[must_use]
+    pub fn new(replica_lag_time_max: Duration, min_insync_replicas: usize) -> ReplicationConfig {
+        ReplicationConfig {
+            replica_lag_time_max,
+            min_insync_replicas,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted(&self, bug: ReplicationBug) -> bool {
+        self.planted == Some(bug)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[allow(clippy::unused_self)]
+    fn planted(&self, _bug: ReplicationBug) -> bool {
+        false
+    }
+}
+
+/// Deliberately broken leader rules, for proving the simulator's invariants catch them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationBug {
+    /// The high watermark advances while the ISR is below the min ISR.
+    HwBelowMinIsr,
+    /// A follower joins the ISR on reaching the high watermark, without reaching the start
+    /// of the leader's epoch (KAFKA-7128).
+    IsrWithoutEpochStart,
 }
 
 /// What the leader knows of one follower.
@@ -217,7 +254,9 @@ impl LeaderReplication {
     /// Recomputes the high watermark; returns it if it moved.
     fn advance(&mut self) -> Option<Offset> {
         let maximal = self.maximal_isr();
-        if self.isr.len() < self.effective_min_isr() {
+        if self.isr.len() < self.effective_min_isr()
+            && !self.config.planted(ReplicationBug::HwBelowMinIsr)
+        {
             return None;
         }
         let candidate = maximal
@@ -294,7 +333,8 @@ impl LeaderReplication {
         let expand = !self.isr.contains(&follower)
             && self.pending.is_none()
             && offset >= self.high_watermark
-            && offset >= self.epoch_start;
+            && (offset >= self.epoch_start
+                || self.config.planted(ReplicationBug::IsrWithoutEpochStart));
         let proposal = expand.then(|| {
             let mut isr = self.isr.clone();
             isr.insert(follower);

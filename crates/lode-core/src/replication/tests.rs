@@ -31,10 +31,7 @@ fn leader(min_isr: usize, isr: &[i32]) -> LeaderReplication {
         0,
         Offset(0),
         Offset(0),
-        ReplicationConfig {
-            replica_lag_time_max: LAG,
-            min_insync_replicas: min_isr,
-        },
+        ReplicationConfig::new(LAG, min_isr),
         ms(0),
     )
 }
@@ -141,10 +138,7 @@ fn expansion_needs_the_high_watermark_and_the_epoch_start() {
         4,
         Offset(100),
         Offset(90),
-        ReplicationConfig {
-            replica_lag_time_max: LAG,
-            min_insync_replicas: 1,
-        },
+        ReplicationConfig::new(LAG, 1),
         ms(0),
     );
     // At the old high watermark but below this epoch's start (KAFKA-7128): not yet.

@@ -1,0 +1,55 @@
+//! Invariant 2, leader completeness: a replica taking up leadership (clean election) holds
+//! every committed batch, and the epoch starts at or after the committed log's end.
+
+use lode_broker::observe::Event;
+
+use super::{show, Invariant, Model};
+
+/// See the module.
+pub struct LeaderCompleteness;
+
+impl Invariant for LeaderCompleteness {
+    fn name(&self) -> &'static str {
+        "leader-completeness"
+    }
+
+    fn about_loss(&self) -> bool {
+        true
+    }
+
+    fn check(&mut self, m: &Model, node: i32, e: &Event) -> Result<(), String> {
+        let Event::Leader { epoch, start, .. } = e else {
+            return Ok(());
+        };
+        let Some(p) = m.partition(e) else {
+            return Ok(());
+        };
+        let unclean = p
+            .views
+            .get(&node)
+            .is_some_and(|v| v.leader_epoch == *epoch && v.elected_unclean);
+        if unclean && m.settings.unclean_election {
+            return Ok(());
+        }
+        let end = p.committed_end();
+        if *start < end {
+            return Err(format!(
+                "node {node} leads epoch {} from offset {}, below the committed end {}",
+                epoch.0, start.0, end.0
+            ));
+        }
+        let empty = super::Replica::default();
+        let r = m.replica(node, e).unwrap_or(&empty);
+        for c in p.committed.values() {
+            if r.batch_at(c.base) != Some(c) {
+                return Err(format!(
+                    "node {node} leads epoch {} without the committed batch {} (it has {})",
+                    epoch.0,
+                    show(c),
+                    r.batch_at(c.base).map_or("nothing".into(), show)
+                ));
+            }
+        }
+        Ok(())
+    }
+}

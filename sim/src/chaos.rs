@@ -38,7 +38,7 @@ use lode_broker::observe::Event;
 use lode_proto::BrokerId;
 
 use crate::cluster::{client_when_ready, Cluster};
-use crate::invariants::{Checker, Settings};
+use crate::invariants::{Checker, Model, Settings};
 use crate::trace::Line;
 
 const SUBNET: u8 = 1;
@@ -233,25 +233,97 @@ impl Params {
     }
 }
 
-/// One fault. Text form: `crash N`, `power-loss N`, `stop N` (clean), `restart N`,
-/// `pause N`, `resume N`, `isolate N` (cut from every other broker and the clients),
-/// `heal`.
+/// Which broker a fault hits: a number, or a role resolved when the fault applies (from
+/// what the brokers reported: partition 0's leader and followers in replica order, the
+/// active controller), or `last`, the broker the previous fault hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Broker `n`.
+    Node(i32),
+    /// Partition 0's leader.
+    Leader,
+    /// Partition 0's first follower.
+    Follower,
+    /// Partition 0's second follower.
+    OtherFollower,
+    /// Partition 0's replica `k`, in replica order (`replica-0` is its first leader;
+    /// replicas never move, so this names the same broker all run long).
+    Replica(usize),
+    /// The active controller.
+    Controller,
+    /// The broker the previous fault resolved to.
+    Last,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Node(n) => write!(f, "{n}"),
+            Target::Leader => f.write_str("leader"),
+            Target::Follower => f.write_str("follower"),
+            Target::OtherFollower => f.write_str("other-follower"),
+            Target::Replica(k) => write!(f, "replica-{k}"),
+            Target::Controller => f.write_str("controller"),
+            Target::Last => f.write_str("last"),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        match s {
+            "leader" => Ok(Target::Leader),
+            "follower" => Ok(Target::Follower),
+            "other-follower" => Ok(Target::OtherFollower),
+            "controller" => Ok(Target::Controller),
+            "last" => Ok(Target::Last),
+            r if r.starts_with("replica-") => r["replica-".len()..]
+                .parse()
+                .map(Target::Replica)
+                .map_err(|_| format!("{s:?}: replica-K takes a number")),
+            n => n.parse().map(Target::Node).map_err(|_| {
+                format!("{s:?}: a broker is a number, leader, follower, other-follower, replica-K, controller or last")
+            }),
+        }
+    }
+}
+
+/// One fault. Text form: `crash B`, `power-loss B`, `stop B` (clean), `restart B`,
+/// `pause B`, `resume B`, `isolate B` (cut from every other broker and the clients),
+/// `partition B` (cut from every other broker, not the clients), `cut B B` (both ways),
+/// `cut-one-way B B` (from the first to the second), `skew B OFFSET_MS DRIFT_PPM` (its
+/// clock), `corrupt B` (a bit flip in partition 0's first segment), `disk-errors B
+/// PERCENT` (writes and syncs fail with EIO; 0 ends it), `heal` (every link back). `B` is
+/// a [`Target`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// kill -9 of a broker.
-    Crash(i32),
+    Crash(Target),
     /// Power loss: the broker dies and its disk loses, keeps or tears unsynced writes.
-    PowerLoss(i32),
+    PowerLoss(Target),
     /// A clean stop through the broker's shutdown path.
-    Stop(i32),
+    Stop(Target),
     /// A stopped or crashed broker starts again from its disk.
-    Restart(i32),
+    Restart(Target),
     /// The broker's process stops being scheduled.
-    Pause(i32),
+    Pause(Target),
     /// A paused broker runs again.
-    Resume(i32),
+    Resume(Target),
     /// Every link to and from the broker is cut.
-    Isolate(i32),
+    Isolate(Target),
+    /// Every link between the broker and the other brokers is cut; clients still reach it.
+    Partition(Target),
+    /// The links between two brokers are cut.
+    Cut(Target, Target),
+    /// The link from the first broker to the second is cut.
+    CutOneWay(Target, Target),
+    /// The broker's clock is set off by an offset (ms) and a drift (ppm).
+    Skew(Target, i64, i64),
+    /// One bit of partition 0's first segment flips on the broker's disk.
+    Corrupt(Target),
+    /// This percentage of the broker's disk writes and syncs fail with EIO.
+    DiskErrors(Target, u32),
     /// Every link is restored.
     Heal,
 }
@@ -266,6 +338,12 @@ impl fmt::Display for Fault {
             Fault::Pause(n) => write!(f, "pause {n}"),
             Fault::Resume(n) => write!(f, "resume {n}"),
             Fault::Isolate(n) => write!(f, "isolate {n}"),
+            Fault::Partition(n) => write!(f, "partition {n}"),
+            Fault::Cut(a, b) => write!(f, "cut {a} {b}"),
+            Fault::CutOneWay(a, b) => write!(f, "cut-one-way {a} {b}"),
+            Fault::Skew(n, offset, drift) => write!(f, "skew {n} {offset} {drift}"),
+            Fault::Corrupt(n) => write!(f, "corrupt {n}"),
+            Fault::DiskErrors(n, percent) => write!(f, "disk-errors {n} {percent}"),
             Fault::Heal => write!(f, "heal"),
         }
     }
@@ -275,23 +353,39 @@ impl FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
         let words: Vec<&str> = s.split_whitespace().collect();
-        let node = || -> Result<i32, String> {
+        let arg = |i: usize| -> Result<&str, String> {
             words
-                .get(1)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("{s:?}: a broker number must follow"))
+                .get(i)
+                .copied()
+                .ok_or_else(|| format!("{s:?}: argument {i} is missing"))
         };
-        match words.first().copied() {
-            Some("crash") => Ok(Fault::Crash(node()?)),
-            Some("power-loss") => Ok(Fault::PowerLoss(node()?)),
-            Some("stop") => Ok(Fault::Stop(node()?)),
-            Some("restart") => Ok(Fault::Restart(node()?)),
-            Some("pause") => Ok(Fault::Pause(node()?)),
-            Some("resume") => Ok(Fault::Resume(node()?)),
-            Some("isolate") => Ok(Fault::Isolate(node()?)),
-            Some("heal") => Ok(Fault::Heal),
-            _ => Err(format!("{s:?}: unknown fault")),
-        }
+        let target = |i: usize| -> Result<Target, String> { arg(i)?.parse() };
+        let number = |i: usize| -> Result<i64, String> {
+            arg(i)?
+                .parse()
+                .map_err(|_| format!("{s:?}: argument {i} is a number"))
+        };
+        let fault = match words.first().copied() {
+            Some("crash") => Fault::Crash(target(1)?),
+            Some("power-loss") => Fault::PowerLoss(target(1)?),
+            Some("stop") => Fault::Stop(target(1)?),
+            Some("restart") => Fault::Restart(target(1)?),
+            Some("pause") => Fault::Pause(target(1)?),
+            Some("resume") => Fault::Resume(target(1)?),
+            Some("isolate") => Fault::Isolate(target(1)?),
+            Some("partition") => Fault::Partition(target(1)?),
+            Some("cut") => Fault::Cut(target(1)?, target(2)?),
+            Some("cut-one-way") => Fault::CutOneWay(target(1)?, target(2)?),
+            Some("skew") => Fault::Skew(target(1)?, number(2)?, number(3)?),
+            Some("corrupt") => Fault::Corrupt(target(1)?),
+            Some("disk-errors") => Fault::DiskErrors(
+                target(1)?,
+                u32::try_from(number(2)?.clamp(0, 100)).unwrap_or(0),
+            ),
+            Some("heal") => Fault::Heal,
+            _ => return Err(format!("{s:?}: unknown fault")),
+        };
+        Ok(fault)
     }
 }
 
@@ -333,16 +427,17 @@ impl Schedule {
                     }
                 };
                 let back = t + 1_000 + r.below(3_000);
+                let b = Target::Node(n);
                 let (fault, undo) = match r.below(10) {
-                    0..=2 => (Fault::Crash(n), Fault::Restart(n)),
-                    3..=5 => (Fault::PowerLoss(n), Fault::Restart(n)),
-                    6 => (Fault::Stop(n), Fault::Restart(n)),
-                    7 => (Fault::Pause(n), Fault::Resume(n)),
+                    0..=2 => (Fault::Crash(b), Fault::Restart(b)),
+                    3..=5 => (Fault::PowerLoss(b), Fault::Restart(b)),
+                    6 => (Fault::Stop(b), Fault::Restart(b)),
+                    7 => (Fault::Pause(b), Fault::Resume(b)),
                     _ if !isolated => {
                         isolated = true;
-                        (Fault::Isolate(n), Fault::Heal)
+                        (Fault::Isolate(b), Fault::Heal)
                     }
-                    _ => (Fault::Crash(n), Fault::Restart(n)),
+                    _ => (Fault::Crash(b), Fault::Restart(b)),
                 };
                 out.push((t, fault));
                 if undo == Fault::Heal {
@@ -619,16 +714,26 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     // The nemesis.
     let mut down = BTreeSet::new();
     let mut happened = Happened::default();
+    let mut last = None;
     for (at, fault) in &schedule.0 {
         let at = Duration::from_millis(*at);
         let elapsed = workload_start.elapsed();
         if at > elapsed {
             madsim::time::sleep(at - elapsed).await;
         }
+        let resolved = resolve(fault, &checker.borrow().model, &mut last);
+        let done = match &resolved {
+            Some(r) => apply(&cluster, r, &mut down, &mut happened).await,
+            None => "skipped: nobody has the role".into(),
+        };
         log(Line::new(now_ms(start), "fault")
             .str("fault", &fault.to_string())
+            .str(
+                "resolved",
+                &resolved.as_ref().map_or(String::new(), ToString::to_string),
+            )
+            .str("result", &done)
             .done());
-        apply(&cluster, fault, &mut down, &mut happened).await;
         if happened.power_loss && params.fsync == Fsync::Interval {
             let mut c = checker.borrow_mut();
             if c.loss_allowed.is_none() {
@@ -648,6 +753,9 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     // Heal: every link back, every broker running.
     log(Line::new(now_ms(start), "heal-all").done());
     heal(&cluster);
+    for d in &cluster.disks {
+        d.set_faults(lode_env::disk::Faults::default());
+    }
     for n in std::mem::take(&mut down) {
         if n >= 0 {
             cluster.restart(n);
@@ -772,55 +880,204 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
 struct Happened {
     power_loss: bool,
     unclean_restart: bool,
+    corruption: bool,
 }
 
-/// Applies one fault. `down` holds crashed/stopped brokers as `n` and paused ones as
-/// `-n - 1`.
+/// Resolves a fault's targets to broker numbers (from the model, read now), updating
+/// `last`. `None` when a role has nobody (a leaderless partition, no active controller).
+fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault> {
+    let view = model.latest_view(TOPIC, 0);
+    let leader = view.and_then(|v| v.leader).map(|l| l.0);
+    let follower = |i: usize| {
+        view.and_then(|v| {
+            v.replicas
+                .iter()
+                .map(|b| b.0)
+                .filter(|b| Some(*b) != leader)
+                .nth(i)
+        })
+    };
+    let one = |t: Target| -> Option<i32> {
+        match t {
+            Target::Node(n) => Some(n),
+            Target::Leader => leader,
+            Target::Follower => follower(0),
+            Target::OtherFollower => follower(1),
+            Target::Replica(k) => view.and_then(|v| v.replicas.get(k)).map(|b| b.0),
+            Target::Controller => model.controller.map(|(_, n)| n),
+            Target::Last => *last,
+        }
+    };
+    let n = |t: Target| one(t).map(Target::Node);
+    let resolved = match *fault {
+        Fault::Crash(t) => Fault::Crash(n(t)?),
+        Fault::PowerLoss(t) => Fault::PowerLoss(n(t)?),
+        Fault::Stop(t) => Fault::Stop(n(t)?),
+        Fault::Restart(t) => Fault::Restart(n(t)?),
+        Fault::Pause(t) => Fault::Pause(n(t)?),
+        Fault::Resume(t) => Fault::Resume(n(t)?),
+        Fault::Isolate(t) => Fault::Isolate(n(t)?),
+        Fault::Partition(t) => Fault::Partition(n(t)?),
+        Fault::Cut(a, b) => Fault::Cut(n(a)?, n(b)?),
+        Fault::CutOneWay(a, b) => Fault::CutOneWay(n(a)?, n(b)?),
+        Fault::Skew(t, o, d) => Fault::Skew(n(t)?, o, d),
+        Fault::Corrupt(t) => Fault::Corrupt(n(t)?),
+        Fault::DiskErrors(t, p) => Fault::DiskErrors(n(t)?, p),
+        Fault::Heal => Fault::Heal,
+    };
+    let first = match resolved {
+        Fault::Crash(t)
+        | Fault::PowerLoss(t)
+        | Fault::Stop(t)
+        | Fault::Restart(t)
+        | Fault::Pause(t)
+        | Fault::Resume(t)
+        | Fault::Isolate(t)
+        | Fault::Partition(t)
+        | Fault::Cut(t, _)
+        | Fault::CutOneWay(t, _)
+        | Fault::Skew(t, _, _)
+        | Fault::Corrupt(t)
+        | Fault::DiskErrors(t, _) => Some(t),
+        Fault::Heal => None,
+    };
+    if let Some(Target::Node(b)) = first {
+        *last = Some(b);
+    }
+    Some(resolved)
+}
+
+/// Applies one resolved fault (every target a broker number). `down` holds crashed or
+/// stopped brokers as `n` and paused ones as `-n - 1`. Returns what it did, for the
+/// trace ("skipped" for a fault on a broker in the wrong state, as a hand-edited schedule
+/// may have).
 async fn apply(
     cluster: &Cluster,
     fault: &Fault,
     down: &mut BTreeSet<i32>,
     happened: &mut Happened,
-) {
+) -> String {
     let n_max = cluster.nodes.len() as i32;
-    let valid = |n: i32| (0..n_max).contains(&n);
-    match *fault {
-        Fault::Crash(n) if valid(n) && !down.contains(&n) => {
-            cluster.crash(n);
-            happened.unclean_restart = true;
-            down.insert(n);
-        }
-        Fault::PowerLoss(n) if valid(n) && !down.contains(&n) => {
-            cluster.power_loss(n);
-            happened.power_loss = true;
-            happened.unclean_restart = true;
-            down.insert(n);
-        }
-        Fault::Stop(n) if valid(n) && !down.contains(&n) && !down.contains(&(-n - 1)) => {
-            cluster.clean_stop(n, Duration::from_secs(6)).await;
-            down.insert(n);
-        }
-        Fault::Restart(n) if down.remove(&n) => cluster.restart(n),
-        Fault::Pause(n) if valid(n) && !down.contains(&n) && !down.contains(&(-n - 1)) => {
-            cluster.pause(n);
-            down.insert(-n - 1);
-        }
-        Fault::Resume(n) if down.remove(&(-n - 1)) => cluster.resume(n),
-        Fault::Isolate(n) if valid(n) => {
-            let net = NetSim::current();
-            let me = cluster.nodes[n as usize].id();
-            net.clog_node(me);
-        }
+    let node = |t: Target| match t {
+        Target::Node(n) if (0..n_max).contains(&n) => Some(n),
+        _ => None,
+    };
+    let up = |n: i32, down: &BTreeSet<i32>| !down.contains(&n) && !down.contains(&(-n - 1));
+    let net = NetSim::current();
+    let id = |n: i32| cluster.nodes[n as usize].id();
+    match fault.clone() {
+        Fault::Crash(t) => match node(t) {
+            Some(n) if up(n, down) || down.contains(&(-n - 1)) => {
+                if down.remove(&(-n - 1)) {
+                    cluster.resume(n);
+                }
+                cluster.crash(n);
+                happened.unclean_restart = true;
+                down.insert(n);
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::PowerLoss(t) => match node(t) {
+            Some(n) if up(n, down) => {
+                cluster.power_loss(n);
+                happened.power_loss = true;
+                happened.unclean_restart = true;
+                down.insert(n);
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::Stop(t) => match node(t) {
+            Some(n) if up(n, down) => {
+                cluster.clean_stop(n, Duration::from_secs(6)).await;
+                down.insert(n);
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::Restart(t) => match node(t) {
+            Some(n) if down.remove(&n) => cluster.restart(n),
+            _ => return "skipped".into(),
+        },
+        Fault::Pause(t) => match node(t) {
+            Some(n) if up(n, down) => {
+                cluster.pause(n);
+                down.insert(-n - 1);
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::Resume(t) => match node(t) {
+            Some(n) if down.remove(&(-n - 1)) => cluster.resume(n),
+            _ => return "skipped".into(),
+        },
+        Fault::Isolate(t) => match node(t) {
+            Some(n) => net.clog_node(id(n)),
+            None => return "skipped".into(),
+        },
+        Fault::Partition(t) => match node(t) {
+            Some(n) => {
+                for m in (0..n_max).filter(|m| *m != n) {
+                    net.clog_link(id(n), id(m));
+                    net.clog_link(id(m), id(n));
+                }
+            }
+            None => return "skipped".into(),
+        },
+        Fault::Cut(a, b) => match (node(a), node(b)) {
+            (Some(a), Some(b)) if a != b => {
+                net.clog_link(id(a), id(b));
+                net.clog_link(id(b), id(a));
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::CutOneWay(a, b) => match (node(a), node(b)) {
+            (Some(a), Some(b)) if a != b => net.clog_link(id(a), id(b)),
+            _ => return "skipped".into(),
+        },
+        Fault::Skew(t, offset_ms, drift_ppm) => match node(t) {
+            Some(n) => cluster.skews[n as usize].set(lode_env::Skew {
+                offset_ms,
+                drift_ppm: drift_ppm.max(-900_000),
+            }),
+            None => return "skipped".into(),
+        },
+        Fault::Corrupt(t) => match node(t) {
+            Some(n) => {
+                let path = format!("{TOPIC}-0/{:020}.log", 0);
+                match cluster.disks[n as usize].corrupt(&path) {
+                    Some(pos) => {
+                        happened.corruption = true;
+                        return format!("flipped a bit at byte {pos} of {path}");
+                    }
+                    None => return format!("skipped: no {path}"),
+                }
+            }
+            None => return "skipped".into(),
+        },
+        Fault::DiskErrors(t, percent) => match node(t) {
+            Some(n) => {
+                let p = f64::from(percent) / 100.0;
+                cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
+                    write_eio: p,
+                    sync_eio: p,
+                    ..lode_env::disk::Faults::default()
+                });
+            }
+            None => return "skipped".into(),
+        },
         Fault::Heal => heal(cluster),
-        // A fault on a broker in the wrong state (a hand-edited schedule): skipped.
-        _ => {}
     }
+    "done".into()
 }
 
+/// Every link back (node clogs and link cuts).
 fn heal(cluster: &Cluster) {
     let net = NetSim::current();
-    for node in &cluster.nodes {
-        net.unclog_node(node.id());
+    for a in &cluster.nodes {
+        net.unclog_node(a.id());
+        for b in &cluster.nodes {
+            if a.id() != b.id() {
+                net.unclog_link(a.id(), b.id());
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lode_broker::{Broker, BrokerConfig};
 use lode_client::Client;
+use lode_env::clock::{Skew, SkewControl};
 use lode_env::{Clock, Env, SimDisk};
 use lode_proto::BrokerId;
 use madsim::runtime::{Handle, NodeHandle};
@@ -22,6 +23,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeHandle>,
     /// Their disks, which survive restarts.
     pub disks: Vec<SimDisk>,
+    /// Each broker's clock skew control.
+    pub skews: Vec<SkewControl>,
     /// Per node: a clean stop was asked for (the node's task shuts its broker down).
     stop_asked: Vec<Arc<(AtomicBool, tokio::sync::Notify)>>,
     /// Per node: its broker finished a clean shutdown.
@@ -73,8 +76,12 @@ impl Cluster {
         let mut disks = Vec::new();
         let mut stop_asked = Vec::new();
         let mut stopped = Vec::new();
+        let mut skews = Vec::new();
         for i in 0..n {
             let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
+            // The node's own clock: it keeps its skew across restarts, like hardware.
+            let (clock, skew) = Clock::skewed(Skew::default());
+            skews.push(skew);
             let d = disk.clone();
             let ask = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
             let done = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
@@ -87,14 +94,12 @@ impl Cluster {
                     .ip(kafka(subnet, i).ip())
                     .init(move || {
                         let d = d.clone();
+                        let clock = clock.clone();
                         let (ask, done) = (Arc::clone(&a), Arc::clone(&s));
                         let config = config(subnet, n, i, tweak.clone());
                         async move {
-                            let broker = match Broker::start(
-                                config,
-                                Env::simulated(&d, Clock::system()),
-                            )
-                            .await
+                            let broker = match Broker::start(config, Env::simulated(&d, clock))
+                                .await
                             {
                                 Ok(b) => b,
                                 Err(e) => {
@@ -128,6 +133,7 @@ impl Cluster {
             subnet,
             nodes,
             disks,
+            skews,
             stop_asked,
             stopped,
         }

@@ -18,4 +18,6 @@ pub mod disk_crash;
 #[cfg(madsim)]
 pub mod invariants;
 #[cfg(madsim)]
+pub mod scenarios;
+#[cfg(madsim)]
 pub mod trace;

@@ -7,17 +7,23 @@
 #[cfg(madsim)]
 const USAGE: &str = "\
 usage:
-  lode-sim run --seed N [--schedule FILE] [--trace FILE] [--planted NAME]
+  lode-sim run --seed N [--scenario NAME] [--schedule FILE] [--trace FILE] [--planted NAME]
       one chaos run: parameters, schedule, verdict; the schedule file has one fault per
-      line, AT_MS FAULT (crash N, power-loss N, stop N, restart N, pause N, resume N,
-      isolate N, heal), as printed by a run
-  lode-sim explore --seeds A..B [--planted NAME]
+      line, AT_MS FAULT (crash B, power-loss B, stop B, restart B, pause B, resume B,
+      isolate B, partition B, cut B B, cut-one-way B B, skew B OFFSET_MS DRIFT_PPM,
+      corrupt B, disk-errors B PERCENT, heal; B is a broker number, leader, follower,
+      other-follower, replica-K, controller or last), as printed by a run
+  lode-sim explore --seeds A..B [--scenario NAME] [--planted NAME]
       a run per seed, one process each; a summary; non-zero exit on any failure
+  lode-sim scenarios
+      the named scenarios of the fault catalogue, and the planted bug each is made for
   lode-sim check-determinism --seed N
       the same seed twice, in two processes: the trace hashes must be equal
   lode-sim disk-crash --seed N | --seeds A..B
       a partition log on the simulated disk, killed mid-IO, recovered and checked
-planted bugs (built with --features planted-bugs): ack-before-sync";
+planted bugs (built with --features planted-bugs): truncate-to-hw, hw-below-min-isr,
+  isr-without-epoch-start, stale-alter-partition, ack-before-sync, elect-outside-isr,
+  read-above-hw";
 
 #[cfg(madsim)]
 fn main() -> anyhow::Result<()> {
@@ -66,9 +72,25 @@ fn main() -> anyhow::Result<()> {
                 .map(|t| t.parse::<lode_sim::chaos::Schedule>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            run_one(seed, planted, schedule, flag("--trace"))
+            let scenario = flag("--scenario")
+                .map(|n| {
+                    lode_sim::scenarios::Scenario::named(&n).with_context(|| {
+                        format!("no scenario {n:?}; `lode-sim scenarios` lists them")
+                    })
+                })
+                .transpose()?;
+            run_one(seed, planted, scenario, schedule, flag("--trace"))
         }
-        Some("explore") => explore(seeds()?, planted),
+        Some("explore") => explore(seeds()?, planted, flag("--scenario")),
+        Some("scenarios") => {
+            for s in lode_sim::scenarios::ALL {
+                let catches = s
+                    .catches
+                    .map_or(String::new(), |p| format!(" (catches {p})"));
+                println!("{}{catches}\n    {}", s.name, s.about);
+            }
+            Ok(())
+        }
         Some("check-determinism") => check_determinism(seeds()?.0),
         Some("disk-crash") => disk_crash(seeds()?),
         _ => anyhow::bail!("{USAGE}"),
@@ -79,13 +101,22 @@ fn main() -> anyhow::Result<()> {
 fn run_one(
     seed: u64,
     planted: Option<lode_sim::chaos::Planted>,
+    scenario: Option<lode_sim::scenarios::Scenario>,
     schedule: Option<lode_sim::chaos::Schedule>,
     trace: Option<String>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use lode_sim::chaos::{Params, Schedule};
-    let params = Params::of(seed, planted);
-    let schedule = schedule.unwrap_or_else(|| Schedule::of(&params));
+    let params = match scenario {
+        Some(s) => s.params(seed, planted),
+        None => Params::of(seed, planted),
+    };
+    let schedule = schedule
+        .or_else(|| scenario.map(|s| s.schedule()))
+        .unwrap_or_else(|| Schedule::of(&params));
+    if let Some(s) = scenario {
+        println!("scenario {}: {}", s.name, s.about);
+    }
     println!(
         "seed {seed}, commit {}",
         option_env!("LODE_COMMIT").unwrap_or("(unknown)")
@@ -121,8 +152,9 @@ fn run_one(
     let planted_flag = planted.map_or(String::new(), |_| {
         format!(" --planted {}", flag_name(planted))
     });
+    let scenario_flag = scenario.map_or(String::new(), |s| format!(" --scenario {}", s.name));
     println!(
-        "verdict: FAILED; reproduce with: RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run -p lode-sim --all-features -- run --seed {seed}{planted_flag}"
+        "verdict: FAILED; reproduce with: RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run --release -p lode-sim --all-features -- run --seed {seed}{scenario_flag}{planted_flag}"
     );
     anyhow::bail!("seed {seed} failed")
 }
@@ -137,6 +169,7 @@ fn flag_name(planted: Option<lode_sim::chaos::Planted>) -> &'static str {
 fn explore(
     (from, to): (u64, u64),
     planted: Option<lode_sim::chaos::Planted>,
+    scenario: Option<String>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("own path")?;
@@ -147,6 +180,9 @@ fn explore(
         cmd.args(["run", "--seed", &seed.to_string()]);
         if planted.is_some() {
             cmd.args(["--planted", flag_name(planted)]);
+        }
+        if let Some(s) = &scenario {
+            cmd.args(["--scenario", s]);
         }
         let out = cmd.output().context("running a seed")?;
         let text = String::from_utf8_lossy(&out.stdout);

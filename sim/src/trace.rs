@@ -106,6 +106,10 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
     };
     match e {
         Event::Started => Line::new(t_ms, "started").num("node", i64::from(node)),
+        Event::QuorumRole { leader, epoch } => Line::new(t_ms, "quorum-role")
+            .num("node", i64::from(node))
+            .flag("leader", *leader)
+            .num("epoch", i64::from(epoch.0)),
         Event::Opened {
             topic,
             partition,

@@ -69,6 +69,14 @@ pub struct PartitionView {
 pub enum Event {
     /// The node (re)starts: it holds no state but its disk's.
     Started,
+    /// The node's role in the controller quorum changed: it leads (is the active
+    /// controller) in `epoch`, or no longer does.
+    QuorumRole {
+        /// It leads.
+        leader: bool,
+        /// The quorum epoch.
+        epoch: Epoch,
+    },
     /// A partition's log was opened (after a start or restart): what recovery kept.
     Opened {
         /// Topic.

@@ -389,6 +389,10 @@ impl Driver {
                 // Offsets move all the time; role, epoch and leader are the news.
                 if (before.role, before.epoch, before.leader) != (now.role, now.epoch, now.leader) {
                     tracing::info!(node = self.me.0, role = ?now.role, epoch = now.epoch.0, leader = ?now.leader.map(|l| l.0), "quorum status");
+                    crate::observe::emit(self.me, || crate::observe::Event::QuorumRole {
+                        leader: now.role == Role::Leader,
+                        epoch: now.epoch,
+                    });
                 }
                 self.status.send_replace(now);
             }

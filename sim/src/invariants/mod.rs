@@ -181,6 +181,8 @@ pub struct Model {
     pub metadata: BTreeMap<Offset, (u64, i32)>,
     /// Events taken in so far.
     pub step: u64,
+    /// The active controller (the quorum leader) and its epoch, as last reported.
+    pub controller: Option<(Epoch, i32)>,
 }
 
 /// The (topic, partition) an event is about.
@@ -212,7 +214,7 @@ pub fn key_of(event: &Event) -> Option<(String, i32)> {
         | Event::PartitionChanged {
             topic, partition, ..
         } => Some((topic.clone(), *partition)),
-        Event::MetadataApplied { .. } | Event::Started => None,
+        Event::MetadataApplied { .. } | Event::Started | Event::QuorumRole { .. } => None,
     }
 }
 
@@ -225,6 +227,7 @@ impl Model {
             partitions: BTreeMap::new(),
             metadata: BTreeMap::new(),
             step: 0,
+            controller: None,
         }
     }
 
@@ -249,7 +252,19 @@ impl Model {
                 self.metadata.entry(*offset).or_insert((*digest, node));
                 return;
             }
+            Event::QuorumRole { leader, epoch } => {
+                let current = self.controller.is_some_and(|(_, n)| n == node);
+                if *leader && self.controller.is_none_or(|(e, _)| *epoch >= e) {
+                    self.controller = Some((*epoch, node));
+                } else if !*leader && current {
+                    self.controller = None;
+                }
+                return;
+            }
             Event::Started => {
+                if self.controller.is_some_and(|(_, n)| n == node) {
+                    self.controller = None;
+                }
                 // It applies the metadata log again from the start, and leads nothing.
                 for p in self.partitions.values_mut() {
                     p.views.remove(&node);
@@ -316,8 +331,21 @@ impl Model {
             Event::Acked { .. }
             | Event::Served { .. }
             | Event::MetadataApplied { .. }
-            | Event::Started => {}
+            | Event::Started
+            | Event::QuorumRole { .. } => {}
         }
+    }
+}
+
+impl Model {
+    /// The latest state of a partition any node applied (highest partition epoch).
+    #[must_use]
+    pub fn latest_view(&self, topic: &str, partition: i32) -> Option<&PartitionView> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))?
+            .views
+            .values()
+            .max_by_key(|v| v.partition_epoch)
     }
 }
 

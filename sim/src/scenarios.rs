@@ -90,8 +90,8 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 16_000,
-        schedule: "1000 pause replica-2\n5000 crash replica-0\n8000 resume replica-2\n\
-                   11000 crash replica-1\n12500 restart replica-0\n13000 restart replica-1\n",
+        schedule: "4000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
+                   9000 crash replica-1\n10500 restart replica-0\n11000 restart replica-1\n",
         catches: Some(Planted::IsrWithoutEpochStart),
     },
     Scenario {

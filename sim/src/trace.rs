@@ -155,6 +155,11 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
             .num("epoch", i64::from(epoch.0))
             .num("start", start.0),
         Event::Follower { topic, partition } => tp("follower", topic, *partition),
+        Event::IsrProposed {
+            topic,
+            partition,
+            isr,
+        } => tp("isr-proposed", topic, *partition).nums("isr", isr.iter().map(|b| i64::from(b.0))),
         Event::Acked {
             topic,
             partition,

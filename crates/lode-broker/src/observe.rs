@@ -132,6 +132,15 @@ pub enum Event {
         /// Where the epoch starts: the log end the leader takes as its own.
         start: Offset,
     },
+    /// As leader, the node proposes an ISR (AlterPartition).
+    IsrProposed {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The proposed ISR.
+        isr: Vec<BrokerId>,
+    },
     /// The node stopped leading.
     Follower {
         /// Topic.

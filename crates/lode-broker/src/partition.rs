@@ -534,6 +534,13 @@ impl Partition {
             Some(r) => r.on_follower_fetch(from, fetch_offset, end, now),
             None => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
         };
+        if let Some(p) = &proposal {
+            crate::observe::emit(self.node, || crate::observe::Event::IsrProposed {
+                topic: self.topic.clone(),
+                partition: self.index,
+                isr: p.isr.iter().copied().collect(),
+            });
+        }
         if let Some(hw) = hw {
             self.set_committed(hw).await;
         }

@@ -1,8 +1,9 @@
-//! Invariant 11, ISR admission (KAFKA-7128): a replica joins the ISR under a leader only
-//! once its log reaches the start of that leader's epoch (it may otherwise hold a
-//! diverging tail from an older epoch above the high watermark). Checked when a partition
-//! epoch is first applied, against the replica's log then, unless it reopened its log
-//! since the leader took up the epoch (then the model cannot tell what it had).
+//! Invariant 11, ISR admission (KAFKA-7128): a leader proposes a replica into the ISR only
+//! once the replica's log reaches the start of the leader's epoch (below it, the replica
+//! may hold a diverging tail of an older epoch that the high watermark does not cover).
+//! Checked when the leader proposes, against the replica's log as reported (it waits for
+//! the fetch answer then, so its log is where it fetched from), unless it reopened its log
+//! since the leader took up the epoch.
 
 use lode_broker::observe::Event;
 
@@ -17,25 +18,24 @@ impl Invariant for IsrAdmission {
     }
 
     fn check(&mut self, m: &Model, node: i32, e: &Event) -> Result<(), String> {
-        let Event::PartitionChanged { state: s, .. } = e else {
+        let Event::IsrProposed { isr, .. } = e else {
             return Ok(());
         };
-        let Some(p) = m.partition(e) else {
+        let (Some(p), Some(leader)) = (m.partition(e), m.replica(node, e)) else {
             return Ok(());
         };
-        if s.partition_epoch <= p.partition_epoch_max {
-            return Ok(());
-        }
-        let Some(prev) = p.views.get(&node) else {
+        let Some(epoch) = leader.leading else {
             return Ok(());
         };
-        if prev.leader_epoch != s.leader_epoch || prev.leader != s.leader {
-            return Ok(());
-        }
-        let Some(l) = p.leaders.get(&s.leader_epoch) else {
+        let Some(l) = p.leaders.get(&epoch) else {
             return Ok(());
         };
-        for b in s.isr.iter().filter(|b| !prev.isr.contains(b)) {
+        let current = p
+            .views
+            .get(&node)
+            .map(|v| v.isr.clone())
+            .unwrap_or_default();
+        for b in isr.iter().filter(|b| !current.contains(b) && b.0 != node) {
             let Some(r) = p.replicas.get(&b.0) else {
                 continue;
             };
@@ -44,11 +44,10 @@ impl Invariant for IsrAdmission {
             }
             if r.log_end() < l.start {
                 return Err(format!(
-                    "broker {} joins the ISR of leader {} (epoch {}, started at offset {}) with its log ending at {}",
-                    b.0,
-                    l.node,
-                    s.leader_epoch.0,
+                    "leader {node} (epoch {}, started at offset {}) proposes broker {} into the ISR with its log ending at {}",
+                    epoch.0,
                     l.start.0,
+                    b.0,
                     r.log_end().0
                 ));
             }

@@ -16,7 +16,7 @@
 //! | `high_watermark_bounds` | 7 | HW <= log end on every replica |
 //! | `strict_min_isr` | 8 | a leader's HW moves only with an ISR of at least min ISR |
 //! | `controller_state` | 10 | leader in ISR, ISR and ELR in the replicas and disjoint, ... |
-//! | `isr_admission` | 11 | a replica joins the ISR only past the leader epoch's start |
+//! | `isr_admission` | 11 | a leader proposes a replica into the ISR only past its epoch's start |
 //! | `no_committed_truncation` | 13 | no replica truncates a committed batch |
 //! | `consumer_below_hw` | 14 | consumers are served only batches below the HW |
 //! | `metadata_prefix` | 17 | every node applies the same metadata entry at an offset |
@@ -205,6 +205,9 @@ pub fn key_of(event: &Event) -> Option<(String, i32)> {
             topic, partition, ..
         }
         | Event::Follower { topic, partition }
+        | Event::IsrProposed {
+            topic, partition, ..
+        }
         | Event::Acked {
             topic, partition, ..
         }
@@ -329,6 +332,7 @@ impl Model {
                 p.views.insert(node, state.clone());
             }
             Event::Acked { .. }
+            | Event::IsrProposed { .. }
             | Event::Served { .. }
             | Event::MetadataApplied { .. }
             | Event::Started

@@ -17,7 +17,8 @@ use super::{BrokerEpoch, PartitionEpoch, TopicId};
 pub enum PlantedBug {
     /// Elections fall back to any live replica although unclean election is off.
     ElectOutsideIsrAndElr,
-    /// `AlterPartition` skips the partition-epoch check (KIP-497's stale-request guard).
+    /// `AlterPartition` skips the partition-epoch check (KIP-497's stale-request guard) and
+    /// the members' broker-epoch check (KIP-903).
     AcceptStalePartitionEpoch,
     /// Fencing a broker leaves it in the ISRs (only leadership moves).
     KeepFencedInIsr,
@@ -626,10 +627,14 @@ impl Controller {
         if !new_isr.contains(&req.broker_id) {
             return Err(AlterPartitionError::InvalidRequest("ISR lacks the leader"));
         }
+        // KIP-903: each member's broker epoch must be current, so a request computed before
+        // a member restarted (and lost data) cannot bring it back (the planted stale-request
+        // bug skips this too: KAFKA-14139 as it was).
+        let stale_ok = self.config.accepts_stale_partition_epoch();
         for m in &req.new_isr {
             let eligible = state
                 .broker(m.id)
-                .is_some_and(|b| b.is_eligible() && b.epoch == m.epoch);
+                .is_some_and(|b| b.is_eligible() && (b.epoch == m.epoch || stale_ok));
             if !eligible {
                 return Err(AlterPartitionError::IneligibleReplica(m.id));
             }

@@ -112,6 +112,7 @@ impl Consumer {
 
     /// Fetches once from every assigned partition and returns what arrived, in offset
     /// order per partition; positions advance past it, and only past what is returned.
+    /// Cancellation safe: dropped before it returns, it moves no position.
     ///
     /// # Errors
     /// When nothing arrived: the first broker or connection error (OFFSET_OUT_OF_RANGE
@@ -138,6 +139,7 @@ impl Consumer {
                 .push((topic.clone(), *partition, *offset));
         }
         let mut out = Vec::new();
+        let mut moved = Vec::new();
         for (addr, parts) in by_leader {
             let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
             for (topic, partition, offset) in &parts {
@@ -278,9 +280,14 @@ impl Consumer {
                         out.append(&mut batch_out);
                         next = next.max(b.next_offset());
                     }
-                    self.positions.insert(key, next);
+                    moved.push((key, next));
                 }
             }
+        }
+        // Positions move only here, with no await left: a poll dropped half-way (a caller's
+        // timeout) moves nothing, so nothing it had fetched is skipped.
+        for (key, next) in moved {
+            self.positions.insert(key, next);
         }
         match first_error {
             Some(e) if out.is_empty() => Err(e),

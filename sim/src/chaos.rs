@@ -544,14 +544,9 @@ impl Report {
     /// A hash of the trace (FNV-1a): equal for equal runs.
     #[must_use]
     pub fn trace_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for line in &self.trace {
-            for b in line.bytes().chain(std::iter::once(b'\n')) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        h
+        self.trace.iter().fold(lode_proto::FNV1A_START, |h, line| {
+            lode_proto::fnv1a(lode_proto::fnv1a(h, line.as_bytes()), b"\n")
+        })
     }
 }
 

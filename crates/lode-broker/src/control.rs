@@ -443,7 +443,7 @@ fn apply_one(
                 if let Some(before) = before {
                     crate::observe::emit(me, || crate::observe::Event::MetadataApplied {
                         offset: e.offset,
-                        digest: crate::observe::digest(&e.data),
+                        digest: lode_proto::fnv1a(lode_proto::FNV1A_START, &e.data),
                     });
                     observe_changes(me, &before, &st);
                 }

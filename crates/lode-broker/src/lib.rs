@@ -93,13 +93,11 @@ pub struct Broker {
 fn voters_cluster_id(
     voters: &std::collections::BTreeMap<lode_proto::BrokerId, std::net::SocketAddr>,
 ) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (id, addr) in voters {
-        for b in format!("{}@{addr},", id.0).bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    let h = voters
+        .iter()
+        .fold(lode_proto::FNV1A_START, |h, (id, addr)| {
+            lode_proto::fnv1a(h, format!("{}@{addr},", id.0).as_bytes())
+        });
     format!("lode-{h:016x}")
 }
 

@@ -241,14 +241,3 @@ pub fn emit(node: BrokerId, make: impl FnOnce() -> Event) {
 #[cfg(not(madsim))]
 #[inline(always)]
 pub fn emit(_node: BrokerId, _make: impl FnOnce() -> Event) {}
-
-/// FNV-1a of `bytes`.
-#[must_use]
-pub fn digest(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}

@@ -15,3 +15,17 @@ pub use types::{
 /// corpora, so both exercise exactly the same code.
 #[doc(hidden)]
 pub use batch::fuzzing;
+
+/// The start value of [`fnv1a`].
+pub const FNV1A_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64-bit) of `bytes`, continuing from `h` (start from [`FNV1A_START`]): a stable,
+/// unkeyed hash for ids, digests and trace hashes (never for maps of untrusted keys).
+#[must_use]
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

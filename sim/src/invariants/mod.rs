@@ -59,6 +59,15 @@ pub trait Invariant {
     fn check(&mut self, model: &Model, node: i32, event: &Event) -> Result<(), String>;
 }
 
+/// The batch of `batches` (by base offset) that holds `offset`.
+fn holding(batches: &BTreeMap<Offset, BatchId>, offset: Offset) -> Option<&BatchId> {
+    batches
+        .range(..=offset)
+        .next_back()
+        .map(|(_, b)| b)
+        .filter(|b| b.last >= offset)
+}
+
 /// One replica, as its reports describe it.
 #[derive(Clone, Debug, Default)]
 pub struct Replica {
@@ -84,11 +93,7 @@ impl Replica {
     /// The batch holding `offset`.
     #[must_use]
     pub fn batch_at(&self, offset: Offset) -> Option<&BatchId> {
-        self.log
-            .range(..=offset)
-            .next_back()
-            .map(|(_, b)| b)
-            .filter(|b| b.last >= offset)
+        holding(&self.log, offset)
     }
 }
 
@@ -130,11 +135,7 @@ impl PartitionModel {
     /// The committed batch holding `offset`.
     #[must_use]
     pub fn committed_at(&self, offset: Offset) -> Option<&BatchId> {
-        self.committed
-            .range(..=offset)
-            .next_back()
-            .map(|(_, b)| b)
-            .filter(|b| b.last >= offset)
+        holding(&self.committed, offset)
     }
 
     /// The first batch of `replica` in `from..upto` (whole batches ending below `upto`)

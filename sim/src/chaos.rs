@@ -324,6 +324,17 @@ pub enum Fault {
     Corrupt(Target),
     /// This percentage of the broker's disk writes and syncs fail with EIO.
     DiskErrors(Target, u32),
+    /// The broker's log disk fails and is replaced by an empty one: the broker dies and,
+    /// when restarted, has lost every partition log (its metadata log survives).
+    Wipe(Target),
+    /// The links between two brokers are restored (both ways).
+    Uncut(Target, Target),
+    /// Every message takes between the two latencies (ms) on its way.
+    Latency(u64, u64),
+    /// This percentage of packets is lost (a TCP stream retransmits: its bytes arrive late).
+    Loss(u32),
+    /// The broker's disk is full: writes that would grow it fail with ENOSPC.
+    DiskFull(Target),
     /// Every link is restored.
     Heal,
 }
@@ -344,6 +355,11 @@ impl fmt::Display for Fault {
             Fault::Skew(n, offset, drift) => write!(f, "skew {n} {offset} {drift}"),
             Fault::Corrupt(n) => write!(f, "corrupt {n}"),
             Fault::DiskErrors(n, percent) => write!(f, "disk-errors {n} {percent}"),
+            Fault::Wipe(n) => write!(f, "wipe {n}"),
+            Fault::Uncut(a, b) => write!(f, "uncut {a} {b}"),
+            Fault::Latency(lo, hi) => write!(f, "latency {lo} {hi}"),
+            Fault::Loss(percent) => write!(f, "loss {percent}"),
+            Fault::DiskFull(n) => write!(f, "disk-full {n}"),
             Fault::Heal => write!(f, "heal"),
         }
     }
@@ -382,6 +398,14 @@ impl FromStr for Fault {
                 target(1)?,
                 u32::try_from(number(2)?.clamp(0, 100)).unwrap_or(0),
             ),
+            Some("wipe") => Fault::Wipe(target(1)?),
+            Some("uncut") => Fault::Uncut(target(1)?, target(2)?),
+            Some("latency") => {
+                let (lo, hi) = (number(1)?.max(0), number(2)?.max(0));
+                Fault::Latency(lo.min(hi) as u64, lo.max(hi) as u64)
+            }
+            Some("loss") => Fault::Loss(u32::try_from(number(1)?.clamp(0, 100)).unwrap_or(0)),
+            Some("disk-full") => Fault::DiskFull(target(1)?),
             Some("heal") => Fault::Heal,
             _ => return Err(format!("{s:?}: unknown fault")),
         };
@@ -750,6 +774,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     heal(&cluster);
     for d in &cluster.disks {
         d.set_faults(lode_env::disk::Faults::default());
+        d.set_capacity(None);
     }
     for n in std::mem::take(&mut down) {
         if n >= 0 {
@@ -918,6 +943,11 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::Skew(t, o, d) => Fault::Skew(n(t)?, o, d),
         Fault::Corrupt(t) => Fault::Corrupt(n(t)?),
         Fault::DiskErrors(t, p) => Fault::DiskErrors(n(t)?, p),
+        Fault::Wipe(t) => Fault::Wipe(n(t)?),
+        Fault::Uncut(a, b) => Fault::Uncut(n(a)?, n(b)?),
+        Fault::DiskFull(t) => Fault::DiskFull(n(t)?),
+        Fault::Latency(lo, hi) => Fault::Latency(lo, hi),
+        Fault::Loss(p) => Fault::Loss(p),
         Fault::Heal => Fault::Heal,
     };
     let first = match resolved {
@@ -933,8 +963,11 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::CutOneWay(t, _)
         | Fault::Skew(t, _, _)
         | Fault::Corrupt(t)
-        | Fault::DiskErrors(t, _) => Some(t),
-        Fault::Heal => None,
+        | Fault::DiskErrors(t, _)
+        | Fault::Wipe(t)
+        | Fault::Uncut(t, _)
+        | Fault::DiskFull(t) => Some(t),
+        Fault::Latency(..) | Fault::Loss(_) | Fault::Heal => None,
     };
     if let Some(Target::Node(b)) = first {
         *last = Some(b);
@@ -1058,14 +1091,44 @@ async fn apply(
             }
             None => return "skipped".into(),
         },
+        Fault::Wipe(t) => match node(t) {
+            Some(n) if up(n, down) => {
+                let removed = cluster.wipe(n);
+                happened.unclean_restart = true;
+                down.insert(n);
+                return format!("removed {removed} files and directories");
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::Uncut(a, b) => match (node(a), node(b)) {
+            (Some(a), Some(b)) if a != b => {
+                net.unclog_link(id(a), id(b));
+                net.unclog_link(id(b), id(a));
+            }
+            _ => return "skipped".into(),
+        },
+        Fault::Latency(lo, hi) => net.update_config(|c| {
+            c.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi.max(lo + 1));
+        }),
+        Fault::Loss(percent) => net.update_config(|c| {
+            c.packet_loss_rate = f64::from(percent) / 100.0;
+        }),
+        Fault::DiskFull(t) => match node(t) {
+            Some(n) => {
+                let used = cluster.disks[n as usize].set_full();
+                return format!("full at {used} bytes");
+            }
+            None => return "skipped".into(),
+        },
         Fault::Heal => heal(cluster),
     }
     "done".into()
 }
 
-/// Every link back (node clogs and link cuts).
+/// Every link back (node clogs and link cuts), latency and loss as at the start.
 fn heal(cluster: &Cluster) {
     let net = NetSim::current();
+    net.update_config(|c| *c = madsim::net::Config::default());
     for a in &cluster.nodes {
         net.unclog_node(a.id());
         for b in &cluster.nodes {

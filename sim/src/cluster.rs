@@ -153,6 +153,14 @@ impl Cluster {
         self.disks[i as usize].crash();
     }
 
+    /// Broker `i`'s log disk fails and is replaced: the node dies and its partition logs
+    /// (everything but the metadata log's directory) are gone when it restarts.
+    pub fn wipe(&self, i: i32) -> usize {
+        Handle::current().kill(self.nodes[i as usize].id());
+        let metadata = format!("{}-0", lode_broker::topics::METADATA_TOPIC);
+        self.disks[i as usize].wipe(|path| path.split('/').next() == Some(metadata.as_str()))
+    }
+
     /// A process crash of broker `i` (kill -9): the node dies; the page cache, which is
     /// the kernel's, keeps every write.
     pub fn crash(&self, i: i32) {

@@ -96,14 +96,17 @@ pub const ALL: [Scenario; 14] = [
     },
     Scenario {
         name: "stale-alterpartition",
-        about: "KAFKA-14139 / KIP-903: the leader's ISR change races a controller change (a \
-                follower fenced and wiped); a stale AlterPartition must be refused",
+        about: "KAFKA-14139 / KIP-903: the leader's request to re-admit a follower is held on \
+                its way while the follower loses its log disk and registers again; the stale \
+                request must be refused, or the empty follower joins the ISR and is elected",
         brokers: 5,
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 14_000,
-        schedule: "1000 pause replica-2\n3900 cut replica-1 controller\n4200 power-loss replica-1\n\
-                   5200 restart replica-1\n6000 resume replica-2\n8000 heal\n",
+        schedule: "1000 cut replica-1 replica-0\n5000 cut-one-way replica-0 controller\n\
+                   5000 uncut replica-1 replica-0\n5300 wipe replica-1\n5300 cut replica-1 replica-0\n\
+                   5400 restart replica-1\n5900 uncut replica-0 controller\n7000 crash replica-0\n\
+                   7000 crash replica-2\n10000 restart replica-0\n10000 restart replica-2\n10000 heal\n",
         catches: Some(Planted::StaleAlterPartition),
     },
     Scenario {

@@ -51,6 +51,7 @@ async fn node_main(id: i32, disk: SimDisk, planes: Planes) {
                     host: addr(id).ip().to_string(),
                     port: 9092,
                     clean_shutdown_epoch: None,
+                    log_dir_id: 1,
                 }),
                 Duration::from_secs(5),
             )

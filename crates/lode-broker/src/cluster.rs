@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lode_core::metadata::{BrokerEpoch, BrokerRegistrationRequest, HeartbeatRequest, TopicFsync};
-use lode_storage::checkpoint;
+use lode_storage::{checkpoint, LogError};
 
 use crate::control::{ControlPlane, ControlReply, ControlRequest};
 use crate::Broker;
@@ -53,16 +53,21 @@ impl Membership {
     }
 }
 
+/// What a starting broker tells the controller about its disk.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Restart {
+    /// The epoch in the clean-shutdown marker, if the last stop was clean.
+    pub clean: Option<BrokerEpoch>,
+    /// The id of the log directory ([`log_dir_id`]).
+    pub log_dir_id: u64,
+}
+
 /// Registers, then heartbeats until the broker stops.
-pub(crate) async fn lifecycle(
-    broker: Arc<Broker>,
-    plane: Arc<ControlPlane>,
-    clean: Option<BrokerEpoch>,
-) {
+pub(crate) async fn lifecycle(broker: Arc<Broker>, plane: Arc<ControlPlane>, restart: Restart) {
     let me = broker.config.node_id;
     let incarnation = lode_env::rng::seed_u64();
     loop {
-        let epoch = register(&broker, &plane, incarnation, clean).await;
+        let epoch = register(&broker, &plane, incarnation, restart).await;
         broker.membership.epoch.store(epoch.0, Ordering::Release);
         tracing::info!(
             node = me.0,
@@ -85,7 +90,7 @@ async fn register(
     broker: &Broker,
     plane: &ControlPlane,
     incarnation: u64,
-    clean: Option<BrokerEpoch>,
+    restart: Restart,
 ) -> BrokerEpoch {
     let me = broker.config.node_id;
     loop {
@@ -96,7 +101,8 @@ async fn register(
                     incarnation,
                     host: broker.config.advertised_host.clone(),
                     port: broker.config.advertised_port,
-                    clean_shutdown_epoch: clean,
+                    clean_shutdown_epoch: restart.clean,
+                    log_dir_id: restart.log_dir_id,
                 }),
                 Duration::from_secs(5),
             )
@@ -249,6 +255,31 @@ pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
         }
     }
     crate::replica::reconcile_roles(broker, plane).await;
+}
+
+/// The file holding the log directory's id.
+pub const LOG_DIR_ID: &str = "log-dir.id";
+
+/// The id of this log directory: read from [`LOG_DIR_ID`], or drawn and written durably
+/// when the directory has none (first start, or a replaced disk). The controller takes a
+/// changed id to mean the broker lost its logs. An unreadable id file counts as none: the
+/// broker then leaves its ISRs and ELRs, which is safe.
+///
+/// # Errors
+/// When the new id cannot be written.
+pub(crate) async fn log_dir_id(broker_root: &lode_env::Dir) -> Result<u64, LogError> {
+    if let Ok(Some(Ok(b))) = checkpoint::read(broker_root, LOG_DIR_ID).await {
+        if let Ok(id) = <[u8; 8]>::try_from(b.as_slice()) {
+            return Ok(u64::from_be_bytes(id));
+        }
+    }
+    let id = lode_env::rng::seed_u64();
+    checkpoint::write(broker_root, LOG_DIR_ID, &id.to_be_bytes()).await?;
+    tracing::info!(
+        log_dir_id = format_args!("{id:016x}"),
+        "new log directory id"
+    );
+    Ok(id)
 }
 
 /// Reads and removes the clean-shutdown marker.

@@ -146,8 +146,8 @@ impl Broker {
             // Listening on port 0: tell clients the port the system chose.
             config.advertised_port = local_addr.port();
         }
-        let (control, clean) = if config.voters.is_empty() {
-            (None, None)
+        let (control, restart) = if config.voters.is_empty() {
+            (None, cluster::Restart::default())
         } else {
             let listen = config
                 .controller_listen
@@ -173,9 +173,12 @@ impl Broker {
                 .sub_dir(&format!("{}-0", topics::METADATA_TOPIC))
                 .await
                 .map_err(|e| StartError::Storage(CreateError::Io(e)))?;
-            let clean = cluster::take_clean_marker(&root).await;
+            let restart = cluster::Restart {
+                clean: cluster::take_clean_marker(&root).await,
+                log_dir_id: cluster::log_dir_id(&root).await?,
+            };
             let plane = control::ControlPlane::start(qc, cc, dir, env.clock.clone()).await?;
-            (Some(plane), clean)
+            (Some(plane), restart)
         };
         let broker = Arc::new(Broker {
             local_addr,
@@ -195,7 +198,7 @@ impl Broker {
             lode_env::task::spawn(cluster::lifecycle(
                 Arc::clone(&broker),
                 Arc::clone(&plane),
-                clean,
+                restart,
             ));
             if let Some(fetches) = plane.take_fetches() {
                 lode_env::task::spawn(replica::serve(

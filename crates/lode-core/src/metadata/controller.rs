@@ -97,6 +97,10 @@ pub struct BrokerRegistrationRequest {
     pub port: u16,
     /// The epoch in the broker's clean-shutdown marker, `None` when missing.
     pub clean_shutdown_epoch: Option<BrokerEpoch>,
+    /// The id written into the broker's log directory when it was first used (as KIP-858's
+    /// directory ids): another id than last time means these are not the logs the broker
+    /// had (a replaced disk), whatever the fsync policy promised.
+    pub log_dir_id: u64,
 }
 
 /// A `BrokerHeartbeat` request.
@@ -360,8 +364,9 @@ impl Controller {
     }
 
     /// Registers a broker process. A clean restart (its clean-shutdown marker holds its
-    /// previous epoch) keeps its ELR memberships; an unclean one removes it from every ISR
-    /// and ELR (KIP-966). The new epoch starts fenced.
+    /// previous epoch) keeps its ELR memberships; an unclean one removes it from the ISR and
+    /// ELR of its `fsync=interval` topics (KIP-966); one whose log directory changed (a
+    /// replaced disk) leaves every ISR and ELR. The new epoch starts fenced.
     ///
     /// # Errors
     /// `DUPLICATE_BROKER_REGISTRATION` while another incarnation has a live session.
@@ -384,9 +389,12 @@ impl Controller {
                 }
                 batch.fence(old.id, old.epoch);
             }
-            if req.clean_shutdown_epoch != Some(old.epoch) {
+            if old.log_dir_id != req.log_dir_id {
+                tracing::warn!(broker = %req.id, "log directory replaced: out of every ISR and ELR");
+                batch.remove_unclean(req.id, true);
+            } else if req.clean_shutdown_epoch != Some(old.epoch) {
                 tracing::info!(broker = %req.id, "unclean restart: out of the ISR and ELR of its fsync=interval topics");
-                batch.remove_unclean(req.id);
+                batch.remove_unclean(req.id, false);
             }
         }
         batch.push(MetadataRecord::RegisterBroker {
@@ -395,6 +403,7 @@ impl Controller {
             host: req.host.clone(),
             port: req.port,
             clean_shutdown_epoch: req.clean_shutdown_epoch,
+            log_dir_id: req.log_dir_id,
         });
         self.sessions.remove(&req.id);
         Ok(batch.records)
@@ -691,11 +700,12 @@ impl<'a> Batch<'a> {
     }
 
     /// An unclean restart: `id` leaves every ISR and ELR and is no last known leader, in
-    /// topics with `fsync=interval` (under `fsync=always` it lost nothing it acknowledged).
-    fn remove_unclean(&mut self, id: BrokerId) {
+    /// topics with `fsync=interval` (under `fsync=always` it lost nothing it acknowledged),
+    /// or in every topic when its logs were lost whatever their policy.
+    fn remove_unclean(&mut self, id: BrokerId, every_topic: bool) {
         self.update_all(
             |t, p| {
-                t.config.fsync == TopicFsync::Interval
+                (every_topic || t.config.fsync == TopicFsync::Interval)
                     && (p.isr.contains(&id)
                         || p.elr.contains(&id)
                         || p.last_known_leader == Some(id))

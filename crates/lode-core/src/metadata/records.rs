@@ -25,6 +25,8 @@ pub enum MetadataRecord {
         /// The epoch read from the broker's clean-shutdown marker, `None` when missing
         /// (kept for visibility: the controller already acted on it, KIP-966).
         clean_shutdown_epoch: Option<BrokerEpoch>,
+        /// The id of the broker's log directory (see `BrokerRegistrationRequest`).
+        log_dir_id: u64,
     },
     /// The broker's epoch is fenced: it may not lead or be in an ISR.
     Fence {

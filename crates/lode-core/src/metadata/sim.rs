@@ -181,6 +181,7 @@ impl Sim {
             host: "localhost".into(),
             port: 9092,
             clean_shutdown_epoch: self.brokers[&id].clean_shutdown_epoch,
+            log_dir_id: u64::from(id.0.unsigned_abs()),
         };
         // Rejected while the old process's session lives: the process keeps retrying.
         if let Ok(records) = self.ctl.register_broker(&self.state, &req, self.now) {

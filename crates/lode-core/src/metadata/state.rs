@@ -17,6 +17,8 @@ pub struct BrokerRegistration {
     pub epoch: BrokerEpoch,
     /// The registering process's incarnation.
     pub incarnation: u64,
+    /// The id of the broker's log directory when it registered.
+    pub log_dir_id: u64,
     /// Host the broker listens on.
     pub host: String,
     /// Port the broker listens on.
@@ -283,6 +285,7 @@ impl MetadataState {
                 host,
                 port,
                 clean_shutdown_epoch: _,
+                log_dir_id,
             } => {
                 if let Some(old) = self.brokers.get(id).filter(|b| !b.fenced) {
                     return Err(ApplyError::RegisteredWhileUnfenced {
@@ -294,6 +297,7 @@ impl MetadataState {
                     id: *id,
                     epoch: BrokerEpoch(offset.0),
                     incarnation: *incarnation,
+                    log_dir_id: *log_dir_id,
                     host: host.clone(),
                     port: *port,
                     fenced: true,

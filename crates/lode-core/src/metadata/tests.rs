@@ -67,12 +67,23 @@ impl Cluster {
         incarnation: u64,
         clean_shutdown_epoch: Option<BrokerEpoch>,
     ) -> Result<Vec<MetadataRecord>, RegisterBrokerError> {
+        self.register_dir(id, incarnation, clean_shutdown_epoch, 7)
+    }
+
+    fn register_dir(
+        &mut self,
+        id: i32,
+        incarnation: u64,
+        clean_shutdown_epoch: Option<BrokerEpoch>,
+        log_dir_id: u64,
+    ) -> Result<Vec<MetadataRecord>, RegisterBrokerError> {
         let req = BrokerRegistrationRequest {
             id: b(id),
             incarnation,
             host: "localhost".into(),
             port: 9092 + id as u16,
             clean_shutdown_epoch,
+            log_dir_id,
         };
         let records = self.ctl.register_broker(&self.state, &req, self.now)?;
         Ok(self.apply(records))
@@ -388,6 +399,33 @@ fn unclean_restart_keeps_isr_and_elr_of_fsync_always_topics() {
 }
 
 #[test]
+fn a_replaced_log_directory_leaves_every_isr_and_elr() {
+    // KAFKA-14139's lost disk: under fsync=always a restart keeps the broker's ELR places,
+    // but not when its log directory is a new one, clean shutdown marker or not.
+    for clean in [false, true] {
+        let mut c = Cluster::with_brokers(3);
+        let req = CreateTopicRequest {
+            name: "synced".into(),
+            id: TopicId(1),
+            partitions: 1,
+            replication_factor: 3,
+            min_insync_replicas: Some(3),
+            unclean_leader_election: None,
+            fsync: Some(TopicFsync::Always),
+        };
+        let records = c.ctl.create_topic(&c.state, &req).unwrap();
+        c.apply(records);
+        let synced = TopicId(1);
+        c.expire(&[2]);
+        assert_eq!(c.part(synced).elr, set(&[2]));
+        let marker = clean.then_some(c.epoch(2));
+        c.register_dir(2, 99, marker, 8).unwrap();
+        assert_eq!(c.part(synced).elr, set(&[]), "clean marker: {clean}");
+        assert_eq!(c.state.broker(b(2)).unwrap().log_dir_id, 8);
+    }
+}
+
+#[test]
 fn a_new_process_may_replace_one_in_controlled_shutdown_at_once() {
     let mut c = Cluster::with_brokers(3);
     c.create("t", 0, 1, 3, 1);
@@ -525,6 +563,7 @@ fn apply_rejects_records_that_do_not_fit() {
         host: "h".into(),
         port: 1,
         clean_shutdown_epoch: None,
+        log_dir_id: 7,
     };
     assert_eq!(
         s.apply(Offset(100), &register),

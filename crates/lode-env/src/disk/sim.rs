@@ -350,6 +350,16 @@ impl SimDisk {
         s.capacity_bytes = capacity_bytes;
     }
 
+    /// Fills the disk: its capacity becomes the bytes its files hold now, so any write that
+    /// grows a file fails with `ENOSPC`. Returns that capacity.
+    pub fn set_full(&self) -> u64 {
+        let mut s = self.lock();
+        let used = s.used_bytes();
+        tracing::info!(target: "lode::fault", node = %s.node, used, "disk full");
+        s.capacity_bytes = Some(used);
+        used
+    }
+
     /// Flips one random bit of the stored bytes of `path` (both images: a latent error that
     /// the next read returns and a crash keeps). Returns the byte position flipped, or
     /// `None` if the file is missing or empty.
@@ -438,6 +448,31 @@ impl SimDisk {
         s.stats.add(stats);
         tracing::warn!(target: "lode::fault", node = %s.node, ?stats, "power loss");
         stats
+    }
+
+    /// A failed drive replaced by an empty one: every file and directory for which `keep`
+    /// (given the path from the disk's root) is false is gone, durably, and every open
+    /// handle dies. Kept entries lose their unsynced writes as in [`SimDisk::crash`]. Call
+    /// it when the node is killed, before it restarts. Returns the entries removed.
+    pub fn wipe(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.crash();
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let before = s.durable.len();
+        s.durable.retain(|path, _| keep(path));
+        s.current = s.durable.clone();
+        let live: BTreeSet<Ino> = s
+            .durable
+            .values()
+            .filter_map(|e| match e {
+                Entry::File(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        s.inodes.retain(|ino, _| live.contains(ino));
+        let removed = before - s.durable.len();
+        tracing::warn!(target: "lode::fault", node = %s.node, removed, "disk wiped");
+        removed
     }
 
     /// Totals of every crash so far.

@@ -369,4 +369,41 @@ async fn crashes_are_deterministic_per_seed() {
     }
 }
 
+#[tokio::test]
+async fn a_wipe_removes_all_but_what_is_kept() {
+    let disk = SimDisk::new("n0", 1);
+    let root = Dir::sim(&disk);
+    for name in ["meta-0", "t-0", "t-1"] {
+        let d = root.sub_dir(name).await.unwrap();
+        let f = d.create("00.log").await.unwrap();
+        f.append(name.as_bytes()).await.unwrap();
+        f.sync_data().await.unwrap();
+        d.sync().await.unwrap();
+    }
+    root.create("marker").await.unwrap();
+    root.sync().await.unwrap();
+    let old = root
+        .sub_dir("t-0")
+        .await
+        .unwrap()
+        .open("00.log")
+        .await
+        .unwrap();
+    let removed = disk.wipe(|path| path.starts_with("meta-0"));
+    assert_eq!(removed, 5, "t-0, t-1, their logs and the marker");
+    assert_eq!(root.list().await.unwrap(), vec!["meta-0".to_owned()]);
+    let kept = root
+        .sub_dir("meta-0")
+        .await
+        .unwrap()
+        .open("00.log")
+        .await
+        .unwrap();
+    assert_eq!(read_all(&kept).await, b"meta-0");
+    assert!(
+        old.len().await.is_err(),
+        "a handle from before the wipe is dead"
+    );
+}
+
 use std::time::Duration;

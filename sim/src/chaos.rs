@@ -185,6 +185,8 @@ pub struct Params {
     pub consumers: u32,
     /// How long the producers and the faults run, in simulated milliseconds.
     pub duration_ms: u64,
+    /// The brokers' session timeout (a broker silent this long is fenced), ms.
+    pub session_timeout_ms: u64,
     /// A planted bug, if any.
     pub planted: Option<Planted>,
 }
@@ -228,6 +230,7 @@ impl Params {
             idempotent,
             consumers,
             duration_ms,
+            session_timeout_ms: 1_500,
             planted,
         }
     }
@@ -324,8 +327,8 @@ pub enum Fault {
     Corrupt(Target),
     /// This percentage of the broker's disk writes and syncs fail with EIO.
     DiskErrors(Target, u32),
-    /// The broker's log disk fails and is replaced by an empty one: the broker dies and,
-    /// when restarted, has lost every partition log (its metadata log survives).
+    /// The broker's log disk fails and is replaced by an empty one: the broker dies (if it
+    /// runs) and, when restarted, has lost every partition log (its metadata log survives).
     Wipe(Target),
     /// The links between two brokers are restored (both ways).
     Uncut(Target, Target),
@@ -595,6 +598,7 @@ fn params_line(p: &Params) -> String {
         .nums("idempotent", set(&p.idempotent))
         .num("consumers", i64::from(p.consumers))
         .num("duration_ms", p.duration_ms as i64)
+        .num("session_timeout_ms", p.session_timeout_ms as i64)
         .str(
             "planted",
             &p.planted.map_or("none".into(), |b| b.to_string()),
@@ -608,8 +612,10 @@ fn now_ms(start: madsim::time::Instant) -> u64 {
 
 fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync + 'static {
     let planted = p.planted;
+    let session_timeout = Duration::from_millis(p.session_timeout_ms);
     move |c: &mut BrokerConfig| {
         c.replica_lag_time_max = Duration::from_secs(3);
+        c.session_timeout = session_timeout;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted = planted.map(Planted::broker_bug);
@@ -1092,7 +1098,8 @@ async fn apply(
             None => return "skipped".into(),
         },
         Fault::Wipe(t) => match node(t) {
-            Some(n) if up(n, down) => {
+            // A running broker dies with its disk; a stopped one gets its disk replaced.
+            Some(n) if up(n, down) || down.contains(&n) => {
                 let removed = cluster.wipe(n);
                 happened.unclean_restart = true;
                 down.insert(n);

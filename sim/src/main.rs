@@ -14,8 +14,9 @@ usage:
       corrupt B, disk-errors B PERCENT, disk-full B, wipe B, uncut B B, latency MIN_MS
       MAX_MS, loss PERCENT, heal; B is a broker number, leader, follower,
       other-follower, replica-K, controller or last), as printed by a run
-  lode-sim explore --seeds A..B [--scenario NAME] [--planted NAME]
-      a run per seed, one process each; a summary; non-zero exit on any failure
+  lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME]
+      a run per seed, one process each, J at a time (default: the cores); a progress
+      line, a summary table, logs of failing seeds kept; non-zero exit on any failure
   lode-sim scenarios
       the named scenarios of the fault catalogue, and the planted bug each is made for
   lode-sim check-determinism --seed N
@@ -82,7 +83,13 @@ fn main() -> anyhow::Result<()> {
                 .transpose()?;
             run_one(seed, planted, scenario, schedule, flag("--trace"))
         }
-        Some("explore") => explore(seeds()?, planted, flag("--scenario")),
+        Some("explore") => {
+            let jobs = flag("--jobs")
+                .map(|j| j.parse::<usize>().context("--jobs takes a number"))
+                .transpose()?
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+            explore(seeds()?, planted, flag("--scenario"), jobs)
+        }
         Some("scenarios") => {
             for s in lode_sim::scenarios::ALL {
                 let catches = s
@@ -165,51 +172,123 @@ fn flag_name(planted: Option<lode_sim::chaos::Planted>) -> &'static str {
     planted.map_or("", lode_sim::chaos::Planted::name)
 }
 
-/// One process per seed (a panic or hang in one run cannot take the others with it).
+/// One process per seed (a panic or hang in one run cannot take the others with it), `jobs`
+/// at a time; a progress line, then a summary table; logs kept for failing seeds only.
 #[cfg(madsim)]
 fn explore(
     (from, to): (u64, u64),
     planted: Option<lode_sim::chaos::Planted>,
     scenario: Option<String>,
+    jobs: usize,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    use std::io::{IsTerminal, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let exe = std::env::current_exe().context("own path")?;
     let wall = std::time::Instant::now();
+    let next = AtomicU64::new(from);
+    let total = to.saturating_sub(from);
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, std::io::Result<std::process::Output>)>();
+    let tty = std::io::stderr().is_terminal();
     let mut failed = Vec::new();
-    for seed in from..to {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["run", "--seed", &seed.to_string()]);
-        if planted.is_some() {
-            cmd.args(["--planted", flag_name(planted)]);
+    let mut simulated_s = 0.0;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            let tx = tx.clone();
+            let (exe, next, scenario) = (&exe, &next, &scenario);
+            scope.spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= to {
+                    return;
+                }
+                let mut cmd = std::process::Command::new(exe);
+                cmd.args(["run", "--seed", &seed.to_string()]);
+                if planted.is_some() {
+                    cmd.args(["--planted", flag_name(planted)]);
+                }
+                if let Some(s) = scenario {
+                    cmd.args(["--scenario", s]);
+                }
+                if tx.send((seed, cmd.output())).is_err() {
+                    return;
+                }
+            });
         }
-        if let Some(s) = &scenario {
-            cmd.args(["--scenario", s]);
+        drop(tx);
+        let mut done = 0_u64;
+        for (seed, out) in rx {
+            done += 1;
+            let (ok, stdout, stderr) = match out {
+                Ok(o) => (o.status.success(), o.stdout, o.stderr),
+                Err(e) => (false, Vec::new(), e.to_string().into_bytes()),
+            };
+            let text = String::from_utf8_lossy(&stdout);
+            simulated_s += text
+                .lines()
+                .find_map(|l| {
+                    let (_, rest) = l.split_once("; ")?;
+                    let (_, rest) = rest.split_once("read; ")?;
+                    rest.split_once(" simulated s")?.0.parse::<f64>().ok()
+                })
+                .unwrap_or(0.0);
+            if !ok {
+                let verdict = text
+                    .lines()
+                    .find(|l| l.starts_with("VIOLATION"))
+                    .unwrap_or("crashed (no verdict)");
+                let log = format!("lode-sim-seed-{seed}.log");
+                let kept = std::fs::write(&log, [stdout.as_slice(), stderr.as_slice()].concat())
+                    .map_or_else(
+                        |e| format!("log not written: {e}"),
+                        |()| format!("log in {log}"),
+                    );
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                println!("seed {seed} FAILED: {verdict} ({kept})");
+                failed.push(seed);
+            }
+            let width = 30_usize;
+            let filled = usize::try_from(done * width as u64 / total.max(1))
+                .unwrap_or(width)
+                .min(width);
+            let line = format!(
+                "[{}{}] {done}/{total} seeds, {} failed, {:.0} simulated s, {:.0} wall s",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                failed.len(),
+                simulated_s,
+                wall.elapsed().as_secs_f64()
+            );
+            if tty {
+                eprint!("\r\x1b[K{line}");
+            } else if done % (total / 10).max(1) == 0 || done == total {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
         }
-        let out = cmd.output().context("running a seed")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let verdict = text
-            .lines()
-            .find(|l| l.starts_with("verdict:"))
-            .unwrap_or("verdict: crashed")
-            .to_owned();
-        println!("seed {seed}: {verdict}");
-        if !out.status.success() {
-            let log = format!("lode-sim-seed-{seed}.log");
-            std::fs::write(
-                &log,
-                [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
-            )?;
-            println!("  log kept in {log}");
-            failed.push(seed);
+        if tty {
+            eprintln!();
         }
-    }
+    });
+    failed.sort_unstable();
+    let wall_s = wall.elapsed().as_secs_f64();
+    println!("| seeds | failed | simulated s | wall s | simulated/wall | seeds/hour |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "{} seeds, {} failed {failed:?}, {:.1} wall s",
-        to - from,
+        "| {from}..{to} ({total}) | {} | {simulated_s:.0} | {wall_s:.1} | {:.0}x | {:.0} |",
         failed.len(),
-        wall.elapsed().as_secs_f64()
+        simulated_s / wall_s.max(1e-9),
+        total as f64 * 3600.0 / wall_s.max(1e-9)
     );
-    anyhow::ensure!(failed.is_empty(), "{} seeds failed", failed.len());
+    if !failed.is_empty() {
+        println!("failing seeds: {failed:?}");
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {total} seeds failed",
+        failed.len()
+    );
     Ok(())
 }
 

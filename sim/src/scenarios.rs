@@ -25,6 +25,8 @@ pub struct Scenario {
     fsync: Fsync,
     /// How long the workload runs, ms.
     duration_ms: u64,
+    /// The brokers' session timeout, ms (1500 in the swarm).
+    session_timeout_ms: u64,
     /// The schedule, one `AT_MS FAULT` per line.
     schedule: &'static str,
     /// The planted bug this scenario is made to catch, if any.
@@ -42,6 +44,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "1000 pause replica-1\n1000 pause replica-2\n5500 isolate replica-0\n\
                    7500 resume replica-1\n7500 resume replica-2\n8500 heal\n",
         catches: Some(Planted::HwBelowMinIsr),
@@ -54,6 +57,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (2, 1),
         fsync: Fsync::Always,
         duration_ms: 10_000,
+        session_timeout_ms: 1_500,
         schedule: "2000 crash replica-1\n2300 restart replica-1\n3300 crash replica-0\n\
                    7000 restart replica-0\n",
         catches: Some(Planted::TruncateToHw),
@@ -66,6 +70,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 1),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "2000 power-loss replica-1\n2100 power-loss replica-0\n3500 restart replica-1\n\
                    6500 restart replica-0\n",
         catches: None,
@@ -78,6 +83,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 10_000,
+        session_timeout_ms: 1_500,
         schedule: "2000 stop leader\n2250 restart last\n2300 stop leader\n2550 restart last\n\
                    2600 stop leader\n2850 restart last\n",
         catches: None,
@@ -90,6 +96,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 16_000,
+        session_timeout_ms: 1_500,
         schedule: "4000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
                    9000 crash replica-1\n10500 restart replica-0\n11000 restart replica-1\n",
         catches: Some(Planted::IsrWithoutEpochStart),
@@ -97,16 +104,17 @@ pub const ALL: [Scenario; 14] = [
     Scenario {
         name: "stale-alterpartition",
         about: "KAFKA-14139 / KIP-903: the leader's request to re-admit a follower is held on \
-                its way while the follower loses its log disk and registers again; the stale \
-                request must be refused, or the empty follower joins the ISR and is elected",
+                its way while the follower is stopped, gets a new disk and registers again; \
+                the stale request must be refused, or the empty follower joins the ISR and leads",
         brokers: 5,
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
-        duration_ms: 14_000,
-        schedule: "1000 cut replica-1 replica-0\n5000 cut-one-way replica-0 controller\n\
-                   5000 uncut replica-1 replica-0\n5300 wipe replica-1\n5300 cut replica-1 replica-0\n\
-                   5400 restart replica-1\n5900 uncut replica-0 controller\n7000 crash replica-0\n\
-                   7000 crash replica-2\n10000 restart replica-0\n10000 restart replica-2\n10000 heal\n",
+        duration_ms: 17_000,
+        session_timeout_ms: 8_000,
+        schedule: "1000 pause replica-1\n4600 cut-one-way replica-0 controller\n4600 resume replica-1\n\
+                   4900 stop replica-1\n5200 wipe replica-1\n5200 cut replica-1 replica-0\n\
+                   5300 restart replica-1\n8500 uncut replica-0 controller\n11500 stop replica-0\n\
+                   12000 stop replica-2\n13500 restart replica-0\n13500 restart replica-2\n13500 heal\n",
         catches: Some(Planted::StaleAlterPartition),
     },
     Scenario {
@@ -117,6 +125,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "1000 cut replica-1 controller\n7000 heal\n",
         catches: None,
     },
@@ -128,6 +137,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 14_000,
+        session_timeout_ms: 1_500,
         schedule: "1000 partition replica-1\n4500 partition replica-2\n8500 power-loss replica-0\n\
                    9000 heal\n10000 restart replica-0\n",
         catches: Some(Planted::ElectOutsideIsr),
@@ -140,6 +150,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 10_000,
+        session_timeout_ms: 1_500,
         schedule: "4000 power-loss 0\n4000 power-loss 1\n4000 power-loss 2\n5000 restart 0\n\
                    5000 restart 1\n5000 restart 2\n",
         catches: Some(Planted::AckBeforeSync),
@@ -152,6 +163,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "3000 partition replica-0\n9000 heal\n",
         catches: Some(Planted::ReadAboveHw),
     },
@@ -163,6 +175,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "1000 pause replica-2\n4000 crash controller\n4500 restart last\n\
                    6000 resume replica-2\n6100 crash controller\n6600 restart last\n",
         catches: None,
@@ -175,6 +188,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "5000 corrupt replica-1\n5100 crash replica-1\n5500 restart replica-1\n\
                    7000 crash replica-0\n9000 restart replica-0\n",
         catches: None,
@@ -187,6 +201,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 14_000,
+        session_timeout_ms: 1_500,
         schedule: "2000 cut-one-way replica-0 replica-1\n4000 cut-one-way replica-2 controller\n\
                    8000 heal\n9000 cut-one-way replica-1 leader\n9000 cut-one-way controller replica-2\n\
                    12000 heal\n",
@@ -200,6 +215,7 @@ pub const ALL: [Scenario; 14] = [
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 12_000,
+        session_timeout_ms: 1_500,
         schedule: "1000 skew replica-0 0 100000\n1000 skew replica-1 -5000 -100000\n\
                    3000 skew replica-2 30000 50000\n6000 crash replica-0\n6500 restart replica-0\n\
                    8000 skew replica-0 -20000 -50000\n",
@@ -230,6 +246,7 @@ impl Scenario {
             idempotent: BTreeSet::from([1]),
             consumers: 1,
             duration_ms: self.duration_ms,
+            session_timeout_ms: self.session_timeout_ms,
             planted,
         }
     }

@@ -106,6 +106,9 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
     };
     match e {
         Event::Started => Line::new(t_ms, "started").num("node", i64::from(node)),
+        Event::Registered { epoch } => Line::new(t_ms, "registered")
+            .num("node", i64::from(node))
+            .num("epoch", *epoch),
         Event::QuorumRole { leader, epoch } => Line::new(t_ms, "quorum-role")
             .num("node", i64::from(node))
             .flag("leader", *leader)

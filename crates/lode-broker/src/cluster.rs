@@ -69,6 +69,7 @@ pub(crate) async fn lifecycle(broker: Arc<Broker>, plane: Arc<ControlPlane>, res
     loop {
         let epoch = register(&broker, &plane, incarnation, restart).await;
         broker.membership.epoch.store(epoch.0, Ordering::Release);
+        crate::observe::emit(me, || crate::observe::Event::Registered { epoch: epoch.0 });
         tracing::info!(
             node = me.0,
             epoch = epoch.0,

@@ -69,6 +69,11 @@ pub struct PartitionView {
 pub enum Event {
     /// The node (re)starts: it holds no state but its disk's.
     Started,
+    /// The controller accepted the node's registration: it has a new broker epoch.
+    Registered {
+        /// The broker epoch.
+        epoch: i64,
+    },
     /// The node's role in the controller quorum changed: it leads (is the active
     /// controller) in `epoch`, or no longer does.
     QuorumRole {

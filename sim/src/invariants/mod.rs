@@ -17,6 +17,7 @@
 //! | `strict_min_isr` | 8 | a leader's HW moves only with an ISR of at least min ISR |
 //! | `controller_state` | 10 | leader in ISR, ISR and ELR in the replicas and disjoint, ... |
 //! | `isr_admission` | 11 | a leader proposes a replica into the ISR only past its epoch's start |
+//! | `lost_data_out` | 12 | a replica that lost committed batches is in no ISR or ELR until caught up |
 //! | `no_committed_truncation` | 13 | no replica truncates a committed batch |
 //! | `consumer_below_hw` | 14 | consumers are served only batches below the HW |
 //! | `metadata_prefix` | 17 | every node applies the same metadata entry at an offset |
@@ -33,6 +34,7 @@ mod high_watermark_bounds;
 mod isr_admission;
 mod leader_completeness;
 mod log_matching;
+mod lost_data_out;
 mod metadata_prefix;
 mod no_committed_truncation;
 mod one_writer_per_epoch;
@@ -79,6 +81,10 @@ pub struct Replica {
     pub leading: Option<Epoch>,
     /// The model step of its last (re)opening.
     pub opened_step: u64,
+    /// Set when a reopening lost committed batches: the committed end it must reach again,
+    /// and the model step its node started at (the process that found the loss). Cleared
+    /// once its log reaches that end.
+    pub lost: Option<(Offset, u64)>,
 }
 
 impl Replica {
@@ -184,6 +190,10 @@ pub struct Model {
     pub step: u64,
     /// The active controller (the quorum leader) and its epoch, as last reported.
     pub controller: Option<(Epoch, i32)>,
+    /// Each node's last accepted registration: its broker epoch and the model step.
+    pub registered: BTreeMap<i32, (i64, u64)>,
+    /// The model step of each node's last start.
+    pub started: BTreeMap<i32, u64>,
 }
 
 /// The (topic, partition) an event is about.
@@ -218,7 +228,10 @@ pub fn key_of(event: &Event) -> Option<(String, i32)> {
         | Event::PartitionChanged {
             topic, partition, ..
         } => Some((topic.clone(), *partition)),
-        Event::MetadataApplied { .. } | Event::Started | Event::QuorumRole { .. } => None,
+        Event::MetadataApplied { .. }
+        | Event::Started
+        | Event::Registered { .. }
+        | Event::QuorumRole { .. } => None,
     }
 }
 
@@ -232,6 +245,8 @@ impl Model {
             metadata: BTreeMap::new(),
             step: 0,
             controller: None,
+            registered: BTreeMap::new(),
+            started: BTreeMap::new(),
         }
     }
 
@@ -265,7 +280,12 @@ impl Model {
                 }
                 return;
             }
+            Event::Registered { epoch } => {
+                self.registered.insert(node, (*epoch, step));
+                return;
+            }
             Event::Started => {
+                self.started.insert(node, step);
                 if self.controller.is_some_and(|(_, n)| n == node) {
                     self.controller = None;
                 }
@@ -283,7 +303,9 @@ impl Model {
         let Some(key) = key_of(event) else {
             return;
         };
+        let started = self.started.get(&node).copied().unwrap_or(0);
         let p = self.partitions.entry(key).or_default();
+        let committed_end = p.committed_end();
         let r = p.replicas.entry(node).or_default();
         match event {
             Event::Opened {
@@ -291,6 +313,13 @@ impl Model {
                 high_watermark,
                 ..
             } => {
+                let lost_committed = r
+                    .log
+                    .values()
+                    .any(|b| b.last >= *log_end && b.base < committed_end);
+                if lost_committed && *log_end < committed_end {
+                    r.lost = Some((committed_end, started));
+                }
                 r.log.retain(|_, b| b.last < *log_end);
                 r.high_watermark = *high_watermark;
                 r.leading = None;
@@ -337,7 +366,11 @@ impl Model {
             | Event::Served { .. }
             | Event::MetadataApplied { .. }
             | Event::Started
+            | Event::Registered { .. }
             | Event::QuorumRole { .. } => {}
+        }
+        if r.lost.is_some_and(|(end, _)| r.log_end() >= end) {
+            r.lost = None;
         }
     }
 }
@@ -368,6 +401,7 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
         Box::new(strict_min_isr::StrictMinIsr),
         Box::new(controller_state::ControllerState),
         Box::new(isr_admission::IsrAdmission),
+        Box::new(lost_data_out::LostDataOut),
         Box::new(no_committed_truncation::NoCommittedTruncation),
         Box::new(consumer_below_hw::ConsumerBelowHw),
         Box::new(metadata_prefix::MetadataPrefix),

@@ -653,9 +653,19 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             .clamp(1, i32::from(params.replication_factor)) as usize,
         unclean_election: false,
     })));
+    // Whether each broker's current process has registered: liveness is judged only then
+    // (before, the metadata may still show the previous process as a healthy ISR member).
+    let registered = Arc::new(Mutex::new(BTreeMap::<i32, bool>::new()));
     let _observing = {
         let (checker, trace) = (Rc::clone(&checker), Arc::clone(&trace));
+        let registered = Arc::clone(&registered);
         lode_broker::observe::install(Rc::new(move |node: BrokerId, e: Event| {
+            if matches!(e, Event::Started | Event::Registered { .. }) {
+                registered
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(node.0, matches!(e, Event::Registered { .. }));
+            }
             let t = now_ms(start);
             let broken = checker.borrow_mut().take(t, node.0, &e);
             let mut trace = trace
@@ -795,9 +805,9 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     // Liveness: within 60 simulated seconds every partition has a leader and a full ISR.
     let offline_allowed = params.fsync == Fsync::Interval && happened.unclean_restart;
     let settled = {
-        let (all, p) = (all.clone(), params.clone());
+        let (all, p, r) = (all.clone(), params.clone(), Arc::clone(&registered));
         client_node
-            .spawn(async move { settle(&all, &p, offline_allowed).await })
+            .spawn(async move { settle(&all, &p, offline_allowed, &r).await })
             .await
             .unwrap_or(Err("liveness task died".into()))
     };
@@ -1396,12 +1406,25 @@ async fn settle(
     bootstrap: &str,
     p: &Params,
     offline_allowed: bool,
+    registered: &Mutex<BTreeMap<i32, bool>>,
 ) -> Result<BTreeSet<i32>, String> {
     let mut last = String::new();
     let mut offline = BTreeSet::new();
     let brokers: Vec<&str> = bootstrap.split(',').collect();
     'poll: for _ in 0..600 {
         madsim::time::sleep(Duration::from_millis(100)).await;
+        let waiting: Vec<i32> = {
+            let r = registered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (0..p.brokers)
+                .filter(|b| !r.get(b).copied().unwrap_or(false))
+                .collect()
+        };
+        if !waiting.is_empty() {
+            last = format!("brokers {waiting:?} not registered since their last start");
+            continue;
+        }
         // Every broker must say so: one that is still replaying the metadata log answers
         // from an old state.
         let mut views = Vec::new();

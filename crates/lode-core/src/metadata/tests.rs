@@ -141,6 +141,22 @@ impl Cluster {
         TopicId(id)
     }
 
+    /// A one-partition topic with replication factor 3, min ISR 3 and `fsync=always`.
+    fn create_synced(&mut self, name: &str, id: u128) -> TopicId {
+        let req = CreateTopicRequest {
+            name: name.into(),
+            id: TopicId(id),
+            partitions: 1,
+            replication_factor: 3,
+            min_insync_replicas: Some(3),
+            unclean_leader_election: None,
+            fsync: Some(TopicFsync::Always),
+        };
+        let records = self.ctl.create_topic(&self.state, &req).unwrap();
+        self.apply(records);
+        TopicId(id)
+    }
+
     fn part(&self, topic: TopicId) -> PartitionState {
         self.state.partition(topic, P0).unwrap().clone()
     }
@@ -379,18 +395,7 @@ fn unclean_restart_leaves_isr_and_elr_clean_restart_keeps_elr() {
 fn unclean_restart_keeps_isr_and_elr_of_fsync_always_topics() {
     let mut c = Cluster::with_brokers(3);
     let t = c.create("t", 0, 1, 3, 3);
-    let req = CreateTopicRequest {
-        name: "synced".into(),
-        id: TopicId(1),
-        partitions: 1,
-        replication_factor: 3,
-        min_insync_replicas: Some(3),
-        unclean_leader_election: None,
-        fsync: Some(TopicFsync::Always),
-    };
-    let records = c.ctl.create_topic(&c.state, &req).unwrap();
-    c.apply(records);
-    let synced = TopicId(1);
+    let synced = c.create_synced("synced", 1);
     c.expire(&[2]);
     assert_eq!((c.part(t).elr, c.part(synced).elr), (set(&[2]), set(&[2])));
     c.register(2, 99, None).unwrap();
@@ -404,18 +409,7 @@ fn a_replaced_log_directory_leaves_every_isr_and_elr() {
     // but not when its log directory is a new one, clean shutdown marker or not.
     for clean in [false, true] {
         let mut c = Cluster::with_brokers(3);
-        let req = CreateTopicRequest {
-            name: "synced".into(),
-            id: TopicId(1),
-            partitions: 1,
-            replication_factor: 3,
-            min_insync_replicas: Some(3),
-            unclean_leader_election: None,
-            fsync: Some(TopicFsync::Always),
-        };
-        let records = c.ctl.create_topic(&c.state, &req).unwrap();
-        c.apply(records);
-        let synced = TopicId(1);
+        let synced = c.create_synced("synced", 1);
         c.expire(&[2]);
         assert_eq!(c.part(synced).elr, set(&[2]));
         let marker = clean.then_some(c.epoch(2));

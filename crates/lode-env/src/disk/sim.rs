@@ -199,6 +199,20 @@ impl State {
         p > 0.0 && self.rng.gen_bool(p.min(1.0))
     }
 
+    /// The namespace becomes the durable one; inodes no durable entry names are gone.
+    fn reset_to_durable(&mut self) {
+        self.current = self.durable.clone();
+        let live: BTreeSet<Ino> = self
+            .durable
+            .values()
+            .filter_map(|e| match e {
+                Entry::File(i) => Some(*i),
+                Entry::Dir => None,
+            })
+            .collect();
+        self.inodes.retain(|ino, _| live.contains(ino));
+    }
+
     fn used_bytes(&self) -> u64 {
         self.inodes.values().map(|i| i.current.len() as u64).sum()
     }
@@ -429,19 +443,7 @@ impl SimDisk {
             }
         }
         s.pending.clear();
-        s.current = s.durable.clone();
-        let live: BTreeSet<Ino> = s
-            .durable
-            .values()
-            .filter_map(|e| {
-                if let Entry::File(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        s.inodes.retain(|ino, _| live.contains(ino));
+        s.reset_to_durable();
         for inode in s.inodes.values_mut() {
             stats.add(State::resolve(&mut s.rng, inode));
         }
@@ -460,16 +462,7 @@ impl SimDisk {
         let s = &mut *guard;
         let before = s.durable.len();
         s.durable.retain(|path, _| keep(path));
-        s.current = s.durable.clone();
-        let live: BTreeSet<Ino> = s
-            .durable
-            .values()
-            .filter_map(|e| match e {
-                Entry::File(i) => Some(*i),
-                _ => None,
-            })
-            .collect();
-        s.inodes.retain(|ino, _| live.contains(ino));
+        s.reset_to_durable();
         let removed = before - s.durable.len();
         tracing::warn!(target: "lode::fault", node = %s.node, removed, "disk wiped");
         removed

@@ -653,19 +653,9 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             .clamp(1, i32::from(params.replication_factor)) as usize,
         unclean_election: false,
     })));
-    // Whether each broker's current process has registered: liveness is judged only then
-    // (before, the metadata may still show the previous process as a healthy ISR member).
-    let registered = Arc::new(Mutex::new(BTreeMap::<i32, bool>::new()));
     let _observing = {
         let (checker, trace) = (Rc::clone(&checker), Arc::clone(&trace));
-        let registered = Arc::clone(&registered);
         lode_broker::observe::install(Rc::new(move |node: BrokerId, e: Event| {
-            if matches!(e, Event::Started | Event::Registered { .. }) {
-                registered
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(node.0, matches!(e, Event::Registered { .. }));
-            }
             let t = now_ms(start);
             let broken = checker.borrow_mut().take(t, node.0, &e);
             let mut trace = trace
@@ -804,12 +794,32 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     let mut permitted = Vec::new();
     // Liveness: within 60 simulated seconds every partition has a leader and a full ISR.
     let offline_allowed = params.fsync == Fsync::Interval && happened.unclean_restart;
-    let settled = {
-        let (all, p, r) = (all.clone(), params.clone(), Arc::clone(&registered));
+    // Judged only once every broker's current process has registered: before, the
+    // metadata may still show the previous process as a healthy ISR member.
+    let mut waited = 0;
+    let unregistered = loop {
+        let waiting: Vec<i32> = {
+            let c = checker.borrow();
+            (0..params.brokers)
+                .filter(|b| !c.model.registered_since_start(*b))
+                .collect()
+        };
+        if waiting.is_empty() || waited >= SETTLE_POLLS {
+            break waiting;
+        }
+        waited += 1;
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    };
+    let settled = if unregistered.is_empty() {
+        let (all, p) = (all.clone(), params.clone());
         client_node
-            .spawn(async move { settle(&all, &p, offline_allowed, &r).await })
+            .spawn(async move { settle(&all, &p, offline_allowed, SETTLE_POLLS - waited).await })
             .await
             .unwrap_or(Err("liveness task died".into()))
+    } else {
+        Err(format!(
+            "60 s after healing, brokers {unregistered:?} have not registered since their last start"
+        ))
     };
     log(Line::new(now_ms(start), "settled")
         .str("result", &format!("{settled:?}"))
@@ -1398,7 +1408,11 @@ fn check_polls(
     }
 }
 
-/// Waits until every partition has a leader and an ISR of all its replicas. With
+/// The liveness phase's budget: polls 100 ms apart (60 simulated seconds).
+const SETTLE_POLLS: u32 = 600;
+
+/// Waits (up to `polls` times 100 ms) until every partition has a leader and an ISR of all
+/// its replicas. With
 /// `offline_allowed` (fsync=interval after unclean restarts), a partition without leader
 /// and ISR is accepted as offline (KIP-966: every ISR member restarted uncleanly, and there
 /// is no unclean recovery): the result names those.
@@ -1406,25 +1420,13 @@ async fn settle(
     bootstrap: &str,
     p: &Params,
     offline_allowed: bool,
-    registered: &Mutex<BTreeMap<i32, bool>>,
+    polls: u32,
 ) -> Result<BTreeSet<i32>, String> {
     let mut last = String::new();
     let mut offline = BTreeSet::new();
     let brokers: Vec<&str> = bootstrap.split(',').collect();
-    'poll: for _ in 0..600 {
+    'poll: for _ in 0..polls {
         madsim::time::sleep(Duration::from_millis(100)).await;
-        let waiting: Vec<i32> = {
-            let r = registered
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (0..p.brokers)
-                .filter(|b| !r.get(b).copied().unwrap_or(false))
-                .collect()
-        };
-        if !waiting.is_empty() {
-            last = format!("brokers {waiting:?} not registered since their last start");
-            continue;
-        }
         // Every broker must say so: one that is still replaying the metadata log answers
         // from an old state.
         let mut views = Vec::new();

@@ -376,6 +376,15 @@ impl Model {
 }
 
 impl Model {
+    /// Whether `node`'s current process (since its last start) has registered.
+    #[must_use]
+    pub fn registered_since_start(&self, node: i32) -> bool {
+        let started = self.started.get(&node).copied().unwrap_or(0);
+        self.registered
+            .get(&node)
+            .is_some_and(|&(_, step)| step > started)
+    }
+
     /// The latest state of a partition any node applied (highest partition epoch).
     #[must_use]
     pub fn latest_view(&self, topic: &str, partition: i32) -> Option<&PartitionView> {

@@ -10,6 +10,7 @@
 //! node rather than letting it corrupt replicated state.
 
 pub mod epoch_cache;
+pub mod group;
 
 pub use epoch_cache::{Assigned, EpochEntry, LeaderEpochCache};
 pub mod producer;

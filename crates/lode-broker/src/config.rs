@@ -63,6 +63,11 @@ pub struct BrokerConfig {
     pub default_min_insync_replicas: i32,
     /// `replica.lag.time.max.ms`: an ISR member not caught up for longer is proposed out.
     pub replica_lag_time_max: Duration,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when this broker
+    /// creates it (each group lives in one; its leader coordinates the group).
+    pub offsets_topic_partitions: i32,
+    /// Group coordination: session timeout bounds and the initial rebalance delay.
+    pub groups: lode_core::group::GroupConfig,
     /// A deliberately broken rule (tests only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
@@ -84,6 +89,9 @@ pub enum PlantedBug {
     Replication(lode_core::replication::ReplicationBug),
     /// A broken rule of the controller.
     Controller(lode_core::metadata::PlantedBug),
+    /// A group coordinator acknowledges an offset commit once its own log has it, without
+    /// waiting for the ISR (an acknowledged commit can then vanish with a failover).
+    CommitBeforeReplicated,
 }
 
 /// The sync interval of `fsync=interval` topics when the broker's default is `always`.
@@ -137,6 +145,8 @@ impl BrokerConfig {
             default_replication_factor: 1,
             default_min_insync_replicas: 1,
             replica_lag_time_max: Duration::from_secs(30),
+            offsets_topic_partitions: 16,
+            groups: lode_core::group::GroupConfig::default(),
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }

@@ -15,10 +15,12 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeGroupsRequest, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use lode_proto::batch;
@@ -66,6 +68,26 @@ pub enum RequestBody {
     ListOffsets(ListOffsetsRequest),
     /// InitProducerId.
     InitProducerId(InitProducerIdRequest),
+    /// FindCoordinator.
+    FindCoordinator(FindCoordinatorRequest),
+    /// JoinGroup.
+    JoinGroup(JoinGroupRequest),
+    /// SyncGroup.
+    SyncGroup(SyncGroupRequest),
+    /// Heartbeat.
+    Heartbeat(HeartbeatRequest),
+    /// LeaveGroup.
+    LeaveGroup(LeaveGroupRequest),
+    /// OffsetCommit.
+    OffsetCommit(OffsetCommitRequest),
+    /// OffsetFetch.
+    OffsetFetch(OffsetFetchRequest),
+    /// ListGroups.
+    ListGroups(ListGroupsRequest),
+    /// DescribeGroups.
+    DescribeGroups(DescribeGroupsRequest),
+    /// DeleteGroups.
+    DeleteGroups(DeleteGroupsRequest),
 }
 
 /// Decodes the body of a `key` request at `version` (header already consumed).
@@ -89,6 +111,16 @@ pub fn decode_body(key: ApiKey, version: i16, body: Bytes) -> Result<RequestBody
         ApiKey::Fetch => RequestBody::Fetch(decode(key, version, body)?),
         ApiKey::ListOffsets => RequestBody::ListOffsets(decode(key, version, body)?),
         ApiKey::InitProducerId => RequestBody::InitProducerId(decode(key, version, body)?),
+        ApiKey::FindCoordinator => RequestBody::FindCoordinator(decode(key, version, body)?),
+        ApiKey::JoinGroup => RequestBody::JoinGroup(decode(key, version, body)?),
+        ApiKey::SyncGroup => RequestBody::SyncGroup(decode(key, version, body)?),
+        ApiKey::Heartbeat => RequestBody::Heartbeat(decode(key, version, body)?),
+        ApiKey::LeaveGroup => RequestBody::LeaveGroup(decode(key, version, body)?),
+        ApiKey::OffsetCommit => RequestBody::OffsetCommit(decode(key, version, body)?),
+        ApiKey::OffsetFetch => RequestBody::OffsetFetch(decode(key, version, body)?),
+        ApiKey::ListGroups => RequestBody::ListGroups(decode(key, version, body)?),
+        ApiKey::DescribeGroups => RequestBody::DescribeGroups(decode(key, version, body)?),
+        ApiKey::DeleteGroups => RequestBody::DeleteGroups(decode(key, version, body)?),
         other => {
             return Err(ConnectionError::Protocol(format!(
                 "no handler for {other:?}"
@@ -103,8 +135,10 @@ pub(crate) async fn dispatch(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
+    client_id: &str,
     body: RequestBody,
 ) -> Result<Option<Bytes>, ConnectionError> {
+    use crate::groups;
     match body {
         RequestBody::ApiVersions => respond(
             key,
@@ -148,6 +182,114 @@ pub(crate) async fn dispatch(
             correlation_id,
             &init_producer_id(broker, req).await,
         ),
+        RequestBody::FindCoordinator(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::find_coordinator(broker, req).await,
+        ),
+        RequestBody::JoinGroup(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::join_group(broker, req, version, client_id).await,
+        ),
+        RequestBody::SyncGroup(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::sync_group(broker, req).await,
+        ),
+        RequestBody::Heartbeat(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::heartbeat(broker, req).await,
+        ),
+        RequestBody::LeaveGroup(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::leave_group(broker, req, version).await,
+        ),
+        RequestBody::OffsetCommit(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::offset_commit(broker, req).await,
+        ),
+        RequestBody::OffsetFetch(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::offset_fetch(broker, req).await,
+        ),
+        RequestBody::ListGroups(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::list_groups(broker, req).await,
+        ),
+        RequestBody::DescribeGroups(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::describe_groups(broker, req).await,
+        ),
+        RequestBody::DeleteGroups(req) => respond(
+            key,
+            version,
+            correlation_id,
+            &groups::delete_groups(broker, req).await,
+        ),
+    }
+}
+
+/// Creates the offsets topic (FindCoordinator's first use): `offsets_topic_partitions`
+/// partitions, replication factor min(3, live brokers), synced on every write.
+pub(crate) async fn create_offsets_topic(broker: &Arc<Broker>) {
+    let name = crate::groups::OFFSETS_TOPIC;
+    let partitions = broker.config.offsets_topic_partitions.max(1);
+    let settings = TopicSettings {
+        fsync: Some(TopicFsync::Always),
+        ..TopicSettings::default()
+    };
+    let (code, msg, _) = match &broker.control {
+        None => {
+            let new = NewTopic {
+                name,
+                partitions,
+                rf: 1,
+                settings,
+            };
+            create_standalone(broker, &new, false).await
+        }
+        Some(plane) => {
+            let live = plane.read(|s| s.brokers().values().filter(|b| !b.fenced).count());
+            let rf = i16::try_from(live.clamp(1, 3)).unwrap_or(1);
+            let new = NewTopic {
+                name,
+                partitions,
+                rf,
+                settings,
+            };
+            let created =
+                create_through_controller(broker, plane, &new, false, Duration::from_secs(5)).await;
+            // Wait until the partitions have leaders, so the answer can name one.
+            await_metadata(broker, plane, |s| {
+                s.topic_id(name).is_some_and(|id| {
+                    (0..partitions).all(|i| {
+                        s.partition(id, lode_proto::PartitionId(i))
+                            .is_some_and(|p| p.leader.is_some())
+                    })
+                })
+            })
+            .await;
+            created
+        }
+    };
+    if code != codes::NONE && code != codes::TOPIC_ALREADY_EXISTS {
+        tracing::warn!(code, message = ?msg, "offsets topic not created");
     }
 }
 
@@ -219,6 +361,7 @@ async fn metadata(broker: &Arc<Broker>, req: MetadataRequest) -> MetadataRespons
     for (name, topic) in wanted {
         let mut t = MetadataResponseTopic::default();
         t.name = Some(TopicName(str_bytes(&name)));
+        t.is_internal = name == crate::groups::OFFSETS_TOPIC;
         match topic {
             None => {
                 t.error_code = missing_topic_code(&name);
@@ -887,6 +1030,7 @@ async fn metadata_from_log(
         for name in names {
             let mut t = MetadataResponseTopic::default();
             t.name = Some(TopicName(str_bytes(&name)));
+            t.is_internal = name == crate::groups::OFFSETS_TOPIC;
             match s.topic_id(&name).and_then(|id| s.topic(id)) {
                 None => {
                     t.error_code = missing_topic_code(&name);

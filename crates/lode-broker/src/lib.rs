@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod codes;
 pub mod config;
 pub mod control;
+pub mod groups;
 mod handlers;
 pub mod observe;
 pub mod partition;
@@ -86,6 +87,8 @@ pub struct Broker {
     pub membership: cluster::Membership,
     /// Combined mode: the follower fetchers.
     pub fetchers: replica::Fetchers,
+    /// The consumer groups this broker coordinates.
+    pub groups: groups::Groups,
 }
 
 /// The cluster id of a combined-mode cluster: a hash (FNV-1a) of its voter set, the same
@@ -193,7 +196,9 @@ impl Broker {
             control: control.clone(),
             membership: cluster::Membership::default(),
             fetchers: replica::Fetchers::default(),
+            groups: groups::Groups::default(),
         });
+        lode_env::task::spawn(groups::tick_loop(Arc::clone(&broker)));
         if let Some(plane) = control {
             lode_env::task::spawn(cluster::lifecycle(
                 Arc::clone(&broker),

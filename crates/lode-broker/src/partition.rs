@@ -683,6 +683,22 @@ impl Partition {
         Ok(data)
     }
 
+    /// Reads whole batches from `offset` up to this replica's log end, committed or not:
+    /// what a new group coordinator replays (a leader never truncates its own log, so
+    /// nothing read here is taken back while it leads). Also returns the log end.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetOutOfRange`] and IO errors.
+    pub async fn read_local(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, Offset), LogError> {
+        let log = self.log.read().await;
+        let end = log.log_end_offset();
+        Ok((log.read(offset, max_bytes, end).await?, end))
+    }
+
     /// The first offset whose timestamp is at least `ts`, with that timestamp, below the
     /// high watermark.
     ///

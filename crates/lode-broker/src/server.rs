@@ -30,10 +30,20 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -326,7 +336,7 @@ async fn handle_frame(
             let span = tracing::debug_span!("request", api = ?key, version, correlation_id, client = %client_id);
             let _e = span.enter();
             drop(_e);
-            handlers::dispatch(broker, key, version, correlation_id, *body).await
+            handlers::dispatch(broker, key, version, correlation_id, &client_id, *body).await
         }
     }
 }

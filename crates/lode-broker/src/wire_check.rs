@@ -300,6 +300,199 @@ static METADATA: Schema = Schema {
     ],
 };
 
+/// OffsetCommitRequest.json.
+static OFFSET_COMMIT: Schema = Schema {
+    name: "OffsetCommit",
+    api_key: 8,
+    versions: range(2, 8),
+    flexible: from(8),
+    fields: &[
+        field("group_id", Type::String, from(0)),
+        field("generation_id_or_member_epoch", Type::Int32, from(1)),
+        field("member_id", Type::String, from(1)),
+        field("group_instance_id", Type::String, from(7)).nullable(from(7)),
+        field("retention_time_ms", Type::Int64, range(2, 4)),
+        field(
+            "topics",
+            Type::Array(&Type::Struct(&[
+                field("name", Type::String, from(0)),
+                field(
+                    "partitions",
+                    Type::Array(&Type::Struct(&[
+                        field("partition_index", Type::Int32, from(0)),
+                        field("committed_offset", Type::Int64, from(0)),
+                        field("committed_leader_epoch", Type::Int32, from(6)),
+                        field("commit_timestamp", Type::Int64, range(1, 1)),
+                        field("committed_metadata", Type::String, from(0)).nullable(from(0)),
+                    ])),
+                    from(0),
+                ),
+            ])),
+            from(0),
+        ),
+    ],
+};
+
+/// OffsetFetchRequest.json.
+static OFFSET_FETCH: Schema = Schema {
+    name: "OffsetFetch",
+    api_key: 9,
+    versions: range(1, 7),
+    flexible: from(6),
+    fields: &[
+        field("group_id", Type::String, range(0, 7)),
+        field(
+            "topics",
+            Type::Array(&Type::Struct(&[
+                field("name", Type::String, range(0, 7)),
+                field("partition_indexes", Type::Array(&Type::Int32), range(0, 7)),
+            ])),
+            range(0, 7),
+        )
+        .nullable(range(2, 7)),
+        field(
+            "groups",
+            Type::Array(&Type::Struct(&[
+                field("group_id", Type::String, from(8)),
+                field("member_id", Type::String, from(9)).nullable(from(9)),
+                field("member_epoch", Type::Int32, from(9)),
+                field(
+                    "topics",
+                    Type::Array(&Type::Struct(&[
+                        field("name", Type::String, from(8)),
+                        field("partition_indexes", Type::Array(&Type::Int32), from(8)),
+                    ])),
+                    from(8),
+                )
+                .nullable(from(8)),
+            ])),
+            from(8),
+        ),
+        field("require_stable", Type::Bool, from(7)),
+    ],
+};
+
+/// FindCoordinatorRequest.json.
+static FIND_COORDINATOR: Schema = Schema {
+    name: "FindCoordinator",
+    api_key: 10,
+    versions: range(0, 3),
+    flexible: from(3),
+    fields: &[
+        field("key", Type::String, range(0, 3)),
+        field("key_type", Type::Int8, from(1)),
+        field("coordinator_keys", Type::Array(&Type::String), from(4)),
+    ],
+};
+
+/// JoinGroupRequest.json.
+static JOIN_GROUP: Schema = Schema {
+    name: "JoinGroup",
+    api_key: 11,
+    versions: range(0, 7),
+    flexible: from(6),
+    fields: &[
+        field("group_id", Type::String, from(0)),
+        field("session_timeout_ms", Type::Int32, from(0)),
+        field("rebalance_timeout_ms", Type::Int32, from(1)),
+        field("member_id", Type::String, from(0)),
+        field("group_instance_id", Type::String, from(5)).nullable(from(5)),
+        field("protocol_type", Type::String, from(0)),
+        field(
+            "protocols",
+            Type::Array(&Type::Struct(&[
+                field("name", Type::String, from(0)),
+                field("metadata", Type::Bytes, from(0)),
+            ])),
+            from(0),
+        ),
+        field("reason", Type::String, from(8)).nullable(from(8)),
+    ],
+};
+
+/// HeartbeatRequest.json.
+static HEARTBEAT: Schema = Schema {
+    name: "Heartbeat",
+    api_key: 12,
+    versions: range(0, 4),
+    flexible: from(4),
+    fields: &[
+        field("group_id", Type::String, from(0)),
+        field("generation_id", Type::Int32, from(0)),
+        field("member_id", Type::String, from(0)),
+        field("group_instance_id", Type::String, from(3)).nullable(from(3)),
+    ],
+};
+
+/// LeaveGroupRequest.json.
+static LEAVE_GROUP: Schema = Schema {
+    name: "LeaveGroup",
+    api_key: 13,
+    versions: range(0, 5),
+    flexible: from(4),
+    fields: &[
+        field("group_id", Type::String, from(0)),
+        field("member_id", Type::String, range(0, 2)),
+        field(
+            "members",
+            Type::Array(&Type::Struct(&[
+                field("member_id", Type::String, from(3)),
+                field("group_instance_id", Type::String, from(3)).nullable(from(3)),
+                field("reason", Type::String, from(5)).nullable(from(5)),
+            ])),
+            from(3),
+        ),
+    ],
+};
+
+/// SyncGroupRequest.json.
+static SYNC_GROUP: Schema = Schema {
+    name: "SyncGroup",
+    api_key: 14,
+    versions: range(0, 5),
+    flexible: from(4),
+    fields: &[
+        field("group_id", Type::String, from(0)),
+        field("generation_id", Type::Int32, from(0)),
+        field("member_id", Type::String, from(0)),
+        field("group_instance_id", Type::String, from(3)).nullable(from(3)),
+        field("protocol_type", Type::String, from(5)).nullable(from(5)),
+        field("protocol_name", Type::String, from(5)).nullable(from(5)),
+        field(
+            "assignments",
+            Type::Array(&Type::Struct(&[
+                field("member_id", Type::String, from(0)),
+                field("assignment", Type::Bytes, from(0)),
+            ])),
+            from(0),
+        ),
+    ],
+};
+
+/// DescribeGroupsRequest.json.
+static DESCRIBE_GROUPS: Schema = Schema {
+    name: "DescribeGroups",
+    api_key: 15,
+    versions: range(0, 5),
+    flexible: from(5),
+    fields: &[
+        field("groups", Type::Array(&Type::String), from(0)),
+        field("include_authorized_operations", Type::Bool, from(3)),
+    ],
+};
+
+/// ListGroupsRequest.json.
+static LIST_GROUPS: Schema = Schema {
+    name: "ListGroups",
+    api_key: 16,
+    versions: range(0, 4),
+    flexible: from(3),
+    fields: &[
+        field("states_filter", Type::Array(&Type::String), from(4)),
+        field("types_filter", Type::Array(&Type::String), from(5)),
+    ],
+};
+
 /// ApiVersionsRequest.json.
 static API_VERSIONS: Schema = Schema {
     name: "ApiVersions",
@@ -383,15 +576,34 @@ static INIT_PRODUCER_ID: Schema = Schema {
     ],
 };
 
-static SCHEMAS: [&Schema; 8] = [
+/// DeleteGroupsRequest.json.
+static DELETE_GROUPS: Schema = Schema {
+    name: "DeleteGroups",
+    api_key: 42,
+    versions: range(0, 2),
+    flexible: from(2),
+    fields: &[field("groups_names", Type::Array(&Type::String), from(0))],
+};
+
+static SCHEMAS: [&Schema; 18] = [
     &PRODUCE,
     &FETCH,
     &LIST_OFFSETS,
     &METADATA,
+    &OFFSET_COMMIT,
+    &OFFSET_FETCH,
+    &FIND_COORDINATOR,
+    &JOIN_GROUP,
+    &HEARTBEAT,
+    &LEAVE_GROUP,
+    &SYNC_GROUP,
+    &DESCRIBE_GROUPS,
+    &LIST_GROUPS,
     &API_VERSIONS,
     &CREATE_TOPICS,
     &DELETE_TOPICS,
     &INIT_PRODUCER_ID,
+    &DELETE_GROUPS,
 ];
 
 /// The request layout for `api_key`, if there is a table for it.
@@ -878,13 +1090,25 @@ mod tests {
     use kafka_protocol::messages::fetch_request::{
         FetchPartition, FetchTopic, ForgottenTopic, ReplicaState,
     };
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
     use kafka_protocol::messages::{
-        ApiVersionsRequest, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
-        InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, ProducerId,
-        TopicName, TransactionalId,
+        ApiVersionsRequest, BrokerId, CreateTopicsRequest, DeleteGroupsRequest,
+        DeleteTopicsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+        HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+        ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+        OffsetFetchRequest, ProduceRequest, ProducerId, SyncGroupRequest, TopicName,
+        TransactionalId,
     };
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
     use uuid::Uuid;
@@ -892,20 +1116,41 @@ mod tests {
     use super::*;
 
     /// The API keys and versions `check_request` accepts.
-    const COVERED: [(i16, i16, i16); 8] = [
+    const COVERED: [(i16, i16, i16); 18] = [
         (0, 3, 9),
         (1, 4, 12),
         (2, 1, 7),
         (3, 0, 12),
+        (8, 2, 8),
+        (9, 1, 7),
+        (10, 0, 3),
+        (11, 0, 7),
+        (12, 0, 4),
+        (13, 0, 5),
+        (14, 0, 5),
+        (15, 0, 5),
+        (16, 0, 4),
         (18, 0, 4),
         (19, 2, 7),
         (20, 1, 6),
         (22, 0, 4),
+        (42, 0, 2),
     ];
 
     /// Versions past the covered ones that both the Kafka JSON the tables come from and
     /// kafka-protocol 0.18 know: checked too, so the transcription is verified throughout.
-    const BEYOND: [(i16, i16, i16); 4] = [(0, 10, 11), (1, 13, 17), (2, 8, 10), (22, 5, 5)];
+    /// (DescribeGroups v6 is left out: kafka-protocol knows it, the JSON does not.)
+    const BEYOND: [(i16, i16, i16); 9] = [
+        (0, 10, 11),
+        (1, 13, 17),
+        (2, 8, 10),
+        (8, 9, 9),
+        (9, 8, 9),
+        (10, 4, 6),
+        (11, 8, 9),
+        (16, 5, 5),
+        (22, 5, 5),
+    ];
 
     fn all_versions(table: &[(i16, i16, i16)]) -> impl Iterator<Item = (i16, i16)> + '_ {
         table
@@ -923,6 +1168,10 @@ mod tests {
 
     fn tn(x: &'static str) -> TopicName {
         TopicName(s(x))
+    }
+
+    fn gid(x: &'static str) -> GroupId {
+        GroupId(s(x))
     }
 
     fn id(n: u128) -> Uuid {
@@ -1199,6 +1448,243 @@ mod tests {
         ]
     }
 
+    fn offset_commit(v: i16) -> Vec<OffsetCommitRequest> {
+        let flex = v >= 8;
+        let part = |p, metadata: Option<&'static str>| {
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(p)
+                .with_committed_offset(1234)
+                .with_committed_leader_epoch(if v >= 6 { 5 } else { -1 })
+                .with_committed_metadata(metadata.map(s))
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        let topic = |name, parts| {
+            OffsetCommitRequestTopic::default()
+                .with_name(tn(name))
+                .with_partitions(parts)
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        vec![
+            OffsetCommitRequest::default()
+                .with_group_id(gid("group-1"))
+                .with_generation_id_or_member_epoch(3)
+                .with_member_id(s("member-1"))
+                .with_group_instance_id((v >= 7).then(|| s("instance-1")))
+                .with_retention_time_ms(if v <= 4 { 86_400_000 } else { -1 })
+                .with_topics(vec![
+                    topic("orders", vec![part(0, Some("meta")), part(1, None)]),
+                    topic("payments", vec![part(2, Some(""))]),
+                ])
+                .with_unknown_tagged_fields(tags(flex)),
+            OffsetCommitRequest::default().with_group_id(gid("group-1")),
+        ]
+    }
+
+    fn offset_fetch(v: i16) -> Vec<OffsetFetchRequest> {
+        let flex = v >= 6;
+        if v <= 7 {
+            let topic = |name, parts: &[i32]| {
+                OffsetFetchRequestTopic::default()
+                    .with_name(tn(name))
+                    .with_partition_indexes(parts.to_vec())
+                    .with_unknown_tagged_fields(tags(flex))
+            };
+            let base = || {
+                OffsetFetchRequest::default()
+                    .with_group_id(gid("group-1"))
+                    .with_require_stable(v >= 7)
+                    .with_unknown_tagged_fields(tags(flex))
+            };
+            let mut out = vec![
+                base().with_topics(Some(vec![
+                    topic("orders", &[0, 1, 2]),
+                    topic("payments", &[3]),
+                ])),
+                base().with_topics(Some(vec![])),
+            ];
+            if v >= 2 {
+                // All the group's topics.
+                out.push(base().with_topics(None));
+            }
+            return out;
+        }
+        let topics = |name, parts: &[i32]| {
+            OffsetFetchRequestTopics::default()
+                .with_name(tn(name))
+                .with_partition_indexes(parts.to_vec())
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        let group = |name, member: Option<&'static str>, topics| {
+            let g = OffsetFetchRequestGroup::default()
+                .with_group_id(gid(name))
+                .with_topics(topics)
+                .with_unknown_tagged_fields(tags(flex));
+            if v >= 9 {
+                g.with_member_id(member.map(s))
+                    .with_member_epoch(if member.is_some() { 5 } else { -1 })
+            } else {
+                g
+            }
+        };
+        vec![
+            OffsetFetchRequest::default()
+                .with_groups(vec![
+                    group(
+                        "group-1",
+                        Some("member-1"),
+                        Some(vec![topics("orders", &[0, 1]), topics("payments", &[2])]),
+                    ),
+                    group("group-2", None, None),
+                ])
+                .with_require_stable(true)
+                .with_unknown_tagged_fields(tags(flex)),
+            OffsetFetchRequest::default(),
+        ]
+    }
+
+    fn find_coordinator(v: i16) -> Vec<FindCoordinatorRequest> {
+        let flex = v >= 3;
+        let full = if v <= 3 {
+            FindCoordinatorRequest::default()
+                .with_key(s("group-1"))
+                .with_key_type(if v >= 1 { 1 } else { 0 })
+        } else {
+            FindCoordinatorRequest::default()
+                .with_key_type(1)
+                .with_coordinator_keys(vec![s("group-1"), s("txn-1")])
+        };
+        vec![
+            full.with_unknown_tagged_fields(tags(flex)),
+            FindCoordinatorRequest::default(),
+        ]
+    }
+
+    fn join_group(v: i16) -> Vec<JoinGroupRequest> {
+        let flex = v >= 6;
+        let protocol = |name, metadata: &'static [u8]| {
+            JoinGroupRequestProtocol::default()
+                .with_name(s(name))
+                .with_metadata(Bytes::from_static(metadata))
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        vec![
+            JoinGroupRequest::default()
+                .with_group_id(gid("group-1"))
+                .with_session_timeout_ms(45_000)
+                .with_rebalance_timeout_ms(if v >= 1 { 300_000 } else { -1 })
+                .with_member_id(s("member-1"))
+                .with_group_instance_id((v >= 5).then(|| s("instance-1")))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![
+                    protocol("range", b"\x00\x03\x00\x00\x00\x01\x00\x06orders"),
+                    protocol("cooperative-sticky", b""),
+                ])
+                .with_reason((v >= 8).then(|| s("rebalance needed")))
+                .with_unknown_tagged_fields(tags(flex)),
+            JoinGroupRequest::default()
+                .with_group_id(gid("group-1"))
+                .with_session_timeout_ms(10_000)
+                .with_protocol_type(s("consumer")),
+        ]
+    }
+
+    fn heartbeat(v: i16) -> Vec<HeartbeatRequest> {
+        let flex = v >= 4;
+        vec![
+            HeartbeatRequest::default()
+                .with_group_id(gid("group-1"))
+                .with_generation_id(3)
+                .with_member_id(s("member-1"))
+                .with_group_instance_id((v >= 3).then(|| s("instance-1")))
+                .with_unknown_tagged_fields(tags(flex)),
+            HeartbeatRequest::default(),
+        ]
+    }
+
+    fn leave_group(v: i16) -> Vec<LeaveGroupRequest> {
+        let flex = v >= 4;
+        let member = |id, instance: Option<&'static str>, reason: Option<&'static str>| {
+            MemberIdentity::default()
+                .with_member_id(s(id))
+                .with_group_instance_id(instance.map(s))
+                .with_reason(if v >= 5 { reason.map(s) } else { None })
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        let full = LeaveGroupRequest::default().with_group_id(gid("group-1"));
+        let full = if v <= 2 {
+            full.with_member_id(s("member-1"))
+        } else {
+            full.with_members(vec![
+                member("member-1", Some("instance-1"), Some("shutting down")),
+                member("member-2", None, None),
+            ])
+        };
+        vec![
+            full.with_unknown_tagged_fields(tags(flex)),
+            LeaveGroupRequest::default(),
+        ]
+    }
+
+    fn sync_group(v: i16) -> Vec<SyncGroupRequest> {
+        let flex = v >= 4;
+        let assignment = |member, data: &'static [u8]| {
+            SyncGroupRequestAssignment::default()
+                .with_member_id(s(member))
+                .with_assignment(Bytes::from_static(data))
+                .with_unknown_tagged_fields(tags(flex))
+        };
+        vec![
+            SyncGroupRequest::default()
+                .with_group_id(gid("group-1"))
+                .with_generation_id(7)
+                .with_member_id(s("member-1"))
+                .with_group_instance_id((v >= 3).then(|| s("instance-1")))
+                .with_protocol_type((v >= 5).then(|| s("consumer")))
+                .with_protocol_name((v >= 5).then(|| s("range")))
+                .with_assignments(vec![
+                    assignment("member-1", b"\x00\x03\x00\x00\x00\x01\x00\x06orders"),
+                    assignment("member-2", b""),
+                ])
+                .with_unknown_tagged_fields(tags(flex)),
+            SyncGroupRequest::default(),
+        ]
+    }
+
+    fn describe_groups(v: i16) -> Vec<DescribeGroupsRequest> {
+        let flex = v >= 5;
+        vec![
+            DescribeGroupsRequest::default()
+                .with_groups(vec![gid("group-1"), gid("group-2")])
+                .with_include_authorized_operations(v >= 3)
+                .with_unknown_tagged_fields(tags(flex)),
+            DescribeGroupsRequest::default(),
+        ]
+    }
+
+    fn list_groups(v: i16) -> Vec<ListGroupsRequest> {
+        if v < 3 {
+            return vec![ListGroupsRequest::default()];
+        }
+        let mut full = ListGroupsRequest::default().with_unknown_tagged_fields(tags(true));
+        if v >= 4 {
+            full = full.with_states_filter(vec![s("Stable"), s("Empty")]);
+        }
+        if v >= 5 {
+            full = full.with_types_filter(vec![s("classic"), s("consumer")]);
+        }
+        vec![full, ListGroupsRequest::default()]
+    }
+
+    fn delete_groups(v: i16) -> Vec<DeleteGroupsRequest> {
+        let flex = v >= 2;
+        vec![
+            DeleteGroupsRequest::default()
+                .with_groups_names(vec![gid("group-1"), gid("group-2")])
+                .with_unknown_tagged_fields(tags(flex)),
+            DeleteGroupsRequest::default(),
+        ]
+    }
+
     /// Realistic bodies of API `key` at `version`, encoded by kafka-protocol. The first is
     /// the fullest one.
     fn samples(key: i16, v: i16) -> Vec<Vec<u8>> {
@@ -1210,10 +1696,20 @@ mod tests {
             1 => all(fetch(v), v),
             2 => all(list_offsets(v), v),
             3 => all(metadata(v), v),
+            8 => all(offset_commit(v), v),
+            9 => all(offset_fetch(v), v),
+            10 => all(find_coordinator(v), v),
+            11 => all(join_group(v), v),
+            12 => all(heartbeat(v), v),
+            13 => all(leave_group(v), v),
+            14 => all(sync_group(v), v),
+            15 => all(describe_groups(v), v),
+            16 => all(list_groups(v), v),
             18 => all(api_versions(v), v),
             19 => all(create_topics(v), v),
             20 => all(delete_topics(v), v),
             22 => all(init_producer_id(v), v),
+            42 => all(delete_groups(v), v),
             _ => unreachable!("no samples for API {key}"),
         }
     }
@@ -1229,10 +1725,20 @@ mod tests {
             1 => dec::<FetchRequest>(v, body),
             2 => dec::<ListOffsetsRequest>(v, body),
             3 => dec::<MetadataRequest>(v, body),
+            8 => dec::<OffsetCommitRequest>(v, body),
+            9 => dec::<OffsetFetchRequest>(v, body),
+            10 => dec::<FindCoordinatorRequest>(v, body),
+            11 => dec::<JoinGroupRequest>(v, body),
+            12 => dec::<HeartbeatRequest>(v, body),
+            13 => dec::<LeaveGroupRequest>(v, body),
+            14 => dec::<SyncGroupRequest>(v, body),
+            15 => dec::<DescribeGroupsRequest>(v, body),
+            16 => dec::<ListGroupsRequest>(v, body),
             18 => dec::<ApiVersionsRequest>(v, body),
             19 => dec::<CreateTopicsRequest>(v, body),
             20 => dec::<DeleteTopicsRequest>(v, body),
             22 => dec::<InitProducerIdRequest>(v, body),
+            42 => dec::<DeleteGroupsRequest>(v, body),
             _ => unreachable!("no decoder for API {key}"),
         }
     }
@@ -1265,9 +1771,9 @@ mod tests {
                 checked += 1;
             }
         }
-        // 58 covered versions, each with at least two shapes (full and minimal) except
-        // ApiVersions v0-2, whose body is empty.
-        assert!(checked >= 2 * 58 - 3, "{checked}");
+        // 115 covered versions, each with at least two shapes (full and minimal) except
+        // ApiVersions v0-2 and ListGroups v0-2, whose bodies are empty.
+        assert!(checked >= 2 * 115 - 6, "{checked}");
     }
 
     #[test]
@@ -1431,6 +1937,9 @@ mod tests {
         let f = flexible(key, v);
         let int32 = |n: i32| n.to_be_bytes().to_vec();
         let orders = string(f, "orders");
+        let group = string(f, "group-1");
+        let member = string(f, "member-1");
+        let group_id: Anchor = (vec![], str_len(f, 7), b"group-1".to_vec(), true, "group_id");
         match key {
             0 => vec![
                 (vec![], count(f, 2), orders.clone(), false, "topic_data"),
@@ -1454,6 +1963,158 @@ mod tests {
                 };
                 vec![(vec![], count(f, 2), first, false, "topics")]
             }
+            8 => {
+                let metadata = b"meta".to_vec();
+                vec![
+                    group_id,
+                    (vec![], count(f, 2), orders.clone(), false, "topics"),
+                    (orders, count(f, 2), int32(0), false, "topics[0].partitions"),
+                    (
+                        vec![],
+                        str_len(f, 4),
+                        metadata,
+                        true,
+                        "topics[0].partitions[0].committed_metadata",
+                    ),
+                ]
+            }
+            9 if v >= 8 => vec![
+                (vec![], count(f, 2), group.clone(), false, "groups"),
+                (
+                    vec![],
+                    count(f, 2),
+                    orders.clone(),
+                    false,
+                    "groups[0].topics",
+                ),
+                (
+                    orders,
+                    count(f, 2),
+                    int32(0),
+                    false,
+                    "groups[0].topics[0].partition_indexes",
+                ),
+            ],
+            9 => vec![
+                group_id,
+                (group, count(f, 2), orders.clone(), false, "topics"),
+                (
+                    orders,
+                    count(f, 3),
+                    int32(0),
+                    false,
+                    "topics[0].partition_indexes",
+                ),
+            ],
+            10 if v >= 4 => vec![
+                (vec![1], count(f, 2), group, false, "coordinator_keys"),
+                (
+                    count(f, 2),
+                    str_len(f, 7),
+                    b"group-1".to_vec(),
+                    true,
+                    "coordinator_keys[0]",
+                ),
+            ],
+            10 => vec![(vec![], str_len(f, 7), b"group-1".to_vec(), true, "key")],
+            11 => {
+                let range_ = string(f, "range");
+                vec![
+                    group_id,
+                    (
+                        string(f, "consumer"),
+                        count(f, 2),
+                        range_.clone(),
+                        false,
+                        "protocols",
+                    ),
+                    (
+                        range_,
+                        count(f, 14),
+                        vec![0, 3, 0, 0],
+                        false,
+                        "protocols[0].metadata",
+                    ),
+                ]
+            }
+            12 => vec![
+                group_id,
+                (
+                    int32(3),
+                    str_len(f, 8),
+                    b"member-1".to_vec(),
+                    true,
+                    "member_id",
+                ),
+            ],
+            13 if v >= 3 => vec![
+                group_id,
+                (group, count(f, 2), member, false, "members"),
+                (
+                    vec![],
+                    str_len(f, 10),
+                    b"instance-1".to_vec(),
+                    true,
+                    "members[0].group_instance_id",
+                ),
+            ],
+            13 => vec![
+                group_id,
+                (
+                    group,
+                    str_len(f, 8),
+                    b"member-1".to_vec(),
+                    true,
+                    "member_id",
+                ),
+            ],
+            14 => vec![
+                group_id,
+                (vec![], count(f, 2), member.clone(), false, "assignments"),
+                (
+                    member,
+                    count(f, 14),
+                    vec![0, 3, 0, 0],
+                    false,
+                    "assignments[0].assignment",
+                ),
+            ],
+            15 | 42 => {
+                let path = if key == 15 { "groups" } else { "groups_names" };
+                let first = if key == 15 {
+                    "groups[0]"
+                } else {
+                    "groups_names[0]"
+                };
+                vec![
+                    (vec![], count(f, 2), group, false, path),
+                    (count(f, 2), str_len(f, 7), b"group-1".to_vec(), true, first),
+                ]
+            }
+            16 if v >= 5 => vec![
+                (
+                    vec![],
+                    count(f, 2),
+                    string(f, "Stable"),
+                    false,
+                    "states_filter",
+                ),
+                (
+                    vec![],
+                    count(f, 2),
+                    string(f, "classic"),
+                    false,
+                    "types_filter",
+                ),
+            ],
+            16 if v >= 4 => vec![(
+                vec![],
+                count(f, 2),
+                string(f, "Stable"),
+                false,
+                "states_filter",
+            )],
+            16 => vec![],
             18 if v >= 3 => vec![(
                 vec![],
                 str_len(f, 9),

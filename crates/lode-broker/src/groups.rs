@@ -105,6 +105,9 @@ pub fn decode_record(value: &[u8]) -> Option<GroupRecord> {
 pub struct Groups {
     shards: Mutex<BTreeMap<i32, Arc<Shard>>>,
     next_waiter: AtomicU64,
+    /// The tick loop starts with the first shard: a broker nobody asks about groups runs
+    /// no group timer (and a simulation without groups schedules exactly as before).
+    ticking: std::sync::atomic::AtomicBool,
 }
 
 /// The coordinator of one offsets partition, loaded in one leader epoch.
@@ -216,6 +219,9 @@ async fn shard(broker: &Arc<Broker>, group: &str) -> Result<Arc<Shard>, i16> {
         }),
     });
     shards.insert(index, Arc::clone(&s));
+    if !broker.groups.ticking.swap(true, Ordering::AcqRel) {
+        lode_env::task::spawn(tick_loop(Arc::clone(broker)));
+    }
     tracing::info!(
         partition = index,
         epoch = epoch.0,
@@ -326,7 +332,7 @@ fn persist_in_background(broker: &Arc<Broker>, shard: &Arc<Shard>, records: Vec<
 
 /// Ticks every loaded shard: ends expired sessions and overdue rebalances, drops shards
 /// of partitions this broker no longer leads.
-pub async fn tick_loop(broker: Arc<Broker>) {
+async fn tick_loop(broker: Arc<Broker>) {
     loop {
         broker.clock.sleep(Duration::from_millis(100)).await;
         let shards: Vec<(i32, Arc<Shard>)> = broker

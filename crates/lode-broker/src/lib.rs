@@ -198,7 +198,6 @@ impl Broker {
             fetchers: replica::Fetchers::default(),
             groups: groups::Groups::default(),
         });
-        lode_env::task::spawn(groups::tick_loop(Arc::clone(&broker)));
         if let Some(plane) = control {
             lode_env::task::spawn(cluster::lifecycle(
                 Arc::clone(&broker),

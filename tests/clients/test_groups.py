@@ -291,3 +291,55 @@ def test_kcat_balanced_consumer_resumes_after_its_commit(broker, topic, kcat_pat
     produce(bootstrap, topic, second)
     got = kcat_group(kcat_path, bootstrap, group, topic)
     assert sorted(v for _, v in got) == sorted(second)
+
+
+def lode_group(*args) -> subprocess.CompletedProcess:
+    from conftest import lode_bin
+    return subprocess.run([str(lode_bin()), "group", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.timeout(300)
+def test_lode_group_cli_lists_describes_and_resets(broker, topic):
+    bootstrap = broker.bootstrap
+    create_topic(bootstrap, topic, PARTITIONS)
+    group = f"{topic}-cli"
+    values = [f"v{i}" for i in range(8)]
+    produce(bootstrap, topic, values)
+    member = MEMBERS["kafka-python"](bootstrap, group, topic)
+    read: list = []
+    deadline = time.monotonic() + GROUP_TIMEOUT_S
+    while len(read) < len(values):
+        assert time.monotonic() < deadline, f"read {len(read)} of {len(values)}"
+        read.extend(member.poll())
+    member.commit()
+
+    # While the member is active, its offsets cannot be reset.
+    busy = lode_group("reset-offsets", group, "--topic", topic, "--to-earliest",
+                      "--bootstrap", bootstrap)
+    assert busy.returncode != 0 and "active members" in busy.stderr, busy
+    described = lode_group("describe", group, "--bootstrap", bootstrap)
+    assert described.returncode == 0, described.stderr
+    assert "Stable" in described.stdout and "member " in described.stdout, described.stdout
+    member.close()
+
+    listed = lode_group("list", "--bootstrap", bootstrap)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{group}\tEmpty\tconsumer" in listed.stdout.splitlines(), listed.stdout
+    described = lode_group("describe", group, "--bootstrap", bootstrap)
+    rows = {tuple(line.split("\t")) for line in described.stdout.splitlines()}
+    for p in range(PARTITIONS):
+        assert (topic, str(p), "2", "2", "0") in rows, described.stdout
+
+    reset = lode_group("reset-offsets", group, "--topic", topic, "--to-offset", "1",
+                       "--bootstrap", bootstrap)
+    assert reset.returncode == 0, reset.stderr
+    # The next member of the group starts at the reset offsets.
+    again = MEMBERS["kafka-python"](bootstrap, group, topic)
+    read = []
+    deadline = time.monotonic() + GROUP_TIMEOUT_S
+    while len(read) < PARTITIONS:
+        assert time.monotonic() < deadline, f"read {read}"
+        read.extend(again.poll())
+    again.close()
+    assert sorted((p, o) for p, o, _ in read) == [(p, 1) for p in range(PARTITIONS)], read

@@ -233,3 +233,121 @@ pub(crate) fn consume(args: Vec<String>) -> Cmd {
         Ok(())
     })
 }
+
+/// `lode group list | describe GROUP | reset-offsets GROUP --topic T --to-earliest|
+/// --to-latest|--to-offset N`.
+pub(crate) fn group(args: Vec<String>) -> Cmd {
+    Box::pin(async move {
+        let a = strs(&args);
+        let mut f = Flags::new(&a);
+        let topic = f.value("--topic")?.map(str::to_owned);
+        let to_offset = f.value("--to-offset")?.map(str::to_owned);
+        let to_earliest = f.switch("--to-earliest");
+        let to_latest = f.switch("--to-latest");
+        let client = connect(&mut f).await?;
+        let pos = f.positional();
+        for p in &pos {
+            f.take(p);
+        }
+        match pos.as_slice() {
+            ["list"] => {
+                f.finish()?;
+                let groups = client.list_groups().await?;
+                if groups.is_empty() {
+                    eprintln!("no groups");
+                }
+                for g in groups {
+                    println!("{}\t{}\t{}", g.group_id, g.state, g.protocol_type);
+                }
+                Ok(())
+            }
+            ["describe", group] => {
+                f.finish()?;
+                describe_group(&client, group).await
+            }
+            ["reset-offsets", group] => {
+                f.finish()?;
+                let topic = topic.context("reset-offsets needs --topic TOPIC")?;
+                let target = match (to_earliest, to_latest, to_offset.as_deref()) {
+                    (true, false, None) => -2,
+                    (false, true, None) => -1,
+                    (false, false, Some(n)) => {
+                        let n: i64 = n.parse().context("--to-offset takes an offset")?;
+                        if n < 0 {
+                            bail!("--to-offset takes an offset >= 0");
+                        }
+                        n
+                    }
+                    _ => bail!(
+                        "reset-offsets takes one of --to-earliest, --to-latest, --to-offset N"
+                    ),
+                };
+                let info = client.topic(&topic).await?;
+                let consumer = Consumer::new(Arc::clone(&client));
+                let mut offsets = Vec::new();
+                for p in &info.partitions {
+                    let offset = if target >= 0 {
+                        target
+                    } else {
+                        consumer
+                            .offset_for(&topic, p.index, target)
+                            .await?
+                            .unwrap_or(Offset(0))
+                            .0
+                    };
+                    offsets.push((topic.clone(), p.index, offset));
+                }
+                client
+                    .commit_group_offsets(group, &offsets)
+                    .await
+                    .map_err(|e| match e {
+                        lode_client::ClientError::Broker { code: 25, .. } => anyhow::anyhow!(
+                            "group {group} has active members: stop its consumers first"
+                        ),
+                        e => e.into(),
+                    })?;
+                for (t, p, o) in offsets {
+                    println!("{t}\t{p}\t{o}");
+                }
+                Ok(())
+            }
+            other => {
+                bail!("lode group takes list, describe GROUP or reset-offsets GROUP, not {other:?}")
+            }
+        }
+    })
+}
+
+/// Prints a group's state and members, then each committed offset with the partition's
+/// high watermark and the lag.
+async fn describe_group(client: &Arc<Client>, group: &str) -> anyhow::Result<()> {
+    let d = client.describe_group(group).await?;
+    println!(
+        "group {}: {} ({} {})",
+        d.group_id, d.state, d.protocol_type, d.protocol
+    );
+    for m in &d.members {
+        let parts: Vec<String> = m
+            .partitions
+            .iter()
+            .map(|(t, p)| format!("{t}-{p}"))
+            .collect();
+        println!(
+            "member {} client {} partitions [{}]",
+            m.member_id,
+            m.client_id,
+            parts.join(" ")
+        );
+    }
+    let consumer = Consumer::new(Arc::clone(client));
+    println!("TOPIC\tPARTITION\tCOMMITTED\tEND\tLAG");
+    for o in client.group_offsets(group).await? {
+        let end = consumer.offset_for(&o.topic, o.partition, -1).await?;
+        let (end, lag) = match end {
+            Some(e) => (e.0.to_string(), (e.0 - o.offset).max(0).to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{}\t{}\t{}\t{end}\t{lag}", o.topic, o.partition, o.offset);
+    }
+    Ok(())
+}

@@ -50,6 +50,10 @@ usage:
       one record per line of standard input
   lode consume TOPIC [--partition P] [--from beginning|end|OFFSET] [--count N]
       prints values, one per line; stops after --count records or when idle for 2 s
+  lode group list | describe GROUP
+      consumer groups; describe prints members, committed offsets and lag
+  lode group reset-offsets GROUP --topic TOPIC --to-earliest|--to-latest|--to-offset N
+      sets the group's committed offsets (the group must have no active members)
   lode bench [--records N] [--record-bytes B] [--partitions P] [--acks 0|1|all]
              [--rate MSG_PER_S] [--linger-ms MS] [--compression none|gzip|snappy|lz4|zstd]
              [--replication-factor R] [--topic-config NAME=VALUE,...]
@@ -93,6 +97,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["topic", rest @ ..] => client_cmd(rest, commands::topic),
         ["produce", rest @ ..] => client_cmd(rest, commands::produce),
         ["consume", rest @ ..] => client_cmd(rest, commands::consume),
+        ["group", rest @ ..] => client_cmd(rest, commands::group),
         ["bench", rest @ ..] => client_cmd(rest, bench::run),
         _ => bail!("unknown command {:?}\n\n{USAGE}", words.join(" ")),
     }

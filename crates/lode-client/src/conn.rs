@@ -34,6 +34,11 @@ const OURS: &[(ApiKey, i16)] = &[
     (ApiKey::CreateTopics, 7),
     (ApiKey::DeleteTopics, 6),
     (ApiKey::InitProducerId, 4),
+    (ApiKey::FindCoordinator, 3),
+    (ApiKey::OffsetCommit, 8),
+    (ApiKey::OffsetFetch, 7),
+    (ApiKey::ListGroups, 4),
+    (ApiKey::DescribeGroups, 5),
 ];
 
 /// Largest response frame accepted.

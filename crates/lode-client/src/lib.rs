@@ -5,6 +5,7 @@
 
 mod conn;
 pub mod consumer;
+pub mod groups;
 pub mod producer;
 
 use std::collections::BTreeMap;

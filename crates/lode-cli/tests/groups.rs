@@ -1,0 +1,101 @@
+//! Committed offsets on real `lode broker` processes (combined mode, loopback): the
+//! broker coordinating a group is killed with SIGKILL right after a commit was
+//! acknowledged; the new coordinator (another replica of the group's offsets partition)
+//! returns that commit, later commits go to it, and after the killed broker returns the
+//! offsets are still the last acknowledged ones.
+#![cfg(not(madsim))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use common::{eventually, Cluster};
+use lode_client::Client;
+
+const GROUP: &str = "failover-group";
+const TOPIC: &str = "failover-topic";
+
+/// Fast failure detection: a silent broker is fenced after 3 s.
+const FAST: &[&str] = &["--min-insync-replicas", "2", "--session-timeout-ms", "3000"];
+
+async fn commit(client: &Client, offset: i64) -> bool {
+    client
+        .commit_group_offsets(GROUP, &[(TOPIC.to_owned(), 0, offset)])
+        .await
+        .is_ok()
+}
+
+async fn committed(client: &Client) -> Option<i64> {
+    let offsets = client.group_offsets(GROUP).await.ok()?;
+    offsets
+        .iter()
+        .find(|o| o.topic == TOPIC && o.partition == 0)
+        .map(|o| o.offset)
+}
+
+#[test]
+fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
+    let _one = common::ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rt = common::runtime();
+    let mut cluster = Cluster::start(3, FAST);
+    let all = cluster.bootstrap();
+    rt.block_on(async {
+        eventually(60, "three brokers registered", || async {
+            common::view(&all).await.filter(|(n, _)| *n == 3)
+        })
+        .await;
+        let client = Client::connect(&all, "groups-test").await.unwrap();
+        client.create_topic(TOPIC, 1, 3).await.unwrap();
+        // The first commit creates the offsets topic.
+        eventually(60, "a first acknowledged commit", || async {
+            commit(&client, 1).await.then_some(())
+        })
+        .await;
+        for offset in 2..=20 {
+            assert!(commit(&client, offset).await, "commit {offset} refused");
+        }
+        let coordinator = client.coordinator(GROUP).await.unwrap().addr();
+        let victim = cluster
+            .nodes
+            .iter()
+            .find(|n| n.kafka == coordinator)
+            .map(|n| n.id)
+            .expect("the coordinator is one of the nodes");
+
+        // SIGKILL the coordinator right after the acknowledgement of 20.
+        cluster.nodes[victim as usize].kill();
+        let survivors = Client::connect(&cluster.bootstrap_except(&[victim]), "groups-test-2")
+            .await
+            .unwrap();
+        let after = eventually(60, "a new coordinator answering", || async {
+            committed(&survivors).await
+        })
+        .await;
+        assert_eq!(after, 20, "the new coordinator lost an acknowledged commit");
+        let new_coordinator = survivors.coordinator(GROUP).await.unwrap().addr();
+        assert_ne!(
+            new_coordinator, coordinator,
+            "the killed broker still coordinates"
+        );
+        for offset in 21..=30 {
+            eventually(30, "a commit to the new coordinator", || async {
+                commit(&survivors, offset).await.then_some(())
+            })
+            .await;
+        }
+
+        cluster.restart(victim);
+        eventually(60, "the killed broker back", || async {
+            common::view(&all).await.filter(|(n, _)| *n == 3)
+        })
+        .await;
+        let client = Client::connect(&all, "groups-test-3").await.unwrap();
+        let end = eventually(60, "the committed offset after the restart", || async {
+            committed(&client).await
+        })
+        .await;
+        assert_eq!(end, 30, "the last acknowledged commit after the restart");
+        eprintln!("coordinator failover: killed node {victim}; commits 20 and 30 kept");
+    });
+}

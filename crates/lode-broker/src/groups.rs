@@ -47,7 +47,8 @@ use lode_proto::{Epoch, Offset};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::codes;
-use crate::partition::Partition;
+use crate::handlers::str_bytes;
+use crate::partition::{AckOutcome, Partition};
 use crate::Broker;
 
 /// The internal topic of committed offsets and group generations.
@@ -160,33 +161,29 @@ fn error_code(e: GroupError) -> i16 {
     }
 }
 
-fn str_bytes(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_owned())
-}
-
 /// Whether this broker leads `index` of the offsets topic in the metadata it applied.
 fn leads(broker: &Broker, index: i32) -> bool {
-    let Some(plane) = &broker.control else {
-        return true;
-    };
-    let me = broker.config.node_id;
-    plane.read(|s| {
-        s.topic_id(OFFSETS_TOPIC)
-            .and_then(|id| s.partition(id, lode_proto::PartitionId(index)))
-            .is_some_and(|p| p.leader == Some(me))
-    })
+    crate::handlers::leads(broker, OFFSETS_TOPIC, index)
+}
+
+/// How many partitions the offsets topic has here (`None` before it exists).
+async fn offsets_partitions(broker: &Broker) -> Option<i32> {
+    let topic = broker.topics.get(OFFSETS_TOPIC).await?;
+    let n = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+    (n > 0).then_some(n)
 }
 
 /// The shard coordinating `group`, loading it if this broker just became its leader.
 async fn shard(broker: &Arc<Broker>, group: &str) -> Result<Arc<Shard>, i16> {
-    let Some(topic) = broker.topics.get(OFFSETS_TOPIC).await else {
-        return Err(codes::COORDINATOR_NOT_AVAILABLE);
-    };
-    let n = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
-    if n == 0 {
-        return Err(codes::COORDINATOR_NOT_AVAILABLE);
-    }
-    let index = partition_for(group, n);
+    let n = offsets_partitions(broker)
+        .await
+        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
+    shard_of_partition(broker, partition_for(group, n)).await
+}
+
+/// The shard of offsets partition `index`, loading it if this broker just became its
+/// leader.
+async fn shard_of_partition(broker: &Arc<Broker>, index: i32) -> Result<Arc<Shard>, i16> {
     let Some(p) = broker.topics.partition(OFFSETS_TOPIC, index).await else {
         return Err(codes::NOT_COORDINATOR);
     };
@@ -295,23 +292,14 @@ async fn append_committed(
     if broker.config.planted == Some(crate::PlantedBug::CommitBeforeReplicated) {
         return Ok(());
     }
-    let waited = broker
-        .clock
-        .timeout(
-            COMMIT_TIMEOUT,
-            p.wait_committed(info.last_offset, shard.epoch),
-        )
+    match p
+        .await_ack(info.last_offset, shard.epoch, COMMIT_TIMEOUT, &broker.clock)
         .await
-        .is_ok();
-    if !p.still_leads(shard.epoch) {
-        return Err(codes::NOT_COORDINATOR);
-    }
-    if !waited || p.high_watermark() <= info.last_offset {
-        return Err(codes::REQUEST_TIMED_OUT);
-    }
-    match p.ack_state(info.last_offset) {
-        lode_core::replication::AckState::Committed => Ok(()),
-        _ => Err(codes::COORDINATOR_NOT_AVAILABLE),
+    {
+        AckOutcome::Committed => Ok(()),
+        AckOutcome::NotLeader => Err(codes::NOT_COORDINATOR),
+        AckOutcome::TimedOut => Err(codes::REQUEST_TIMED_OUT),
+        AckOutcome::NotEnoughReplicasAfterAppend => Err(codes::COORDINATOR_NOT_AVAILABLE),
     }
 }
 
@@ -386,14 +374,13 @@ pub async fn find_coordinator(
         resp.error_message = Some(str_bytes("transactions are not supported"));
         return resp;
     }
-    if broker.topics.get(OFFSETS_TOPIC).await.is_none() {
+    if offsets_partitions(broker).await.is_none() {
         crate::handlers::create_offsets_topic(broker).await;
     }
-    let Some(topic) = broker.topics.get(OFFSETS_TOPIC).await else {
+    let Some(n) = offsets_partitions(broker).await else {
         resp.error_code = codes::COORDINATOR_NOT_AVAILABLE;
         return resp;
     };
-    let n = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
     let index = partition_for(&req.key, n);
     let leader = match &broker.control {
         None => Some((
@@ -724,13 +711,10 @@ pub async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest) -> Offs
             return resp;
         }
     };
+    // The answer is built under the shard's lock (nothing in it waits).
     let st = s.state.lock().await;
-    let offsets = st
-        .core
-        .group(&group)
-        .map(|g| g.offsets.clone())
-        .unwrap_or_default();
-    drop(st);
+    let none = BTreeMap::new();
+    let offsets = st.core.group(&group).map_or(&none, |g| &g.offsets);
     let entry = |topic: &str, index: i32| {
         let mut p = OffsetFetchResponsePartition::default();
         p.partition_index = index;
@@ -794,14 +778,9 @@ pub async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGr
     let mut resp = ListGroupsResponse::default();
     // Load every offsets partition this broker leads, so that groups are listed even
     // before their members came back after a failover.
-    if let Some(topic) = broker.topics.get(OFFSETS_TOPIC).await {
-        let n = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
-        for index in 0..n {
-            if leads(broker, index) {
-                // Any group id of that partition loads it; find one by probing names.
-                let probe = probe_name(index, n);
-                let _ = shard(broker, &probe).await;
-            }
+    for index in 0..offsets_partitions(broker).await.unwrap_or(0) {
+        if leads(broker, index) {
+            let _ = shard_of_partition(broker, index).await;
         }
     }
     let states: Vec<String> = req.states_filter.iter().map(ToString::to_string).collect();
@@ -821,14 +800,6 @@ pub async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGr
         }
     }
     resp
-}
-
-/// A name whose group lives in partition `index` of `n`.
-fn probe_name(index: i32, n: i32) -> String {
-    (0_u32..)
-        .map(|i| format!("lode-probe-{i}"))
-        .find(|name| partition_for(name, n) == index)
-        .unwrap_or_default()
 }
 
 /// DescribeGroups.
@@ -954,14 +925,5 @@ mod tests {
         assert_eq!(decode_record(&[9, 1, 2]), None);
         assert_eq!(decode_record(&[]), None);
         assert_eq!(decode_record(&[RECORD_FORMAT, 0xff, 0xff]), None);
-    }
-
-    #[test]
-    fn a_probe_name_lands_in_its_partition() {
-        for n in [1, 7, 16] {
-            for i in 0..n {
-                assert_eq!(partition_for(&probe_name(i, n), n), i);
-            }
-        }
     }
 }

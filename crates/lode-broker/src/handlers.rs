@@ -29,7 +29,7 @@ use lode_storage::LogError;
 
 use crate::codes;
 use crate::control::{ControlPlane, ControlReply, ControlRequest};
-use crate::partition::AppendError;
+use crate::partition::{AckOutcome, AppendError};
 use crate::server::{encode_response, ConnectionError};
 use crate::topics::{CreateError, Topic};
 use crate::Broker;
@@ -302,7 +302,7 @@ fn missing_topic_code(name: &str) -> i16 {
     }
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
@@ -563,7 +563,7 @@ async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> Delete
 }
 
 /// In combined mode, whether this broker leads `topic`/`index` (always true otherwise).
-fn leads(broker: &Broker, topic: &str, index: i32) -> bool {
+pub(crate) fn leads(broker: &Broker, topic: &str, index: i32) -> bool {
     let Some(plane) = &broker.control else {
         return true;
     };
@@ -666,21 +666,11 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
     }
     // acks=all: wait (bounded by the request's timeout) until each batch is committed.
     for (topic, index, p, last, epoch) in waits {
-        let committed = broker
-            .clock
-            .timeout(timeout, p.wait_committed(last, epoch))
-            .await
-            .is_ok()
-            && p.high_watermark() > last;
-        let code = match p.ack_state(last) {
-            // Checked first: a deposed leader's high watermark says nothing of this batch.
-            _ if !p.still_leads(epoch) => codes::NOT_LEADER_OR_FOLLOWER,
-            _ if !committed => codes::REQUEST_TIMED_OUT,
-            lode_core::replication::AckState::Committed => codes::NONE,
-            lode_core::replication::AckState::NotEnoughReplicasAfterAppend => {
-                codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND
-            }
-            lode_core::replication::AckState::Waiting => codes::REQUEST_TIMED_OUT,
+        let code = match p.await_ack(last, epoch, timeout, &broker.clock).await {
+            AckOutcome::Committed => codes::NONE,
+            AckOutcome::NotLeader => codes::NOT_LEADER_OR_FOLLOWER,
+            AckOutcome::TimedOut => codes::REQUEST_TIMED_OUT,
+            AckOutcome::NotEnoughReplicasAfterAppend => codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         };
         if code == codes::NONE {
             crate::observe::emit(broker.config.node_id, || crate::observe::Event::Acked {

@@ -48,6 +48,19 @@ pub enum AppendError {
 }
 
 /// A partition replica on this broker (a leader, until replication arrives).
+/// How [`Partition::await_ack`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Every ISR member has the batch.
+    Committed,
+    /// This broker no longer leads in the batch's epoch.
+    NotLeader,
+    /// Not committed within the timeout.
+    TimedOut,
+    /// Appended, but the ISR shrank below min ISR before it was committed.
+    NotEnoughReplicasAfterAppend,
+}
+
 pub struct Partition {
     /// Topic name.
     pub topic: String,
@@ -463,6 +476,30 @@ impl Partition {
         self.replication_lock()
             .as_ref()
             .is_none_or(LeaderReplication::accepts_acks_all)
+    }
+
+    /// As leader: waits (at most `timeout`) until the batch ending at `last`, appended in
+    /// `epoch`, is committed, and says how the wait ended. A deposed leader's high
+    /// watermark says nothing of the batch, so losing leadership is checked first.
+    pub async fn await_ack(
+        &self,
+        last: Offset,
+        epoch: Epoch,
+        timeout: Duration,
+        clock: &Clock,
+    ) -> AckOutcome {
+        let committed = clock
+            .timeout(timeout, self.wait_committed(last, epoch))
+            .await
+            .is_ok()
+            && self.high_watermark() > last;
+        match self.ack_state(last) {
+            _ if !self.still_leads(epoch) => AckOutcome::NotLeader,
+            _ if !committed => AckOutcome::TimedOut,
+            AckState::Committed => AckOutcome::Committed,
+            AckState::NotEnoughReplicasAfterAppend => AckOutcome::NotEnoughReplicasAfterAppend,
+            AckState::Waiting => AckOutcome::TimedOut,
+        }
     }
 
     /// As leader: where an acks=all batch ending at `last` stands.

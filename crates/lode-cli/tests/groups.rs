@@ -41,10 +41,7 @@ fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
     let mut cluster = Cluster::start(3, FAST);
     let all = cluster.bootstrap();
     rt.block_on(async {
-        eventually(60, "three brokers registered", || async {
-            common::view(&all).await.filter(|(n, _)| *n == 3)
-        })
-        .await;
+        common::until_brokers(&all, 3).await;
         let client = Client::connect(&all, "groups-test").await.unwrap();
         client.create_topic(TOPIC, 1, 3).await.unwrap();
         // The first commit creates the offsets topic.
@@ -86,10 +83,7 @@ fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
         }
 
         cluster.restart(victim);
-        eventually(60, "the killed broker back", || async {
-            common::view(&all).await.filter(|(n, _)| *n == 3)
-        })
-        .await;
+        common::until_brokers(&all, 3).await;
         let client = Client::connect(&all, "groups-test-3").await.unwrap();
         let end = eventually(60, "the committed offset after the restart", || async {
             committed(&client).await

@@ -246,10 +246,7 @@ fn acknowledged_records_survive_crashes_of_leader_and_follower_and_a_clean_stop(
     let mut cluster = Cluster::start(3, FAST);
     let all = cluster.bootstrap();
     rt.block_on(async {
-        eventually(60, "three brokers registered", || async {
-            common::view(&all).await.filter(|(n, _)| *n == 3)
-        })
-        .await;
+        common::until_brokers(&all, 3).await;
         let client = Client::connect(&all, "replication-test").await.unwrap();
         client.create_topic(TOPIC, PARTITIONS, 3).await.unwrap();
         until_isr(&all, TOPIC, "a full ISR", |isr| isr.len() == 3).await;
@@ -318,10 +315,7 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_after_it_resumes() {
     );
     let all = cluster.bootstrap();
     rt.block_on(async {
-        eventually(60, "three brokers registered", || async {
-            common::view(&all).await.filter(|(n, _)| *n == 3)
-        })
-        .await;
+        common::until_brokers(&all, 3).await;
         let client = Client::connect(&all, "replication-test").await.unwrap();
         client.create_topic(TOPIC, 1, 3).await.unwrap();
         until_isr(&all, TOPIC, "a full ISR", |isr| isr.len() == 3).await;
@@ -382,10 +376,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
     let mut cluster = Cluster::start(5, FAST);
     let all = cluster.bootstrap();
     rt.block_on(async {
-        eventually(60, "five brokers registered", || async {
-            common::view(&all).await.filter(|(n, _)| *n == 5)
-        })
-        .await;
+        common::until_brokers(&all, 5).await;
         let client = Client::connect(&all, "replication-test").await.unwrap();
         client.create_topic(TOPIC, 1, 3).await.unwrap();
         until_isr(&all, TOPIC, "a full ISR", |isr| isr.len() == 3).await;

@@ -61,7 +61,7 @@ pub enum GroupError {
 }
 
 /// A group's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
     /// No members.
     Empty,
@@ -500,9 +500,10 @@ impl Coordinator {
     /// JoinGroup. The answer (perhaps after other members join) comes out as
     /// [`Output::Join`] for `waiter`.
     pub fn join(&mut self, now: Instant, group_id: &str, req: JoinRequest, waiter: Waiter) {
-        if let Err(e) = self.try_join(now, group_id, req.clone(), waiter) {
+        let member_id = req.member_id.clone();
+        if let Err(e) = self.try_join(now, group_id, req, waiter) {
             self.outputs
-                .push(Output::Join(waiter, join_error(&req.member_id, e)));
+                .push(Output::Join(waiter, join_error(&member_id, e)));
         }
         self.check_join_complete(now, group_id);
     }
@@ -716,10 +717,13 @@ impl Coordinator {
         }));
     }
 
-    fn member_mut<'a>(
+    /// The member `member_id` of the current `generation`, its session renewed: any
+    /// request from it shows it alive.
+    fn live_member<'a>(
         g: &'a mut Group,
         member_id: &str,
         generation: i32,
+        now: Instant,
     ) -> Result<&'a mut Member, GroupError> {
         let current = g.generation;
         let m = g
@@ -729,7 +733,25 @@ impl Coordinator {
         if generation != current {
             return Err(GroupError::IllegalGeneration);
         }
+        m.deadline = now.saturating_add(ms(m.session_timeout_ms));
         Ok(m)
+    }
+
+    /// Answers every waiting sync of a stable group with the member's assignment.
+    fn answer_syncs(outputs: &mut Vec<Output>, g: &mut Group) {
+        for m in g.members.values_mut() {
+            if let Some(w) = m.sync_waiter.take() {
+                outputs.push(Output::Sync(
+                    w,
+                    SyncResponse {
+                        error: None,
+                        protocol_type: g.protocol_type.clone(),
+                        protocol: g.protocol.clone(),
+                        assignment: m.assignment.clone(),
+                    },
+                ));
+            }
+        }
     }
 
     /// SyncGroup: the leader brings `assignments`; every member gets its own. The answer
@@ -764,48 +786,28 @@ impl Coordinator {
             .ok_or(GroupError::UnknownMemberId)?;
         let state = g.state;
         let is_leader = g.leader.as_deref() == Some(member_id);
-        let (protocol_type, protocol) = (g.protocol_type.clone(), g.protocol.clone());
-        let m = Self::member_mut(g, member_id, generation)?;
-        m.deadline = now.saturating_add(ms(m.session_timeout_ms));
+        let m = Self::live_member(g, member_id, generation, now)?;
         match state {
             GroupState::Empty => Err(GroupError::UnknownMemberId),
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
-            GroupState::Stable => {
-                let answer = SyncResponse {
-                    error: None,
-                    protocol_type,
-                    protocol,
-                    assignment: m.assignment.clone(),
-                };
-                self.outputs.push(Output::Sync(waiter, answer));
-                Ok(())
-            }
-            GroupState::CompletingRebalance => {
+            GroupState::CompletingRebalance | GroupState::Stable => {
                 if let Some(old) = m.sync_waiter.replace(waiter) {
                     self.outputs.push(Output::Sync(
                         old,
                         sync_error(GroupError::RebalanceInProgress),
                     ));
                 }
-                if is_leader {
+                if state == GroupState::CompletingRebalance && is_leader {
                     let mut given: BTreeMap<String, Vec<u8>> = assignments.into_iter().collect();
                     for (id, m) in &mut g.members {
                         m.assignment = given.remove(id).unwrap_or_default();
                     }
                     g.state = GroupState::Stable;
-                    for m in g.members.values_mut() {
-                        if let Some(w) = m.sync_waiter.take() {
-                            self.outputs.push(Output::Sync(
-                                w,
-                                SyncResponse {
-                                    error: None,
-                                    protocol_type: g.protocol_type.clone(),
-                                    protocol: g.protocol.clone(),
-                                    assignment: m.assignment.clone(),
-                                },
-                            ));
-                        }
-                    }
+                }
+                // Followers wait for the leader's assignment; once it is in, everyone
+                // waiting gets theirs (in a stable group: at once).
+                if g.state == GroupState::Stable {
+                    Self::answer_syncs(&mut self.outputs, g);
                 }
                 Ok(())
             }
@@ -828,8 +830,7 @@ impl Coordinator {
             .get_mut(group_id)
             .ok_or(GroupError::UnknownMemberId)?;
         let state = g.state;
-        let m = Self::member_mut(g, member_id, generation)?;
-        m.deadline = now.saturating_add(ms(m.session_timeout_ms));
+        Self::live_member(g, member_id, generation, now)?;
         match state {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
@@ -981,8 +982,7 @@ impl Coordinator {
             };
         }
         let state = g.state;
-        let m = Self::member_mut(g, member_id, generation)?;
-        m.deadline = now.saturating_add(ms(m.session_timeout_ms));
+        Self::live_member(g, member_id, generation, now)?;
         match state {
             // The assignment is not known yet: a commit now could be for partitions the
             // member is about to lose.

@@ -205,6 +205,14 @@ pub async fn view(bootstrap: &str) -> Option<(usize, i32)> {
     Some((c.brokers().await.len(), c.controller_id().await?))
 }
 
+/// Waits (up to 60 s) until the brokers at `bootstrap` report `n` live brokers.
+pub async fn until_brokers(bootstrap: &str, n: usize) {
+    eventually(60, &format!("{n} brokers registered"), || async {
+        view(bootstrap).await.filter(|(live, _)| *live == n)
+    })
+    .await;
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

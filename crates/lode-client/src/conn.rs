@@ -35,6 +35,10 @@ const OURS: &[(ApiKey, i16)] = &[
     (ApiKey::DeleteTopics, 6),
     (ApiKey::InitProducerId, 4),
     (ApiKey::FindCoordinator, 3),
+    (ApiKey::JoinGroup, 7),
+    (ApiKey::SyncGroup, 5),
+    (ApiKey::Heartbeat, 4),
+    (ApiKey::LeaveGroup, 5),
     (ApiKey::OffsetCommit, 8),
     (ApiKey::OffsetFetch, 7),
     (ApiKey::ListGroups, 4),
@@ -223,7 +227,11 @@ impl Connection {
         self.broken.load(Ordering::Acquire)
     }
 
-    fn version_of<R: Request>(&self) -> Result<i16, ClientError> {
+    /// The version of `R` this connection speaks (the highest both sides know).
+    ///
+    /// # Errors
+    /// [`ClientError::Unsupported`] when the broker does not speak `R`.
+    pub fn version_of<R: Request>(&self) -> Result<i16, ClientError> {
         self.versions
             .get(&R::KEY)
             .copied()

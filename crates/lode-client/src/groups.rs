@@ -83,7 +83,7 @@ fn broker_error(api: &'static str, code: i16) -> Result<(), ClientError> {
 }
 
 /// Decodes a consumer's assignment (ConsumerProtocolAssignment, any version).
-fn consumer_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
+pub(crate) fn consumer_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
     if assignment.len() < 2 {
         return Vec::new();
     }

@@ -6,6 +6,7 @@
 mod conn;
 pub mod consumer;
 pub mod groups;
+pub mod member;
 pub mod producer;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use tokio::sync::Mutex;
 
 pub use conn::Connection;
 pub use consumer::{Consumer, ConsumerRecord};
+pub use member::{GroupError, GroupMember, MemberConfig};
 pub use producer::{Producer, ProducerConfig, Record};
 
 /// An error of a client operation.
@@ -87,9 +89,16 @@ pub fn error_name(code: i16) -> &'static str {
         6 => "NOT_LEADER_OR_FOLLOWER",
         7 => "REQUEST_TIMED_OUT",
         10 => "MESSAGE_TOO_LARGE",
+        14 => "COORDINATOR_LOAD_IN_PROGRESS",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
         17 => "INVALID_TOPIC_EXCEPTION",
         19 => "NOT_ENOUGH_REPLICAS",
         20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+        22 => "ILLEGAL_GENERATION",
+        25 => "UNKNOWN_MEMBER_ID",
+        26 => "INVALID_SESSION_TIMEOUT",
+        27 => "REBALANCE_IN_PROGRESS",
         35 => "UNSUPPORTED_VERSION",
         36 => "TOPIC_ALREADY_EXISTS",
         37 => "INVALID_PARTITIONS",
@@ -97,6 +106,7 @@ pub fn error_name(code: i16) -> &'static str {
         45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
         47 => "INVALID_PRODUCER_EPOCH",
         56 => "KAFKA_STORAGE_ERROR",
+        79 => "MEMBER_ID_REQUIRED",
         87 => "INVALID_RECORD",
         _ => "see Kafka's error codes",
     }

@@ -305,3 +305,87 @@ async fn every_codec_round_trips_through_the_broker() {
     }
     b.shutdown().await;
 }
+
+/// Two members of one group split a topic's partitions; commits are fenced by generation;
+/// after one leaves the other takes every partition and reads the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_split_commit_and_take_over() {
+    use lode_client::{GroupError, GroupMember, MemberConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = BrokerConfig::new(BrokerId(0), "127.0.0.1:0".parse().unwrap());
+    config.groups.initial_rebalance_delay_ms = 0;
+    let b = Broker::start(config, Env::host(tmp.path()).unwrap())
+        .await
+        .unwrap();
+    let bootstrap = b.local_addr.to_string();
+    let client = Client::connect(&bootstrap, "test").await.unwrap();
+    client.create_topic("events", 4, 1).await.unwrap();
+    let member_config = MemberConfig {
+        session_timeout: Duration::from_secs(10),
+        rebalance_timeout: Duration::from_secs(5),
+    };
+    let mut a = GroupMember::new(client.clone(), "g", &["events"], member_config.clone());
+    assert_eq!(a.join().await.unwrap().len(), 4);
+    let first_generation = a.generation();
+    // A second member joins: the first must rejoin (its heartbeat says so) and they split.
+    let client_b = Client::connect(&bootstrap, "test-b").await.unwrap();
+    let mut b_member = GroupMember::new(client_b, "g", &["events"], member_config);
+    let joining = tokio::spawn(async move {
+        let parts = b_member.join().await.unwrap();
+        (b_member, parts)
+    });
+    let mut rejoined = None;
+    for _ in 0..50 {
+        match a.heartbeat().await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(GroupError::Rejoin(code)) => {
+                assert_eq!(code, 27, "REBALANCE_IN_PROGRESS");
+                // The old generation's commit is still accepted during the rebalance.
+                a.commit(&[("events".into(), 0, 5)]).await.unwrap();
+                rejoined = Some(a.join().await.unwrap());
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (mut b_member, b_parts) = joining.await.unwrap();
+    let mut a_parts = rejoined.expect("the first member was told to rejoin");
+    assert!(a.generation() > first_generation);
+    assert_eq!(a_parts.len() + b_parts.len(), 4);
+    assert_eq!(a_parts.len(), 2);
+    a_parts.extend(b_parts.iter().cloned());
+    a_parts.sort();
+    assert_eq!(
+        a_parts,
+        (0..4).map(|p| ("events".to_owned(), p)).collect::<Vec<_>>()
+    );
+    // Commits from the current generation are accepted; a stale generation is refused.
+    b_member
+        .commit(&[("events".into(), b_parts[0].1, 7)])
+        .await
+        .unwrap();
+    let mut stale = GroupMember::new(client.clone(), "g", &["events"], MemberConfig::default());
+    let refused = stale.commit(&[("events".into(), 0, 99)]).await.unwrap_err();
+    assert!(refused.definitely_not_applied(), "{refused}");
+    // b leaves; a takes everything over and sees both commits.
+    b_member.leave().await.unwrap();
+    let mut taken = None;
+    for _ in 0..50 {
+        match a.heartbeat().await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(GroupError::Rejoin(_)) => {
+                taken = Some(a.join().await.unwrap());
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let taken = taken.expect("the leave started a rebalance");
+    assert_eq!(taken.len(), 4);
+    let committed: std::collections::BTreeMap<_, _> =
+        a.committed(&taken).await.unwrap().into_iter().collect();
+    assert_eq!(committed[&("events".to_owned(), 0)], Some(5));
+    assert_eq!(committed[&("events".to_owned(), b_parts[0].1)], Some(7));
+    assert_eq!(committed.values().filter(|v| v.is_none()).count(), 2);
+    a.leave().await.unwrap();
+}

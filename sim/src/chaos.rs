@@ -42,17 +42,17 @@ use crate::invariants::{Checker, Model, Settings};
 use crate::trace::Line;
 
 const SUBNET: u8 = 1;
-const TOPIC: &str = "chaos";
+pub(crate) const TOPIC: &str = "chaos";
 const NOT_ENOUGH_REPLICAS: i16 = 19;
 /// Values of the final writes (one per partition, after healing), which the checker skips.
 const SENTINEL: &str = "final-";
 
 /// xorshift64*: the swarm's parameters and schedule from the seed, independent of madsim's
 /// own randomness (so the schedule of a seed can be printed before the run).
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
@@ -63,7 +63,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
@@ -89,11 +89,13 @@ pub enum Planted {
     ElectOutsideIsr,
     /// Consumers read up to the log end, above the high watermark.
     ReadAboveHw,
+    /// A group coordinator acknowledges an offset commit once its own log has it.
+    CommitBeforeReplicated,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 7] = [
+    pub const ALL: [(&'static str, Planted); 8] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -101,6 +103,7 @@ impl Planted {
         ("ack-before-sync", Planted::AckBeforeSync),
         ("elect-outside-isr", Planted::ElectOutsideIsr),
         ("read-above-hw", Planted::ReadAboveHw),
+        ("commit-before-replicated", Planted::CommitBeforeReplicated),
     ];
 
     /// Its name.
@@ -126,6 +129,7 @@ impl Planted {
             Planted::StaleAlterPartition => B::Controller(C::AcceptStalePartitionEpoch),
             Planted::ElectOutsideIsr => B::Controller(C::ElectOutsideIsrAndElr),
             Planted::ReadAboveHw => B::ReadAboveHighWatermark,
+            Planted::CommitBeforeReplicated => B::CommitBeforeReplicated,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct Params {
     pub idempotent: BTreeSet<u32>,
     /// Consumers reading every partition by assignment while the producers run.
     pub consumers: u32,
+    /// Members of the consumer group (see [`crate::groups`]); 0: no group workload.
+    pub group_members: u32,
     /// How long the producers and the faults run, in simulated milliseconds.
     pub duration_ms: u64,
     /// The brokers' session timeout (a broker silent this long is fenced), ms.
@@ -218,6 +224,10 @@ impl Params {
             .filter(|i| !acks_one.contains(i) && r.chance(40))
             .collect();
         let consumers = 1 + r.below(2) as u32;
+        let group_members = match planted {
+            Some(Planted::CommitBeforeReplicated) => 2 + r.below(2) as u32,
+            _ => r.below(4) as u32,
+        };
         Params {
             seed,
             brokers,
@@ -229,6 +239,7 @@ impl Params {
             acks_one,
             idempotent,
             consumers,
+            group_members,
             duration_ms,
             session_timeout_ms: 1_500,
             planted,
@@ -254,6 +265,9 @@ pub enum Target {
     Replica(usize),
     /// The active controller.
     Controller,
+    /// The coordinator of the simulation's consumer group (the leader of its offsets
+    /// partition).
+    Coordinator,
     /// The broker the previous fault resolved to.
     Last,
 }
@@ -267,6 +281,7 @@ impl fmt::Display for Target {
             Target::OtherFollower => f.write_str("other-follower"),
             Target::Replica(k) => write!(f, "replica-{k}"),
             Target::Controller => f.write_str("controller"),
+            Target::Coordinator => f.write_str("coordinator"),
             Target::Last => f.write_str("last"),
         }
     }
@@ -280,13 +295,14 @@ impl FromStr for Target {
             "follower" => Ok(Target::Follower),
             "other-follower" => Ok(Target::OtherFollower),
             "controller" => Ok(Target::Controller),
+            "coordinator" => Ok(Target::Coordinator),
             "last" => Ok(Target::Last),
             r if r.starts_with("replica-") => r["replica-".len()..]
                 .parse()
                 .map(Target::Replica)
                 .map_err(|_| format!("{s:?}: replica-K takes a number")),
             n => n.parse().map(Target::Node).map_err(|_| {
-                format!("{s:?}: a broker is a number, leader, follower, other-follower, replica-K, controller or last")
+                format!("{s:?}: a broker is a number, leader, follower, other-follower, replica-K, controller, coordinator or last")
             }),
         }
     }
@@ -597,6 +613,7 @@ fn params_line(p: &Params) -> String {
         .nums("acks_one", set(&p.acks_one))
         .nums("idempotent", set(&p.idempotent))
         .num("consumers", i64::from(p.consumers))
+        .num("group_members", i64::from(p.group_members))
         .num("duration_ms", p.duration_ms as i64)
         .num("session_timeout_ms", p.session_timeout_ms as i64)
         .str(
@@ -606,16 +623,23 @@ fn params_line(p: &Params) -> String {
         .done()
 }
 
-fn now_ms(start: madsim::time::Instant) -> u64 {
+pub(crate) fn now_ms(start: madsim::time::Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync + 'static {
     let planted = p.planted;
     let session_timeout = Duration::from_millis(p.session_timeout_ms);
+    let min_isr = p.min_isr;
     move |c: &mut BrokerConfig| {
         c.replica_lag_time_max = Duration::from_secs(3);
         c.session_timeout = session_timeout;
+        // The offsets topic: as durable as the run's topic, few partitions, short
+        // sessions and rebalance delays (simulated time is precious).
+        c.default_min_insync_replicas = min_isr;
+        c.offsets_topic_partitions = crate::groups::OFFSETS_PARTITIONS;
+        c.groups.session_timeout_ms_min = 1_000;
+        c.groups.initial_rebalance_delay_ms = 500;
         #[cfg(feature = "planted-bugs")]
         {
             c.planted = planted.map(Planted::broker_bug);
@@ -736,6 +760,16 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         }));
     }
 
+    let groups: crate::groups::Shared = Arc::default();
+    let mut members = Vec::new();
+    for id in 0..params.group_members {
+        let (all, groups, p) = (all.clone(), Arc::clone(&groups), params.clone());
+        let log = log.clone();
+        members.push(client_node.spawn(async move {
+            crate::groups::member(id, &all, &p, (start, workload_start), &groups, &log).await;
+        }));
+    }
+
     // The nemesis.
     let mut down = BTreeSet::new();
     let mut happened = Happened::default();
@@ -771,7 +805,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     }
     let left = Duration::from_millis(params.duration_ms).saturating_sub(workload_start.elapsed());
     madsim::time::sleep(left).await;
-    for p in producers.into_iter().chain(consumers) {
+    for p in producers.into_iter().chain(consumers).chain(members) {
         let _ = p.await;
     }
 
@@ -879,6 +913,43 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         &mut violations,
         &mut permitted,
     );
+    if params.group_members > 0 {
+        // The register's last read, then the committed-offsets checks.
+        let (all, g, n) = (all.clone(), Arc::clone(&groups), params.partitions);
+        let read_back = client_node
+            .spawn(async move { crate::groups::final_read(&all, n, workload_start, &g).await })
+            .await
+            .unwrap_or(Err("group reader task died".into()));
+        if let Err(e) = read_back {
+            violations.push(format!("liveness: {e}"));
+        }
+        let mut final_log: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+        for places in read.values() {
+            for (part, offset) in places {
+                final_log.entry(*part).or_default().insert(*offset);
+            }
+        }
+        let h = groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let loss_allowed = params.fsync == Fsync::Interval && happened.power_loss;
+        let (v, p) = crate::invariants::committed_offsets::check(&h, &final_log, loss_allowed);
+        violations.extend(v);
+        permitted.extend(p);
+        log(Line::new(now_ms(start), "group-history")
+            .num("commits", h.commits.len() as i64)
+            .num(
+                "acknowledged",
+                h.commits
+                    .iter()
+                    .filter(|c| c.outcome == crate::groups::CommitOutcome::Ok)
+                    .count() as i64,
+            )
+            .num("reads", h.fetches.len() as i64)
+            .num("stints", h.stints.len() as i64)
+            .done());
+    }
     for v in &violations {
         log(Line::new(now_ms(start), "violation")
             .str("checker", "history")
@@ -951,6 +1022,16 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
             Target::OtherFollower => follower(1),
             Target::Replica(k) => view.and_then(|v| v.replicas.get(k)).map(|b| b.0),
             Target::Controller => model.controller.map(|(_, n)| n),
+            Target::Coordinator => {
+                let index = lode_broker::groups::partition_for(
+                    crate::groups::GROUP,
+                    crate::groups::OFFSETS_PARTITIONS,
+                );
+                model
+                    .latest_view(lode_broker::groups::OFFSETS_TOPIC, index)
+                    .and_then(|v| v.leader)
+                    .map(|l| l.0)
+            }
             Target::Last => *last,
         }
     };

@@ -16,6 +16,8 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod disk_crash;
 #[cfg(madsim)]
+pub mod groups;
+#[cfg(madsim)]
 pub mod invariants;
 #[cfg(madsim)]
 pub mod scenarios;

@@ -27,6 +27,8 @@ pub struct Scenario {
     duration_ms: u64,
     /// The brokers' session timeout, ms (1500 in the swarm).
     session_timeout_ms: u64,
+    /// Members of the consumer group.
+    group_members: u32,
     /// The schedule, one `AT_MS FAULT` per line.
     schedule: &'static str,
     /// The planted bug this scenario is made to catch, if any.
@@ -34,7 +36,7 @@ pub struct Scenario {
 }
 
 /// Every scenario.
-pub const ALL: [Scenario; 14] = [
+pub const ALL: [Scenario; 15] = [
     Scenario {
         name: "isr-of-one",
         about: "Jepsen 2013: both followers drop out until ISR = {leader}, then the leader is \
@@ -45,6 +47,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "1000 pause replica-1\n1000 pause replica-2\n5500 isolate replica-0\n\
                    7500 resume replica-1\n7500 resume replica-2\n8500 heal\n",
         catches: Some(Planted::HwBelowMinIsr),
@@ -58,6 +61,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 10_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "2000 crash replica-1\n2300 restart replica-1\n3300 crash replica-0\n\
                    7000 restart replica-0\n",
         catches: Some(Planted::TruncateToHw),
@@ -71,6 +75,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "2000 power-loss replica-1\n2100 power-loss replica-0\n3500 restart replica-1\n\
                    6500 restart replica-0\n",
         catches: None,
@@ -84,6 +89,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 10_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "2000 stop leader\n2250 restart last\n2300 stop leader\n2550 restart last\n\
                    2600 stop leader\n2850 restart last\n",
         catches: None,
@@ -97,6 +103,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 16_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "4000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
                    9000 crash replica-1\n10500 restart replica-0\n11000 restart replica-1\n",
         catches: Some(Planted::IsrWithoutEpochStart),
@@ -111,6 +118,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 17_000,
         session_timeout_ms: 8_000,
+        group_members: 0,
         schedule: "1000 pause replica-1\n4600 cut-one-way replica-0 controller\n4600 resume replica-1\n\
                    4900 stop replica-1\n5200 wipe replica-1\n5200 cut replica-1 replica-0\n\
                    5300 restart replica-1\n8500 uncut replica-0 controller\n11500 stop replica-0\n\
@@ -126,6 +134,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "1000 cut replica-1 controller\n7000 heal\n",
         catches: None,
     },
@@ -138,6 +147,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 14_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "1000 partition replica-1\n4500 partition replica-2\n8500 power-loss replica-0\n\
                    9000 heal\n10000 restart replica-0\n",
         catches: Some(Planted::ElectOutsideIsr),
@@ -151,6 +161,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 10_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "4000 power-loss 0\n4000 power-loss 1\n4000 power-loss 2\n5000 restart 0\n\
                    5000 restart 1\n5000 restart 2\n",
         catches: Some(Planted::AckBeforeSync),
@@ -164,6 +175,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "3000 partition replica-0\n9000 heal\n",
         catches: Some(Planted::ReadAboveHw),
     },
@@ -176,6 +188,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "1000 pause replica-2\n4000 crash controller\n4500 restart last\n\
                    6000 resume replica-2\n6100 crash controller\n6600 restart last\n",
         catches: None,
@@ -189,6 +202,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "5000 corrupt replica-1\n5100 crash replica-1\n5500 restart replica-1\n\
                    7000 crash replica-0\n9000 restart replica-0\n",
         catches: None,
@@ -202,6 +216,7 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 14_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "2000 cut-one-way replica-0 replica-1\n4000 cut-one-way replica-2 controller\n\
                    8000 heal\n9000 cut-one-way replica-1 leader\n9000 cut-one-way controller replica-2\n\
                    12000 heal\n",
@@ -216,10 +231,25 @@ pub const ALL: [Scenario; 14] = [
         fsync: Fsync::Always,
         duration_ms: 12_000,
         session_timeout_ms: 1_500,
+        group_members: 0,
         schedule: "1000 skew replica-0 0 100000\n1000 skew replica-1 -5000 -100000\n\
                    3000 skew replica-2 30000 50000\n6000 crash replica-0\n6500 restart replica-0\n\
                    8000 skew replica-0 -20000 -50000\n",
         catches: None,
+    },
+    Scenario {
+        name: "offsets-truncation",
+        about: "a group coordinator is cut from the other brokers and the controller, not from \
+                its members, who keep committing; a new leader of the offsets partition takes \
+                over and the old one truncates: no acknowledged commit may be lost",
+        brokers: 3,
+        rf_min_isr: (3, 2),
+        fsync: Fsync::Always,
+        duration_ms: 16_000,
+        session_timeout_ms: 1_500,
+        group_members: 2,
+        schedule: "4000 partition coordinator\n10000 heal\n",
+        catches: Some(Planted::CommitBeforeReplicated),
     },
 ];
 
@@ -245,6 +275,7 @@ impl Scenario {
             acks_one: BTreeSet::new(),
             idempotent: BTreeSet::from([1]),
             consumers: 1,
+            group_members: self.group_members,
             duration_ms: self.duration_ms,
             session_timeout_ms: self.session_timeout_ms,
             planted,

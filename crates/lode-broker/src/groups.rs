@@ -166,10 +166,20 @@ fn leads(broker: &Broker, index: i32) -> bool {
     crate::handlers::leads(broker, OFFSETS_TOPIC, index)
 }
 
-/// How many partitions the offsets topic has here (`None` before it exists).
+/// How many partitions the offsets topic has (`None` before it exists): from the cluster
+/// metadata, since a broker need not host any of them (then it still answers
+/// FindCoordinator for every group).
 async fn offsets_partitions(broker: &Broker) -> Option<i32> {
-    let topic = broker.topics.get(OFFSETS_TOPIC).await?;
-    let n = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+    let n = match &broker.control {
+        Some(plane) => plane.read(|s| {
+            let id = s.topic_id(OFFSETS_TOPIC)?;
+            s.topic(id).map(|t| t.partition_count)
+        })?,
+        None => {
+            let topic = broker.topics.get(OFFSETS_TOPIC).await?;
+            i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX)
+        }
+    };
     (n > 0).then_some(n)
 }
 
@@ -267,12 +277,13 @@ async fn load(
     Ok(core)
 }
 
-/// Why a write to the offsets partition was not acknowledged: the Kafka error code.
+/// Appends `records` to the shard's offsets partition and waits until they are committed;
+/// returns their last offset, or why they were not acknowledged (a Kafka error code).
 async fn append_committed(
     broker: &Broker,
     shard: &Shard,
     records: &[GroupRecord],
-) -> Result<(), i16> {
+) -> Result<Offset, i16> {
     let p = &shard.partition;
     if !p.accepts_acks_all() {
         return Err(codes::COORDINATOR_NOT_AVAILABLE);
@@ -290,13 +301,13 @@ async fn append_committed(
     })?;
     #[cfg(feature = "planted-bugs")]
     if broker.config.planted == Some(crate::PlantedBug::CommitBeforeReplicated) {
-        return Ok(());
+        return Ok(info.last_offset);
     }
     match p
         .await_ack(info.last_offset, shard.epoch, COMMIT_TIMEOUT, &broker.clock)
         .await
     {
-        AckOutcome::Committed => Ok(()),
+        AckOutcome::Committed => Ok(info.last_offset),
         AckOutcome::NotLeader => Err(codes::NOT_COORDINATOR),
         AckOutcome::TimedOut => Err(codes::REQUEST_TIMED_OUT),
         AckOutcome::NotEnoughReplicasAfterAppend => Err(codes::COORDINATOR_NOT_AVAILABLE),
@@ -676,7 +687,12 @@ pub async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Of
         codes::NONE
     } else {
         match append_committed(broker, &s, &records).await {
-            Ok(()) => {
+            Ok(last) => {
+                crate::observe::emit(broker.config.node_id, || crate::observe::Event::Acked {
+                    topic: OFFSETS_TOPIC.to_owned(),
+                    partition: s.partition.index,
+                    last,
+                });
                 let mut st = s.state.lock().await;
                 for r in records {
                     st.core.apply(r);
@@ -872,7 +888,7 @@ pub async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> De
                             group: group.clone(),
                         };
                         match append_committed(broker, &s, std::slice::from_ref(&rec)).await {
-                            Ok(()) => {
+                            Ok(_) => {
                                 s.state.lock().await.core.apply(rec);
                                 codes::NONE
                             }

@@ -40,7 +40,8 @@ impl Invariant for ControllerState {
         if s.isr.iter().any(|b| s.elr.contains(b)) {
             return Err(format!("ISR and ELR overlap: {what}"));
         }
-        if s.isr.len() >= m.settings.min_isr && !s.elr.is_empty() {
+        let min_isr = m.settings.min_isr.min(s.replicas.len()).max(1);
+        if s.isr.len() >= min_isr && !s.elr.is_empty() {
             return Err(format!("ELR with a full ISR: {what}"));
         }
         if !s.fenced_in_isr.is_empty() {

@@ -15,6 +15,7 @@
 //! | `controller_epochs` | 6 | partition epochs strictly increase, leader epochs never fall |
 //! | `high_watermark_bounds` | 7 | HW <= log end on every replica |
 //! | `strict_min_isr` | 8 | a leader's HW moves only with an ISR of at least min ISR |
+//! | `ack_correctness` | 9 | an acks=all answer (a produce or an offset commit) comes after the HW passed it |
 //! | `controller_state` | 10 | leader in ISR, ISR and ELR in the replicas and disjoint, ... |
 //! | `isr_admission` | 11 | a leader proposes a replica into the ISR only past its epoch's start |
 //! | `lost_data_out` | 12 | a replica that lost committed batches is in no ISR or ELR until caught up |
@@ -22,9 +23,16 @@
 //! | `consumer_below_hw` | 14 | consumers are served only batches below the HW |
 //! | `metadata_prefix` | 17 | every node applies the same metadata entry at an offset |
 //!
+//! One more is checked on the consumer-group workload's history at the end of a run, not
+//! per event: `committed_offsets` (an acknowledged offset commit survives coordinator
+//! failover; a member resuming at committed offset `c` first reads the first record at
+//! or after `c`).
+//!
 //! Where the configuration allows loss (fsync=interval topics after a power loss), what
 //! the loss invariants find is reported as permitted, with the reason.
 
+mod ack_correctness;
+pub mod committed_offsets;
 mod consumer_below_hw;
 mod controller_epochs;
 mod controller_state;
@@ -385,7 +393,17 @@ impl Model {
             .is_some_and(|&(_, step)| step > started)
     }
 
-    /// The latest state of a partition any node applied (highest partition epoch).
+    /// The effective min ISR of `topic`-`partition`: the configured one (every topic of a
+    /// run has the same), at most its replica count.
+    #[must_use]
+    pub fn min_isr(&self, topic: &str, partition: i32) -> usize {
+        let replicas = self
+            .latest_view(topic, partition)
+            .map_or(usize::MAX, |v| v.replicas.len());
+        self.settings.min_isr.min(replicas).max(1)
+    }
+
+    /// The state of `topic`-`partition` with the highest partition epoch any node applied.
     #[must_use]
     pub fn latest_view(&self, topic: &str, partition: i32) -> Option<&PartitionView> {
         self.partitions
@@ -408,6 +426,7 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
         Box::new(controller_epochs::ControllerEpochs),
         Box::new(high_watermark_bounds::HighWatermarkBounds),
         Box::new(strict_min_isr::StrictMinIsr),
+        Box::new(ack_correctness::AckCorrectness),
         Box::new(controller_state::ControllerState),
         Box::new(isr_admission::IsrAdmission),
         Box::new(lost_data_out::LostDataOut),

@@ -15,18 +15,20 @@ impl Invariant for StrictMinIsr {
 
     fn check(&mut self, m: &Model, node: i32, e: &Event) -> Result<(), String> {
         let Event::HighWatermark {
+            topic,
+            partition,
             high_watermark,
             leader_isr: Some(isr),
-            ..
         } = e
         else {
             return Ok(());
         };
-        if isr.len() < m.settings.min_isr {
+        let min_isr = m.min_isr(topic, *partition);
+        if isr.len() < min_isr {
             let ids: Vec<i32> = isr.iter().map(|b| b.0).collect();
             return Err(format!(
                 "leader {node} moves its high watermark to {} with ISR {ids:?}, below min ISR {}",
-                high_watermark.0, m.settings.min_isr
+                high_watermark.0, min_isr
             ));
         }
         Ok(())

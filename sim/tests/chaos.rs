@@ -112,7 +112,7 @@ fn the_swarm_finds_planted_bugs() {
         (P::AckBeforeSync, 10),
         (P::ElectOutsideIsr, 40),
         (P::ReadAboveHw, 5),
-        (P::CommitBeforeReplicated, 40),
+        (P::CommitBeforeReplicated, 5),
     ] {
         let run = |seed| {
             let params = Params::of(seed, Some(bug));

@@ -261,9 +261,10 @@ async fn load(
                 continue;
             }
             let Ok(rs) = b.records() else { continue };
+            let base = b.base_offset().0;
             for r in rs.flatten() {
                 if let Some(rec) = r.value.and_then(decode_record) {
-                    core.apply(rec);
+                    core.apply_at(rec, Some(base + i64::from(r.offset_delta)));
                     records += 1;
                 }
             }
@@ -693,9 +694,11 @@ pub async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Of
                     partition: s.partition.index,
                     last,
                 });
+                // The batch's records sit at consecutive offsets ending at `last`.
+                let first = last.0 - (records.len() as i64 - 1);
                 let mut st = s.state.lock().await;
-                for r in records {
-                    st.core.apply(r);
+                for (i, r) in records.into_iter().enumerate() {
+                    st.core.apply_at(r, Some(first + i as i64));
                 }
                 codes::NONE
             }

@@ -293,6 +293,10 @@ pub struct Group {
     initial_delay: bool,
     /// Committed offsets by topic and partition.
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Where in the offsets partition each committed offset was written: commits are
+    /// answered (and applied) as replication completes, not necessarily in log order, and
+    /// a commit applies only over one written before it, as a replay would.
+    offsets_written_at: BTreeMap<(String, i32), i64>,
 }
 
 impl Group {
@@ -308,6 +312,7 @@ impl Group {
             phase_deadline: Instant(0),
             initial_delay: false,
             offsets: BTreeMap::new(),
+            offsets_written_at: BTreeMap::new(),
         }
     }
 
@@ -453,6 +458,13 @@ impl Coordinator {
     /// Applies a record that is in the offsets partition: replayed by a new coordinator,
     /// or an offset commit or deletion once committed.
     pub fn apply(&mut self, record: GroupRecord) {
+        self.apply_at(record, None);
+    }
+
+    /// Applies `record` written at `log_offset` of the offsets partition: an offset commit
+    /// written before the one already applied for its partition is skipped (it lost the
+    /// race to be applied, and a replay would end with the later one too).
+    pub fn apply_at(&mut self, record: GroupRecord, log_offset: Option<i64>) {
         match record {
             GroupRecord::Offset {
                 group,
@@ -461,6 +473,17 @@ impl Coordinator {
                 value,
             } => {
                 let g = self.groups.entry(group).or_insert_with(|| Group::new(0));
+                let key = (topic, partition);
+                if let Some(at) = log_offset {
+                    if g.offsets_written_at
+                        .get(&key)
+                        .is_some_and(|prev| *prev > at)
+                    {
+                        return;
+                    }
+                    g.offsets_written_at.insert(key.clone(), at);
+                }
+                let (topic, partition) = key;
                 match value {
                     Some(v) => {
                         g.offsets.insert((topic, partition), v);
@@ -489,6 +512,7 @@ impl Coordinator {
                 // Members (if any joined since) keep the group; its offsets go.
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.offsets.clear();
+                    g.offsets_written_at.clear();
                     if g.members.is_empty() {
                         self.groups.remove(&group);
                     }

@@ -135,7 +135,11 @@ fn resume_skips(h: &GroupHistory, final_log: &BTreeMap<i32, BTreeSet<i64>>) -> V
             continue;
         }
         for w in s.read.windows(2) {
-            let skipped: Vec<i64> = log.range(w[0] + 1..w[1]).copied().collect();
+            let skipped: Vec<i64> = if w[1] > w[0] {
+                log.range(w[0] + 1..w[1]).copied().collect()
+            } else {
+                Vec::new()
+            };
             if w[1] <= w[0] || !skipped.is_empty() {
                 out.push(format!(
                     "resume-skip: member {} (stint from offset {} of partition {} at {} ms) read offset {} right after {}, skipping {skipped:?}",

@@ -304,3 +304,29 @@ fn a_follower_rejoining_unchanged_gets_the_current_generation() {
     assert_eq!(j[&9].leader, a);
     assert_eq!(c.group("g").map(|g| g.state), Some(GroupState::Stable));
 }
+
+#[test]
+fn a_commit_written_earlier_does_not_overwrite_a_later_one_applied_first() {
+    let mut c = Coordinator::new(config(), 1);
+    let commit = |offset: i64| GroupRecord::Offset {
+        group: "g".into(),
+        topic: "t".into(),
+        partition: 0,
+        value: Some(CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_timestamp_ms: 0,
+        }),
+    };
+    // Written at 11 and 10; replication answered 11 first.
+    c.apply_at(commit(50), Some(11));
+    c.apply_at(commit(40), Some(10));
+    let committed = |c: &Coordinator| c.group("g").unwrap().offsets[&("t".into(), 0)].offset;
+    assert_eq!(committed(&c), 50);
+    c.apply_at(commit(60), Some(12));
+    assert_eq!(committed(&c), 60);
+    // Without a position (records of old tests and tools) a commit always applies.
+    c.apply(commit(7));
+    assert_eq!(committed(&c), 7);
+}

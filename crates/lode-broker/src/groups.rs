@@ -730,6 +730,18 @@ pub async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest) -> Offs
             return resp;
         }
     };
+    // A read barrier: a deposed coordinator that has not heard of its successor yet
+    // would answer from its stale state; one that can still commit a record leads.
+    let barrier = GroupRecord::Barrier {
+        group: group.clone(),
+    };
+    if let Err(code) = append_committed(broker, &s, std::slice::from_ref(&barrier)).await {
+        resp.error_code = match code {
+            codes::COORDINATOR_NOT_AVAILABLE => code,
+            _ => codes::NOT_COORDINATOR,
+        };
+        return resp;
+    }
     // The answer is built under the shard's lock (nothing in it waits).
     let st = s.state.lock().await;
     let none = BTreeMap::new();

@@ -93,3 +93,117 @@ fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
         eprintln!("coordinator failover: killed node {victim}; commits 20 and 30 kept");
     });
 }
+
+/// A consuming group member (lode-client's `GroupMember`) commits as it reads; the
+/// coordinator's broker is killed with SIGKILL; the member finds the new coordinator, joins
+/// again, reads back exactly its last acknowledged commit and resumes there: nothing
+/// skipped.
+#[test]
+fn a_group_member_finds_the_new_coordinator_after_a_kill_9() {
+    use lode_client::{
+        Consumer, GroupError, GroupMember, MemberConfig, Producer, ProducerConfig, Record,
+    };
+    use lode_proto::Offset;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const GROUP: &str = "member-failover-group";
+    const TOPIC: &str = "member-failover-topic";
+    const RECORDS: i64 = 40;
+    let _one = common::ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rt = common::runtime();
+    let mut cluster = Cluster::start(3, FAST);
+    let all = cluster.bootstrap();
+    rt.block_on(async {
+        common::until_brokers(&all, 3).await;
+        let client = Client::connect(&all, "member-test").await.unwrap();
+        client.create_topic(TOPIC, 1, 3).await.unwrap();
+        let producer = Producer::new(Arc::clone(&client), ProducerConfig::default())
+            .await
+            .unwrap();
+        for i in 0..RECORDS {
+            let record = Record {
+                value: Some(format!("v{i}").into_bytes()),
+                partition: Some(0),
+                ..Record::default()
+            };
+            producer
+                .send(TOPIC, record)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let config = MemberConfig {
+            session_timeout: Duration::from_secs(6),
+            rebalance_timeout: Duration::from_secs(10),
+        };
+        let mut member = GroupMember::new(Arc::clone(&client), GROUP, &[TOPIC], config);
+        let parts = member.join().await.unwrap();
+        assert_eq!(parts, vec![(TOPIC.to_owned(), 0)]);
+        assert_eq!(member.committed(&parts).await.unwrap()[0].1, None);
+        let mut consumer = Consumer::new(Arc::clone(&client));
+        consumer.assign(TOPIC, 0, Offset(0));
+        // Read and commit up to offset 20 at least, one poll at a time.
+        let mut acked = 0;
+        while acked < 20 {
+            let got = consumer.poll().await.unwrap();
+            let Some(last) = got.last() else { continue };
+            let next = last.offset.0 + 1;
+            member.commit(&[(TOPIC.to_owned(), 0, next)]).await.unwrap();
+            acked = next;
+        }
+        let coordinator = client.coordinator(GROUP).await.unwrap().addr();
+        let victim = cluster
+            .nodes
+            .iter()
+            .find(|n| n.kafka == coordinator)
+            .map(|n| n.id)
+            .expect("the coordinator is one of the nodes");
+        cluster.nodes[victim as usize].kill();
+
+        // The member notices (heartbeats fail, then the new coordinator does not know it)
+        // and joins again.
+        let resumed = eventually(90, "the member back in the group", || async {
+            match member.heartbeat().await {
+                Ok(()) => None,
+                Err(GroupError::Rejoin(_)) => {
+                    let parts = member.join().await.ok()?;
+                    let committed = member.committed(&parts).await.ok()?;
+                    Some(committed)
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    None
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            resumed,
+            vec![((TOPIC.to_owned(), 0), Some(acked))],
+            "the last acknowledged commit after the failover"
+        );
+        assert_ne!(client.coordinator(GROUP).await.unwrap().addr(), coordinator);
+        // Resume at the committed offset: the first record read is exactly there.
+        let mut consumer = Consumer::new(Arc::clone(&client));
+        consumer.assign(TOPIC, 0, Offset(acked));
+        let mut read = Vec::new();
+        while read.len() < (RECORDS - acked) as usize {
+            if let Ok(got) = consumer.poll().await {
+                read.extend(got.iter().map(|r| r.offset.0));
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert_eq!(read, (acked..RECORDS).collect::<Vec<_>>());
+        member
+            .commit(&[(TOPIC.to_owned(), 0, RECORDS)])
+            .await
+            .unwrap();
+        eprintln!("member failover: killed node {victim}; resumed at {acked}");
+    });
+}

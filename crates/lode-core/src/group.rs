@@ -129,6 +129,14 @@ pub enum GroupRecord {
         /// The group.
         group: String,
     },
+    /// Nothing: a coordinator writes one and waits for it to commit before it answers an
+    /// offset fetch, which proves it still leads its partition (a deposed leader that has
+    /// not heard of its successor cannot commit anything), so the fetch sees every commit
+    /// acknowledged before it.
+    Barrier {
+        /// The group.
+        group: String,
+    },
 }
 
 impl GroupRecord {
@@ -138,7 +146,8 @@ impl GroupRecord {
         match self {
             GroupRecord::Offset { group, .. }
             | GroupRecord::Generation { group, .. }
-            | GroupRecord::Deleted { group } => group,
+            | GroupRecord::Deleted { group }
+            | GroupRecord::Barrier { group } => group,
         }
     }
 }
@@ -518,6 +527,7 @@ impl Coordinator {
                     }
                 }
             }
+            GroupRecord::Barrier { .. } => {}
         }
     }
 

@@ -167,21 +167,25 @@ fn a_group_member_finds_the_new_coordinator_after_a_kill_9() {
 
         // The member notices (heartbeats fail, then the new coordinator does not know it)
         // and joins again.
-        let resumed = eventually(90, "the member back in the group", || async {
-            match member.heartbeat().await {
-                Ok(()) => None,
-                Err(GroupError::Rejoin(_)) => {
-                    let parts = member.join().await.ok()?;
-                    let committed = member.committed(&parts).await.ok()?;
-                    Some(committed)
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut rejoined = None;
+        let resumed = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the member is not back in the group after 90 s"
+            );
+            if let Some(parts) = &rejoined {
+                match member.committed(parts).await {
+                    Ok(committed) => break committed,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
                 }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    None
-                }
+                continue;
             }
-        })
-        .await;
+            match member.heartbeat().await {
+                Err(GroupError::Rejoin(_)) => rejoined = member.join().await.ok(),
+                Ok(()) | Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        };
         assert_eq!(
             resumed,
             vec![((TOPIC.to_owned(), 0), Some(acked))],

@@ -168,7 +168,7 @@ fn a_group_member_finds_the_new_coordinator_after_a_kill_9() {
         // The member notices (heartbeats fail, then the new coordinator does not know it)
         // and joins again.
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        let mut rejoined = None;
+        let mut rejoined: Option<Vec<(String, i32)>> = None;
         let resumed = loop {
             assert!(
                 std::time::Instant::now() < deadline,

@@ -518,10 +518,20 @@ impl Partition {
         self.replication_lock().as_mut().and_then(|r| r.tick(now))
     }
 
-    /// As leader: the controller refused the last ISR proposal.
-    pub fn proposal_rejected(&self) {
+    /// As leader: whether `proposal` still waits for the controller's answer.
+    pub fn awaits(&self, proposal: &IsrProposal) -> bool {
+        self.replication_lock()
+            .as_ref()
+            .is_some_and(|r| r.pending() == Some(proposal))
+    }
+
+    /// As leader: the controller refused `proposal` and certainly did not apply it; it
+    /// is dropped if it still waits.
+    pub fn proposal_rejected(&self, proposal: &IsrProposal) {
         if let Some(r) = self.replication_lock().as_mut() {
-            r.on_proposal_rejected();
+            if r.pending() == Some(proposal) {
+                r.on_proposal_rejected();
+            }
         }
     }
 

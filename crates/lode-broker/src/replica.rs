@@ -51,7 +51,8 @@ pub(crate) async fn serve(
         // Each fetch on its own task: one that waits for records holds up no other.
         let (broker, plane) = (Arc::clone(&broker), Arc::clone(&plane));
         lode_env::task::spawn(async move {
-            let (mut reply, mut proposal) = serve_one(&broker, &plane, from, &req).await;
+            let (mut reply, first) = serve_one(&broker, &plane, from, &req).await;
+            let mut proposals: Vec<IsrProposal> = first.into_iter().collect();
             let caught_up =
                 matches!(&reply, ReplicaFetchReply::Records { records, .. } if records.is_empty());
             if caught_up {
@@ -59,17 +60,21 @@ pub(crate) async fn serve(
                 if let Some(p) = broker.topics.partition(&req.topic, req.partition).await {
                     p.wait_for_records(req.fetch_offset, FETCH_WAIT, &broker.clock)
                         .await;
-                    // The first serve may have made a proposal (now pending in the
-                    // leader's state): it must still be sent.
+                    // Each serve may have made a proposal (the second after the controller
+                    // answered the first): every one must be sent, or it stays pending.
                     let (again, later) = serve_one(&broker, &plane, from, &req).await;
                     reply = again;
-                    proposal = proposal.or(later);
+                    proposals.extend(later);
                 }
             }
-            plane.reply_fetch(from, id, reply).await;
-            if let Some(p) = proposal {
-                propose(broker, plane, req.topic.clone(), req.partition, p).await;
+            // The proposal goes out on its own task: the answer to the follower may wait
+            // on a cut link for as long as the cut lasts, and a proposal that is never sent
+            // stays pending (no other ISR change is proposed meanwhile).
+            for p in proposals {
+                let (b, pl) = (Arc::clone(&broker), Arc::clone(&plane));
+                lode_env::task::spawn(propose(b, pl, req.topic.clone(), req.partition, p));
             }
+            plane.reply_fetch(from, id, reply).await;
         });
     }
 }
@@ -120,8 +125,24 @@ async fn serve_one(
     .await
 }
 
-/// Sends an ISR proposal to the controller; a refusal drops it (the next tick or fetch
-/// proposes again from the current state).
+/// AlterPartition refusals after which the proposal certainly was not applied: the
+/// controller checked it against the partition epoch it was based on, which was still
+/// current (INVALID_REQUEST, INELIGIBLE_REPLICA). Only then may the leader fall back to
+/// the committed ISR.
+const NOT_APPLIED: [i16; 2] = [42, 107];
+
+/// The outcome of an attempt is unknown.
+const REQUEST_TIMED_OUT: i16 = 7;
+
+/// Sends an ISR proposal to the controller until it is committed or certainly refused.
+/// Any other answer leaves the leader unsure: a timeout may hide a commit; a stale
+/// leader or partition epoch may mean an earlier attempt was applied (or, from a
+/// controller that then failed over, that the refusal rested on records that never
+/// committed). The proposal then stays pending (its additions stay in the maximal ISR, so
+/// the high watermark waits for them) and is sent again, while it is still this leader's
+/// pending proposal, until the metadata brings the partition's new state. Dropping it
+/// instead (as lode did before) let the high watermark advance without replicas the
+/// controller had already put in the ISR, and then elected from (seed 6204 of the swarm).
 async fn propose(
     broker: Arc<Broker>,
     plane: Arc<ControlPlane>,
@@ -130,55 +151,72 @@ async fn propose(
     proposal: IsrProposal,
 ) {
     let me = broker.config.node_id;
-    let request = broker.membership.epoch().and_then(|my_epoch| {
-        plane.read(|s| {
-            let id = s.topic_id(&topic)?;
-            let p = s.partition(id, PartitionId(index))?;
-            let new_isr = proposal
-                .isr
-                .iter()
-                .map(|b| {
-                    s.broker(*b).map(|r| IsrMember {
-                        id: *b,
-                        epoch: r.epoch,
+    let mut sent = false;
+    loop {
+        let request = broker.membership.epoch().and_then(|my_epoch| {
+            plane.read(|s| {
+                let id = s.topic_id(&topic)?;
+                let p = s.partition(id, PartitionId(index))?;
+                let new_isr = proposal
+                    .isr
+                    .iter()
+                    .map(|b| {
+                        s.broker(*b).map(|r| IsrMember {
+                            id: *b,
+                            epoch: r.epoch,
+                        })
                     })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(AlterPartitionRequest {
+                    broker_id: me,
+                    broker_epoch: my_epoch,
+                    topic: id,
+                    partition: PartitionId(index),
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: PartitionEpoch(proposal.partition_epoch),
+                    new_isr,
                 })
-                .collect::<Option<Vec<_>>>()?;
-            Some(AlterPartitionRequest {
-                broker_id: me,
-                broker_epoch: my_epoch,
-                topic: id,
-                partition: PartitionId(index),
-                leader_epoch: p.leader_epoch,
-                partition_epoch: PartitionEpoch(proposal.partition_epoch),
-                new_isr,
             })
-        })
-    });
-    let refused = match request {
-        None => true,
-        Some(r) => {
-            let reply = plane
-                .request(ControlRequest::AlterPartition(r), Duration::from_secs(5))
-                .await;
-            match reply {
-                ControlReply::Done { .. } => false,
-                ControlReply::Refused { code, message } => {
-                    tracing::info!(
-                        topic,
-                        partition = index,
-                        code,
-                        message,
-                        "ISR change refused"
-                    );
-                    true
+        });
+        let code = match request {
+            // Not registered, or the metadata lacks the partition or a member: nothing was
+            // sent this time; if nothing was sent before either, nothing was applied.
+            None if !sent => Some(NOT_APPLIED[0]),
+            None => Some(REQUEST_TIMED_OUT),
+            Some(r) => {
+                sent = true;
+                match plane
+                    .request(ControlRequest::AlterPartition(r), Duration::from_secs(5))
+                    .await
+                {
+                    ControlReply::Done { .. } => None,
+                    ControlReply::Refused { code, message } => {
+                        tracing::info!(
+                            topic,
+                            partition = index,
+                            code,
+                            message,
+                            "ISR change refused"
+                        );
+                        Some(code)
+                    }
                 }
             }
-        }
-    };
-    if refused {
-        if let Some(p) = broker.topics.partition(&topic, index).await {
-            p.proposal_rejected();
+        };
+        let Some(p) = broker.topics.partition(&topic, index).await else {
+            return;
+        };
+        match code {
+            None => return,
+            Some(c) if NOT_APPLIED.contains(&c) => {
+                p.proposal_rejected(&proposal);
+                return;
+            }
+            // Unknown outcome: again, while it is still what this leader waits for.
+            Some(_) if p.awaits(&proposal) => {
+                broker.clock.sleep(Duration::from_millis(500)).await;
+            }
+            Some(_) => return,
         }
     }
 }

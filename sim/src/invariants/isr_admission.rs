@@ -3,9 +3,14 @@
 //! may hold a diverging tail of an older epoch that the high watermark does not cover).
 //! Checked when the leader proposes, against the replica's log as reported (it waits for
 //! the fetch answer then, so its log is where it fetched from), unless it reopened its log
-//! since the leader took up the epoch.
+//! since the leader took up the epoch, or a later epoch has a leader already: a deposed
+//! leader (paused, say) may act on fetches that waited in its queue while the replica
+//! moved on to the new leader; its proposal carries a stale partition epoch, which the
+//! controller refuses (and the controller invariants check that it does).
 
 use lode_broker::observe::Event;
+
+use lode_proto::Epoch;
 
 use super::{Invariant, Model};
 
@@ -30,6 +35,9 @@ impl Invariant for IsrAdmission {
         let Some(l) = p.leaders.get(&epoch) else {
             return Ok(());
         };
+        if p.leaders.range(Epoch(epoch.0 + 1)..).next().is_some() {
+            return Ok(());
+        }
         let current = p
             .views
             .get(&node)

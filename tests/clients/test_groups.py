@@ -1,6 +1,7 @@
 """Consumer groups with real clients: the tutorial consumer, two consumers splitting a
 topic's partitions, a takeover when one leaves, and resuming after committed offsets
-(kafka-python, confluent-kafka, kcat -G)."""
+(kafka-python and confluent-kafka, with the range, roundrobin and cooperative-sticky
+assignors; kcat -G)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer as CkConsumer
 from confluent_kafka import TopicPartition as CkTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 GROUP_TIMEOUT_S = 60.0
 PARTITIONS = 4
@@ -47,10 +49,10 @@ def produce(bootstrap: str, topic: str, values: list[str]) -> None:
 class KpMember:
     """A kafka-python group member."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str):
+    def __init__(self, bootstrap: str, group: str, topic: str, **extra):
         self.c = KafkaConsumer(topic, group_id=group, bootstrap_servers=bootstrap,
                                auto_offset_reset="earliest", enable_auto_commit=False,
-                               session_timeout_ms=10000, heartbeat_interval_ms=1000)
+                               session_timeout_ms=10000, heartbeat_interval_ms=1000, **extra)
 
     def poll(self) -> list[tuple[int, int, str]]:
         out = []
@@ -74,11 +76,11 @@ class KpMember:
 class CkMember:
     """A confluent-kafka (librdkafka) group member."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str):
+    def __init__(self, bootstrap: str, group: str, topic: str, **extra):
         self.c = CkConsumer({"bootstrap.servers": bootstrap, "group.id": group,
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
                              "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000,
-                             "broker.address.family": "v4"})
+                             "broker.address.family": "v4", **extra})
         self.c.subscribe([topic])
 
     def poll(self) -> list[tuple[int, int, str]]:
@@ -163,8 +165,14 @@ class Threaded:
 
 
 MEMBERS = {
+    # The default assignors (range first), then the other two client-side assignors of
+    # the classic protocol: the broker only relays subscriptions and assignments.
     "kafka-python": lambda b, g, t: Threaded(lambda: KpMember(b, g, t)),
+    "kafka-python-roundrobin": lambda b, g, t: Threaded(lambda: KpMember(
+        b, g, t, partition_assignment_strategy=[RoundRobinPartitionAssignor])),
     "confluent-kafka": CkMember,
+    "confluent-kafka-cooperative-sticky": lambda b, g, t: CkMember(
+        b, g, t, **{"partition.assignment.strategy": "cooperative-sticky"}),
 }
 
 

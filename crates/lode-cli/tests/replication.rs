@@ -436,7 +436,22 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
         let all_acks = Producer::new(Arc::clone(&client), one_attempt(-1))
             .await
             .unwrap();
-        send_acked(&all_acks, TOPIC, 2).await;
+        // Within 30 s (one CI run saw a first attempt time out here, right after the
+        // restarted follower re-registered; not reproduced since: under investigation).
+        let mut n = 2_u64;
+        let acked = eventually(30, "acks=all acknowledged with a follower back", || {
+            let (all_acks, this) = (&all_acks, n);
+            n += 1;
+            async move {
+                let record = Record {
+                    value: Some(value(this)),
+                    ..Record::default()
+                };
+                let d = all_acks.send(TOPIC, record).await.ok()?;
+                d.await.ok()?.ok().map(|_| this)
+            }
+        })
+        .await;
 
         let log = read_all(&all, TOPIC, 1).await;
         for n in &refused {
@@ -446,7 +461,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
             );
         }
         assert!(
-            log.contains_key(&1) && log.contains_key(&2),
+            log.contains_key(&1) && log.contains_key(&acked),
             "acknowledged values missing: {log:?}"
         );
     });

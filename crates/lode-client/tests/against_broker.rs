@@ -384,8 +384,17 @@ async fn group_members_split_commit_and_take_over() {
     assert_eq!(taken.len(), 4);
     let committed: std::collections::BTreeMap<_, _> =
         a.committed(&taken).await.unwrap().into_iter().collect();
-    assert_eq!(committed[&("events".to_owned(), 0)], Some(5));
-    assert_eq!(committed[&("events".to_owned(), b_parts[0].1)], Some(7));
-    assert_eq!(committed.values().filter(|v| v.is_none()).count(), 2);
+    // b's commit is the later one where both committed (b may own partition 0: the range
+    // assignor orders members by their ids).
+    let b_first = b_parts[0].1;
+    assert_eq!(committed[&("events".to_owned(), b_first)], Some(7));
+    if b_first != 0 {
+        assert_eq!(committed[&("events".to_owned(), 0)], Some(5));
+    }
+    let expected_none = if b_first == 0 { 3 } else { 2 };
+    assert_eq!(
+        committed.values().filter(|v| v.is_none()).count(),
+        expected_none
+    );
     a.leave().await.unwrap();
 }

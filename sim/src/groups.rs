@@ -108,6 +108,16 @@ enum End {
     Restart,
 }
 
+/// What a member records with: its number, the clocks of the trace and of the workload,
+/// the shared history and the trace.
+struct Recorder<'a, L> {
+    id: u32,
+    trace_start: madsim::time::Instant,
+    start: madsim::time::Instant,
+    history: &'a Shared,
+    log: &'a L,
+}
+
 /// Member `id` until the workload's end.
 pub async fn member(
     id: u32,
@@ -117,6 +127,13 @@ pub async fn member(
     history: &Shared,
     log: &(impl Fn(String) + Send + Sync),
 ) {
+    let rec = Recorder {
+        id,
+        trace_start,
+        start,
+        history,
+        log,
+    };
     let mut rng = Rng::new(p.seed ^ (0x6_7209 + u64::from(id)));
     let deadline = Duration::from_millis(p.duration_ms);
     let config = MemberConfig {
@@ -140,17 +157,7 @@ pub async fn member(
             if start.elapsed() >= deadline {
                 return;
             }
-            let end = stint(
-                id,
-                &mut m,
-                &client,
-                &mut rng,
-                p,
-                (trace_start, start),
-                history,
-                log,
-            )
-            .await;
+            let end = stint(&mut m, &client, &mut rng, p, &rec).await;
             match end {
                 End::Done => return,
                 End::Rejoin => {}
@@ -165,17 +172,15 @@ pub async fn member(
 
 /// One generation of a member: join, read the committed offsets, consume and commit until
 /// the group moves on, the member leaves or crashes, or the workload ends.
-#[allow(clippy::too_many_arguments)]
-async fn stint(
-    id: u32,
+async fn stint<L: Fn(String) + Send + Sync>(
     m: &mut GroupMember,
     client: &Arc<Client>,
     rng: &mut Rng,
     p: &Params,
-    (trace_start, start): (madsim::time::Instant, madsim::time::Instant),
-    history: &Shared,
-    log: &(impl Fn(String) + Send + Sync),
+    rec: &Recorder<'_, L>,
 ) -> End {
+    let (id, trace_start, start, history, log) =
+        (rec.id, rec.trace_start, rec.start, rec.history, rec.log);
     let deadline = Duration::from_millis(p.duration_ms);
     let parts = match m.join().await {
         Ok(parts) => parts,
@@ -244,11 +249,9 @@ async fn stint(
         consumer.assign(TOPIC, *part, Offset(from.unwrap_or(0).max(0)));
     }
     let stint_of = |part: i32| {
-        first_stint
-            + got
-                .iter()
-                .position(|(p, _)| *p == part)
-                .unwrap_or(usize::MAX - first_stint)
+        got.iter()
+            .position(|(p, _)| *p == part)
+            .map(|i| first_stint + i)
     };
     let positions = |consumer: &Consumer| -> Vec<(String, i32, i64)> {
         got.iter()
@@ -268,16 +271,7 @@ async fn stint(
     loop {
         if start.elapsed() >= deadline {
             // A clean end: commit what was read and leave.
-            let _ = commit(
-                id,
-                m,
-                &positions(&consumer),
-                start,
-                trace_start,
-                history,
-                log,
-            )
-            .await;
+            let _ = commit(rec, m, &positions(&consumer)).await;
             let _ = m.leave().await;
             return End::Done;
         }
@@ -285,7 +279,7 @@ async fn stint(
             match madsim::time::timeout(Duration::from_secs(2), consumer.poll()).await {
                 Ok(Ok(records)) => with(history, |h| {
                     for r in &records {
-                        if let Some(s) = h.stints.get_mut(stint_of(r.partition)) {
+                        if let Some(s) = stint_of(r.partition).and_then(|i| h.stints.get_mut(i)) {
                             s.read.push(r.offset.0);
                         }
                     }
@@ -306,16 +300,7 @@ async fn stint(
                 return End::Restart;
             }
             (true, false) => {
-                let _ = commit(
-                    id,
-                    m,
-                    &positions(&consumer),
-                    start,
-                    trace_start,
-                    history,
-                    log,
-                )
-                .await;
+                let _ = commit(rec, m, &positions(&consumer)).await;
                 let left = m.leave().await;
                 log(Line::new(now_ms(trace_start), "group-leave")
                     .num("member", i64::from(id))
@@ -327,17 +312,7 @@ async fn stint(
         }
         if start.elapsed() - last_commit >= Duration::from_millis(300) {
             last_commit = start.elapsed();
-            if let Err(GroupError::Rejoin(_)) = commit(
-                id,
-                m,
-                &positions(&consumer),
-                start,
-                trace_start,
-                history,
-                log,
-            )
-            .await
-            {
+            if let Err(GroupError::Rejoin(_)) = commit(rec, m, &positions(&consumer)).await {
                 return End::Rejoin;
             }
         }
@@ -346,16 +321,7 @@ async fn stint(
             if let Err(GroupError::Rejoin(code)) = m.heartbeat().await {
                 // Eager rebalancing: commit what was read, then join again.
                 if code == 27 {
-                    let _ = commit(
-                        id,
-                        m,
-                        &positions(&consumer),
-                        start,
-                        trace_start,
-                        history,
-                        log,
-                    )
-                    .await;
+                    let _ = commit(rec, m, &positions(&consumer)).await;
                 }
                 return End::Rejoin;
             }
@@ -364,15 +330,13 @@ async fn stint(
 }
 
 /// Commits `offsets` and records it.
-async fn commit(
-    id: u32,
+async fn commit<L: Fn(String) + Send + Sync>(
+    rec: &Recorder<'_, L>,
     m: &mut GroupMember,
     offsets: &[(String, i32, i64)],
-    start: madsim::time::Instant,
-    trace_start: madsim::time::Instant,
-    history: &Shared,
-    log: &(impl Fn(String) + Send + Sync),
 ) -> Result<(), GroupError> {
+    let (id, trace_start, start, history, log) =
+        (rec.id, rec.trace_start, rec.start, rec.history, rec.log);
     if offsets.is_empty() {
         return Ok(());
     }

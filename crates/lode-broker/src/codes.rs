@@ -39,3 +39,6 @@ pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
+/// The controller refused an ISR member whose broker is fenced, shutting down or stale
+/// (KIP-903).
+pub const INELIGIBLE_REPLICA: i16 = 107;

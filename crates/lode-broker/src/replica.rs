@@ -127,12 +127,15 @@ async fn serve_one(
 
 /// AlterPartition refusals after which the proposal certainly was not applied: the
 /// controller checked it against the partition epoch it was based on, which was still
-/// current (INVALID_REQUEST, INELIGIBLE_REPLICA). Only then may the leader fall back to
-/// the committed ISR.
-const NOT_APPLIED: [i16; 2] = [42, 107];
+/// current. Only then may the leader fall back to the committed ISR.
+const NOT_APPLIED: [i16; 2] = [codes::INVALID_REQUEST, codes::INELIGIBLE_REPLICA];
 
-/// The outcome of an attempt is unknown.
-const REQUEST_TIMED_OUT: i16 = 7;
+/// What one attempt at an ISR proposal learned.
+enum Answer {
+    Committed,
+    NotApplied,
+    Unknown,
+}
 
 /// Sends an ISR proposal to the controller until it is committed or certainly refused.
 /// Any other answer leaves the leader unsure: a timeout may hide a commit; a stale
@@ -178,18 +181,18 @@ async fn propose(
                 })
             })
         });
-        let code = match request {
+        let answer = match request {
             // Not registered, or the metadata lacks the partition or a member: nothing was
             // sent this time; if nothing was sent before either, nothing was applied.
-            None if !sent => Some(NOT_APPLIED[0]),
-            None => Some(REQUEST_TIMED_OUT),
+            None if !sent => Answer::NotApplied,
+            None => Answer::Unknown,
             Some(r) => {
                 sent = true;
                 match plane
                     .request(ControlRequest::AlterPartition(r), Duration::from_secs(5))
                     .await
                 {
-                    ControlReply::Done { .. } => None,
+                    ControlReply::Done { .. } => Answer::Committed,
                     ControlReply::Refused { code, message } => {
                         tracing::info!(
                             topic,
@@ -198,7 +201,11 @@ async fn propose(
                             message,
                             "ISR change refused"
                         );
-                        Some(code)
+                        if NOT_APPLIED.contains(&code) {
+                            Answer::NotApplied
+                        } else {
+                            Answer::Unknown
+                        }
                     }
                 }
             }
@@ -206,17 +213,17 @@ async fn propose(
         let Some(p) = broker.topics.partition(&topic, index).await else {
             return;
         };
-        match code {
-            None => return,
-            Some(c) if NOT_APPLIED.contains(&c) => {
+        match answer {
+            Answer::Committed => return,
+            Answer::NotApplied => {
                 p.proposal_rejected(&proposal);
                 return;
             }
             // Unknown outcome: again, while it is still what this leader waits for.
-            Some(_) if p.awaits(&proposal) => {
+            Answer::Unknown if p.awaits(&proposal) => {
                 broker.clock.sleep(Duration::from_millis(500)).await;
             }
-            Some(_) => return,
+            Answer::Unknown => return,
         }
     }
 }

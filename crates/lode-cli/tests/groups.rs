@@ -32,6 +32,16 @@ async fn committed(client: &Client) -> Option<i64> {
         .map(|o| o.offset)
 }
 
+/// The node listening at `addr`.
+fn node_at(cluster: &Cluster, addr: std::net::SocketAddr) -> i32 {
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.kafka == addr)
+        .map(|n| n.id)
+        .expect("the coordinator is one of the nodes")
+}
+
 #[test]
 fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
     let _one = common::ONE_CLUSTER_AT_A_TIME
@@ -53,12 +63,7 @@ fn an_acknowledged_commit_survives_a_kill_9_of_its_coordinator() {
             assert!(commit(&client, offset).await, "commit {offset} refused");
         }
         let coordinator = client.coordinator(GROUP).await.unwrap().addr();
-        let victim = cluster
-            .nodes
-            .iter()
-            .find(|n| n.kafka == coordinator)
-            .map(|n| n.id)
-            .expect("the coordinator is one of the nodes");
+        let victim = node_at(&cluster, coordinator);
 
         // SIGKILL the coordinator right after the acknowledgement of 20.
         cluster.nodes[victim as usize].kill();
@@ -157,12 +162,7 @@ fn a_group_member_finds_the_new_coordinator_after_a_kill_9() {
             acked = next;
         }
         let coordinator = client.coordinator(GROUP).await.unwrap().addr();
-        let victim = cluster
-            .nodes
-            .iter()
-            .find(|n| n.kafka == coordinator)
-            .map(|n| n.id)
-            .expect("the coordinator is one of the nodes");
+        let victim = node_at(&cluster, coordinator);
         cluster.nodes[victim as usize].kill();
 
         // The member notices (heartbeats fail, then the new coordinator does not know it)

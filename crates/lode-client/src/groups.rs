@@ -16,8 +16,16 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use crate::{Client, ClientError, Connection};
 
-/// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR.
-const COORDINATOR_RETRIABLE: [i16; 3] = [14, 15, 16];
+pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub(crate) const NOT_COORDINATOR: i16 = 16;
+
+/// While the coordinator is being chosen or loaded.
+const COORDINATOR_RETRIABLE: [i16; 3] = [
+    COORDINATOR_LOAD_IN_PROGRESS,
+    COORDINATOR_NOT_AVAILABLE,
+    NOT_COORDINATOR,
+];
 
 /// How long to keep asking while the coordinator is being chosen or loaded.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(15);
@@ -234,26 +242,7 @@ impl Client {
         group: &str,
         offsets: &[(String, i32, i64)],
     ) -> Result<(), ClientError> {
-        let mut req = OffsetCommitRequest::default();
-        req.group_id = GroupId(StrBytes::from_string(group.to_owned()));
-        req.generation_id_or_member_epoch = -1;
-        req.retention_time_ms = -1;
-        for (topic, partition, offset) in offsets {
-            let mut p = OffsetCommitRequestPartition::default();
-            p.partition_index = *partition;
-            p.committed_offset = *offset;
-            p.committed_leader_epoch = -1;
-            p.committed_metadata = Some(StrBytes::from_static_str(""));
-            match req.topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-                Some(t) => t.partitions.push(p),
-                None => {
-                    let mut t = OffsetCommitRequestTopic::default();
-                    t.name = TopicName(StrBytes::from_string(topic.clone()));
-                    t.partitions = vec![p];
-                    req.topics.push(t);
-                }
-            }
-        }
+        let req = offset_commit_request(group, -1, "", offsets);
         let resp = self.coordinator(group).await?.call(&req).await?;
         for t in resp.topics {
             for p in t.partitions {
@@ -262,4 +251,36 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// An OffsetCommit of `offsets` (topic, partition, next offset) for `group`, as member
+/// `member_id` of `generation` (-1 and an empty id: from outside the group protocol).
+pub(crate) fn offset_commit_request(
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    offsets: &[(String, i32, i64)],
+) -> OffsetCommitRequest {
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    req.generation_id_or_member_epoch = generation;
+    req.member_id = StrBytes::from_string(member_id.to_owned());
+    req.retention_time_ms = -1;
+    for (topic, partition, offset) in offsets {
+        let mut p = OffsetCommitRequestPartition::default();
+        p.partition_index = *partition;
+        p.committed_offset = *offset;
+        p.committed_leader_epoch = -1;
+        p.committed_metadata = Some(StrBytes::from_static_str(""));
+        match req.topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(p),
+            None => {
+                let mut t = OffsetCommitRequestTopic::default();
+                t.name = TopicName(StrBytes::from_string(topic.clone()));
+                t.partitions = vec![p];
+                req.topics.push(t);
+            }
+        }
+    }
+    req
 }

@@ -12,23 +12,19 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
-    TopicName,
+    JoinGroupRequest, LeaveGroupRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::groups::{
+    offset_commit_request, COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR,
+};
 use crate::{Client, ClientError, Connection};
 
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-const NOT_COORDINATOR: i16 = 16;
 const ILLEGAL_GENERATION: i16 = 22;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const REBALANCE_IN_PROGRESS: i16 = 27;
@@ -359,29 +355,7 @@ impl GroupMember {
 
     async fn commit_once(&mut self, offsets: &[(String, i32, i64)]) -> Result<(), GroupError> {
         let conn = self.coordinator().await?;
-        let mut req = OffsetCommitRequest::default();
-        req.group_id = GroupId(StrBytes::from_string(self.group.clone()));
-        req.generation_id_or_member_epoch = self.generation;
-        req.member_id = StrBytes::from_string(self.member_id.clone());
-        req.retention_time_ms = -1;
-        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (t, partition, offset) in offsets {
-            let mut p = OffsetCommitRequestPartition::default();
-            p.partition_index = *partition;
-            p.committed_offset = *offset;
-            p.committed_leader_epoch = -1;
-            p.committed_metadata = Some(StrBytes::from_static_str(""));
-            topics.entry(t).or_default().push(p);
-        }
-        req.topics = topics
-            .into_iter()
-            .map(|(t, ps)| {
-                let mut rt = OffsetCommitRequestTopic::default();
-                rt.name = TopicName(StrBytes::from_string(t.to_owned()));
-                rt.partitions = ps;
-                rt
-            })
-            .collect();
+        let req = offset_commit_request(&self.group, self.generation, &self.member_id, offsets);
         let resp = conn.call(&req).await?;
         for t in resp.topics {
             for p in t.partitions {

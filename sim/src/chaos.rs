@@ -195,6 +195,55 @@ pub struct Params {
     pub session_timeout_ms: u64,
     /// A planted bug, if any.
     pub planted: Option<Planted>,
+    /// The fault kinds this seed adds to crashes, power losses, stops, pauses and
+    /// isolation, which every seed has.
+    pub mix: Mix,
+}
+
+/// Swarm testing: each seed enables its own subset of the further fault kinds and its own
+/// rate for them, so that some seeds meet one kind often and undisturbed by the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mix {
+    /// Link cuts: both ways, one way, a broker from the other brokers, the leader from
+    /// the controller.
+    pub cuts: bool,
+    /// Latency (up to 200 ms) and packet loss (up to 15%).
+    pub slow: bool,
+    /// Clock offsets (up to 10 s either way) and drifts (up to 10% either way).
+    pub clocks: bool,
+    /// One broker's log disk replaced by an empty one (only with a min ISR of two or more,
+    /// where one lost replica loses nothing committed).
+    pub wipe: bool,
+    /// The mean time between these faults, ms.
+    pub interval_ms: u64,
+}
+
+impl Mix {
+    /// The mix of `seed`, from its own random stream (so the rest of a seed's parameters
+    /// and its crash schedule stay what they were without it).
+    fn of(seed: u64, min_isr: i32) -> Mix {
+        let mut r = Rng::new(seed ^ 0x5ca1_ab1e);
+        Mix {
+            cuts: r.chance(50),
+            slow: r.chance(40),
+            clocks: r.chance(40),
+            wipe: r.chance(25) && min_isr >= 2,
+            interval_ms: 1_000 + r.below(3_000),
+        }
+    }
+
+    /// The enabled kinds, by name, for the parameters line.
+    fn names(&self) -> Vec<&'static str> {
+        [
+            (self.cuts, "cuts"),
+            (self.slow, "slow"),
+            (self.clocks, "clocks"),
+            (self.wipe, "wipe"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
 }
 
 impl Params {
@@ -243,6 +292,7 @@ impl Params {
             duration_ms,
             session_timeout_ms: 1_500,
             planted,
+            mix: Mix::of(seed, min_isr.min(i32::from(replication_factor))),
         }
     }
 }
@@ -492,8 +542,73 @@ impl Schedule {
             t += 500 + r.below(2_500);
         }
         out.extend(down.into_values());
+        out.extend(Schedule::mixed(p));
+        // Stable: an undo drawn for the same instant as a fault stays after it.
         out.sort_by_key(|(at, _)| *at);
         Schedule(out)
+    }
+
+    /// The faults of the seed's [`Mix`], each with its undo 1-4 s later (some clock skews
+    /// stay), from their own random stream.
+    fn mixed(p: &Params) -> Vec<(u64, Fault)> {
+        let m = &p.mix;
+        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, on)| on.then_some(i as u8))
+            .collect();
+        let mut out = Vec::new();
+        if kinds.is_empty() {
+            return out;
+        }
+        let mut r = Rng::new(p.seed ^ 0x0bad_5eed);
+        let mut wiped = false;
+        let brokers = p.brokers.max(2) as u64;
+        let mut t = 700 + r.below(m.interval_ms);
+        while t < p.duration_ms {
+            let back = t + 1_000 + r.below(3_000);
+            let a = r.below(brokers) as i32;
+            let b = ((u64::from(a.unsigned_abs()) + 1 + r.below(brokers - 1)) % brokers) as i32;
+            let (na, nb) = (Target::Node(a), Target::Node(b));
+            let drawn = match kinds[r.below(kinds.len() as u64) as usize] {
+                0 => match r.below(4) {
+                    0 => Some((Fault::Cut(na, nb), Some(Fault::Uncut(na, nb)))),
+                    1 => Some((Fault::CutOneWay(na, nb), Some(Fault::Uncut(na, nb)))),
+                    2 => Some((Fault::Partition(na), Some(Fault::Heal))),
+                    // Roles resolve when the fault applies; the heal needs none.
+                    _ => Some((
+                        Fault::Cut(Target::Leader, Target::Controller),
+                        Some(Fault::Heal),
+                    )),
+                },
+                1 => match r.below(2) {
+                    0 => Some((
+                        Fault::Latency(1 + r.below(5), 20 + r.below(180)),
+                        Some(Fault::Latency(1, 10)),
+                    )),
+                    _ => Some((Fault::Loss(1 + r.below(15) as u32), Some(Fault::Loss(0)))),
+                },
+                2 => {
+                    let offset_ms = r.below(20_001) as i64 - 10_000;
+                    let drift_ppm = r.below(200_001) as i64 - 100_000;
+                    let undo = r.chance(50).then_some(Fault::Skew(na, 0, 0));
+                    Some((Fault::Skew(na, offset_ms, drift_ppm), undo))
+                }
+                3 if !wiped => {
+                    wiped = true;
+                    Some((Fault::Wipe(na), Some(Fault::Restart(na))))
+                }
+                _ => None,
+            };
+            if let Some((fault, undo)) = drawn {
+                out.push((t, fault));
+                if let Some(undo) = undo {
+                    out.push((back, undo));
+                }
+            }
+            t += m.interval_ms / 2 + r.below(m.interval_ms);
+        }
+        out
     }
 }
 
@@ -616,6 +731,8 @@ fn params_line(p: &Params) -> String {
         .num("group_members", i64::from(p.group_members))
         .num("duration_ms", p.duration_ms as i64)
         .num("session_timeout_ms", p.session_timeout_ms as i64)
+        .strs("mix", &p.mix.names())
+        .num("mix_interval_ms", p.mix.interval_ms as i64)
         .str(
             "planted",
             &p.planted.map_or("none".into(), |b| b.to_string()),

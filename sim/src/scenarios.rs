@@ -279,6 +279,8 @@ impl Scenario {
             duration_ms: self.duration_ms,
             session_timeout_ms: self.session_timeout_ms,
             planted,
+            // A scenario's faults are its schedule alone.
+            mix: crate::chaos::Mix::default(),
         }
     }
 

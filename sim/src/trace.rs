@@ -48,6 +48,20 @@ impl Line {
         self
     }
 
+    /// Adds a list of strings.
+    #[must_use]
+    pub fn strs(mut self, key: &str, values: &[&str]) -> Line {
+        let _ = write!(self.0, ",\"{key}\":[");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            push_str(&mut self.0, v);
+        }
+        self.0.push(']');
+        self
+    }
+
     /// Adds a boolean.
     #[must_use]
     pub fn flag(mut self, key: &str, value: bool) -> Line {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use lode_core::metadata::{
     AlterPartitionRequest, BrokerEpoch, BrokerRegistrationRequest, Controller, ControllerConfig,
-    CreateTopicRequest, HeartbeatRequest, MetadataRecord, MetadataState,
+    CreateTopicRequest, HeartbeatRequest, MetadataRecord, MetadataState, PRODUCER_ID_BLOCK,
 };
 use lode_core::raft::Role;
 use lode_env::sync::watch;
@@ -61,6 +61,13 @@ pub enum ControlRequest {
     DeleteTopic(String),
     /// AlterPartition, one partition.
     AlterPartition(AlterPartitionRequest),
+    /// AllocateProducerIds: the next block of producer ids for this broker.
+    AllocateProducerIds {
+        /// The broker.
+        broker: BrokerId,
+        /// Its current epoch.
+        epoch: BrokerEpoch,
+    },
 }
 
 /// The active controller's answer.
@@ -70,6 +77,13 @@ pub enum ControlReply {
     Done {
         /// The broker epoch granted by a registration.
         broker_epoch: Option<BrokerEpoch>,
+    },
+    /// A block of producer ids, committed: `start..end` are the broker's alone.
+    ProducerIds {
+        /// The first id of the block.
+        start: i64,
+        /// The end (exclusive) of the block.
+        end: i64,
     },
     /// Refused with a Kafka error code.
     Refused {
@@ -649,6 +663,10 @@ impl Active {
                             .controller
                             .alter_partition(st, a)
                             .map_err(|e| (e.kafka_code(), e.to_string())),
+                        ControlRequest::AllocateProducerIds { broker, epoch } => self
+                            .controller
+                            .allocate_producer_ids(st, *broker, *epoch)
+                            .map_err(|e| (e.kafka_code(), e.to_string())),
                     };
                     match decided {
                         Ok(records) => {
@@ -718,8 +736,14 @@ impl Active {
             let epoch = broker_epoch.and_then(|id| st.broker(id).map(|b| b.epoch));
             let proposed_in = working.as_ref().map(|(e, _)| *e);
             if let Some(to) = to {
-                let done = ControlReply::Done {
-                    broker_epoch: epoch,
+                let done = match records.as_slice() {
+                    [MetadataRecord::ProducerIds { end, .. }] => ControlReply::ProducerIds {
+                        start: end.saturating_sub(PRODUCER_ID_BLOCK),
+                        end: *end,
+                    },
+                    _ => ControlReply::Done {
+                        broker_epoch: epoch,
+                    },
                 };
                 self.answer_when_committed(to, offset, proposed_in, done);
             }

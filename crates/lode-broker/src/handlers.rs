@@ -847,8 +847,12 @@ async fn init_producer_id(
             resp.producer_epoch = 0;
         }
         Err(e) => {
-            tracing::error!(error = %e, "producer id allocation failed");
-            resp.error_code = codes::KAFKA_STORAGE_ERROR;
+            tracing::warn!(error = %e, "producer id allocation failed");
+            // Retriable, as Kafka answers while its producer id block is not ready.
+            resp.error_code = match e {
+                crate::ProducerIdError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+                _ => codes::COORDINATOR_LOAD_IN_PROGRESS,
+            };
         }
     }
     resp
@@ -857,7 +861,7 @@ async fn init_producer_id(
 /// A controller reply as a Kafka error code and message.
 fn controller_answer(reply: ControlReply) -> (i16, Option<String>) {
     match reply {
-        ControlReply::Done { .. } => (codes::NONE, None),
+        ControlReply::Done { .. } | ControlReply::ProducerIds { .. } => (codes::NONE, None),
         ControlReply::Refused { code, message } => (code, Some(message)),
     }
 }

@@ -36,8 +36,27 @@ use crate::topics::{CreateError, Topics};
 
 const CLUSTER_ID: &str = "cluster.id";
 const PRODUCER_IDS: &str = "producer-ids.checkpoint";
-/// Producer ids are reserved on disk in blocks of this many.
+/// A broker without a controller reserves producer ids on disk in blocks of this many.
 const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Why no producer id could be allocated.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerIdError {
+    /// The on-disk reservation (a broker without a controller) failed.
+    #[error("reserving producer ids on disk: {0}")]
+    Storage(#[from] LogError),
+    /// This broker has no current registration to ask the controller with.
+    #[error("not registered with the controller")]
+    NotRegistered,
+    /// The controller gave no block.
+    #[error("the controller gave no producer ids: {message} (code {code})")]
+    Controller {
+        /// Its Kafka error code.
+        code: i16,
+        /// Its message.
+        message: String,
+    },
+}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -224,13 +243,42 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Allocates a producer id, never reused across restarts: ids are reserved on disk a
-    /// block at a time.
+    /// Allocates a producer id, never reused across restarts or by another broker. In a
+    /// cluster, the controller hands out blocks of them through the metadata log (KIP-730),
+    /// so a broker whose disk is replaced cannot hand out an id again; a broker without a
+    /// controller reserves them on its own disk.
     ///
     /// # Errors
-    /// When the reservation cannot be written.
-    pub async fn next_producer_id(&self) -> Result<i64, LogError> {
+    /// No block from the controller, or the on-disk reservation cannot be written.
+    pub async fn next_producer_id(&self) -> Result<i64, ProducerIdError> {
         let mut ids = self.producer_ids.lock().await;
+        if let Some(plane) = &self.control {
+            if ids.0 >= ids.1 {
+                let epoch = self
+                    .membership
+                    .epoch()
+                    .ok_or(ProducerIdError::NotRegistered)?;
+                let req = control::ControlRequest::AllocateProducerIds {
+                    broker: self.config.node_id,
+                    epoch,
+                };
+                match plane.request(req, std::time::Duration::from_secs(5)).await {
+                    control::ControlReply::ProducerIds { start, end } => *ids = (start, end),
+                    control::ControlReply::Refused { code, message } => {
+                        return Err(ProducerIdError::Controller { code, message })
+                    }
+                    control::ControlReply::Done { .. } => {
+                        return Err(ProducerIdError::Controller {
+                            code: codes::UNKNOWN_SERVER_ERROR,
+                            message: "answered without a block".into(),
+                        })
+                    }
+                }
+            }
+            let id = ids.0;
+            ids.0 += 1;
+            return Ok(id);
+        }
         if ids.0 >= ids.1 {
             let start = match checkpoint::read(&self.root, PRODUCER_IDS).await? {
                 Some(Ok(b)) if b.len() == 8 => i64::from_be_bytes(b.try_into().unwrap_or([0; 8])),

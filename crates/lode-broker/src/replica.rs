@@ -192,7 +192,9 @@ async fn propose(
                     .request(ControlRequest::AlterPartition(r), Duration::from_secs(5))
                     .await
                 {
-                    ControlReply::Done { .. } => Answer::Committed,
+                    ControlReply::Done { .. } | ControlReply::ProducerIds { .. } => {
+                        Answer::Committed
+                    }
                     ControlReply::Refused { code, message } => {
                         tracing::info!(
                             topic,

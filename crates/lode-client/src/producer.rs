@@ -466,7 +466,23 @@ impl Inner {
 
     /// Builds the batch of `pending` with the partition's next sequence number.
     async fn outgoing(&self, topic: String, partition: i32, pending: Pending) -> Outgoing {
-        let ids = self.ids();
+        let mut ids = self.ids();
+        let mut no_id = None;
+        if self.config.idempotent && ids.0 < 0 {
+            // The id was retired and no new one came then: a batch goes only under a new one.
+            match init_producer_id(&self.client).await {
+                Ok(fresh) => {
+                    let mut seqs = self.sequences.lock().await;
+                    *self
+                        .ids
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    seqs.clear();
+                    ids = fresh;
+                }
+                Err(e) => no_id = Some(e),
+            }
+        }
         let sequence = if ids.0 >= 0 {
             *self
                 .sequences
@@ -477,7 +493,10 @@ impl Inner {
         } else {
             -1
         };
-        let batch = self.build(&pending, ids, sequence).map(Bytes::from);
+        let batch = match no_id {
+            Some(e) => Err(e),
+            None => self.build(&pending, ids, sequence).map(Bytes::from),
+        };
         Outgoing {
             producer_id: ids.0,
             topic,
@@ -622,20 +641,29 @@ impl Inner {
             let s = seqs.entry(key.clone()).or_insert(0);
             *s = s.wrapping_add(count) & i32::MAX;
         } else if current {
-            // Unknown outcome: start over under a new producer id, every sequence at 0.
-            match init_producer_id(&self.client).await {
-                Ok(ids) => {
-                    let mut seqs = self.sequences.lock().await;
-                    *self
-                        .ids
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
-                    seqs.clear();
+            // Unknown outcome: start over under a new producer id, every sequence at 0. The
+            // old id is retired even if no new one comes: a next batch under it would reuse
+            // the failed batch's sequence and, had that one been appended, be answered as
+            // its duplicate without being written.
+            let mut fresh = Err(ClientError::Closed);
+            for attempt in 0..5_u32 {
+                fresh = init_producer_id(&self.client).await;
+                if fresh.is_ok() {
+                    break;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no new producer id after a failed batch");
-                }
+                self.clock
+                    .sleep(Duration::from_millis(100 * u64::from(attempt + 1)))
+                    .await;
             }
+            if let Err(e) = &fresh {
+                tracing::warn!(error = %e, "no new producer id after a failed batch");
+            }
+            let mut seqs = self.sequences.lock().await;
+            *self
+                .ids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.unwrap_or((-1, -1));
+            seqs.clear();
         }
         for (i, ack) in out.acks.into_iter().enumerate() {
             let r = match &result {

@@ -11,6 +11,9 @@ use super::records::MetadataRecord;
 use super::state::{MetadataState, PartitionState, TopicConfig, TopicFsync, TopicState};
 use super::{BrokerEpoch, PartitionEpoch, TopicId};
 
+/// Producer ids per block a broker takes from the controller (Kafka's block size).
+pub const PRODUCER_ID_BLOCK: i64 = 1_000;
+
 /// Deliberately broken controller rules, for proving the checkers catch them.
 #[cfg(feature = "planted-bugs")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -552,6 +555,31 @@ impl Controller {
             });
         }
         Ok(batch.records)
+    }
+
+    /// Hands the next block of [`PRODUCER_ID_BLOCK`] producer ids to a registered broker.
+    ///
+    /// # Errors
+    /// The broker is not registered, or not with this epoch.
+    pub fn allocate_producer_ids(
+        &self,
+        state: &MetadataState,
+        broker: BrokerId,
+        epoch: BrokerEpoch,
+    ) -> Result<Vec<MetadataRecord>, HeartbeatError> {
+        let current = state
+            .broker(broker)
+            .ok_or(HeartbeatError::BrokerIdNotRegistered(broker))?;
+        if current.epoch != epoch {
+            return Err(HeartbeatError::StaleBrokerEpoch {
+                id: broker,
+                got: epoch,
+            });
+        }
+        Ok(vec![MetadataRecord::ProducerIds {
+            broker,
+            end: state.next_producer_id().saturating_add(PRODUCER_ID_BLOCK),
+        }])
     }
 
     /// Deletes a topic.

@@ -44,7 +44,7 @@ pub use controller::PlantedBug;
 pub use controller::{
     AlterPartitionError, AlterPartitionRequest, BrokerRegistrationRequest, Controller,
     ControllerConfig, CreateTopicRequest, HeartbeatError, HeartbeatRequest, IsrMember,
-    RegisterBrokerError, TopicError,
+    RegisterBrokerError, TopicError, PRODUCER_ID_BLOCK,
 };
 pub use invariants::{check_invariants, EpochHistory, Violation};
 pub use records::MetadataRecord;

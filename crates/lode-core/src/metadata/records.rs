@@ -83,4 +83,13 @@ pub enum MetadataRecord {
         /// The topic id.
         id: TopicId,
     },
+    /// A block of producer ids is handed to a broker: every id below `end` is taken, and
+    /// the next block starts there (Kafka's KIP-730). Ids allocated in the metadata log
+    /// survive the loss of any broker's disk, which a broker's own reservation does not.
+    ProducerIds {
+        /// The broker the block is for.
+        broker: BrokerId,
+        /// The end (exclusive) of its block.
+        end: i64,
+    },
 }

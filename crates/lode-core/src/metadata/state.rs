@@ -186,6 +186,14 @@ pub enum ApplyError {
         /// The partition.
         partition: PartitionId,
     },
+    /// A block of producer ids must start where the last one ended.
+    #[error("producer id block ending at {end} does not advance past {next}")]
+    ProducerIdsNotAdvanced {
+        /// The block's end.
+        end: i64,
+        /// The first id no block had taken.
+        next: i64,
+    },
     /// `min.insync.replicas` must be at least 1.
     #[error("invalid topic configuration {0:?}")]
     InvalidConfig(TopicConfig),
@@ -199,6 +207,8 @@ pub struct MetadataState {
     topics: BTreeMap<TopicId, TopicState>,
     topic_ids: BTreeMap<String, TopicId>,
     last_applied: Option<Offset>,
+    /// The start of the next block of producer ids.
+    next_producer_id: i64,
 }
 
 impl MetadataState {
@@ -212,6 +222,12 @@ impl MetadataState {
     #[must_use]
     pub fn last_applied(&self) -> Option<Offset> {
         self.last_applied
+    }
+
+    /// The first producer id no block has taken.
+    #[must_use]
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// The registered brokers, by id.
@@ -369,6 +385,15 @@ impl MetadataState {
                     .remove(id)
                     .ok_or(ApplyError::UnknownTopic(*id))?;
                 self.topic_ids.remove(&topic.name);
+            }
+            MetadataRecord::ProducerIds { end, .. } => {
+                if *end <= self.next_producer_id {
+                    return Err(ApplyError::ProducerIdsNotAdvanced {
+                        end: *end,
+                        next: self.next_producer_id,
+                    });
+                }
+                self.next_producer_id = *end;
             }
         }
         Ok(())

@@ -746,3 +746,50 @@ fn lowering_min_isr_clears_the_elr_of_that_topic_only() {
         .unwrap_err();
     assert_eq!(err.kafka_code(), 3);
 }
+
+#[test]
+fn producer_id_blocks_are_disjoint_and_survive_a_reregistration() {
+    let mut c = Cluster::with_brokers(2);
+    let alloc = |c: &mut Cluster, id: i32| {
+        let records = c
+            .ctl
+            .allocate_producer_ids(&c.state, b(id), c.epoch(id))
+            .unwrap();
+        let [MetadataRecord::ProducerIds { broker, end }] = c.apply(records)[..] else {
+            panic!("one ProducerIds record");
+        };
+        assert_eq!(broker, b(id));
+        (end - PRODUCER_ID_BLOCK, end)
+    };
+    let first = alloc(&mut c, 1);
+    let second = alloc(&mut c, 2);
+    assert_eq!(first, (0, PRODUCER_ID_BLOCK));
+    assert_eq!(
+        second.0, first.1,
+        "the next block starts where the last ended"
+    );
+    // A new process of broker 1 (its disk replaced: a new log directory) gets a new block,
+    // not its old one again.
+    c.advance_ms(60_000);
+    c.tick();
+    c.register_dir(1, 99, None, 8).unwrap();
+    c.heartbeat(1, true, false);
+    let third = alloc(&mut c, 1);
+    assert_eq!(third.0, second.1);
+    // A stale epoch or an unknown broker gets no block.
+    let stale = c.ctl.allocate_producer_ids(&c.state, b(1), BrokerEpoch(0));
+    assert_eq!(stale.unwrap_err().kafka_code(), 77);
+    assert!(c
+        .ctl
+        .allocate_producer_ids(&c.state, b(9), BrokerEpoch(0))
+        .is_err());
+    // A block that does not advance is refused by apply, on every node alike.
+    let backwards = MetadataRecord::ProducerIds {
+        broker: b(2),
+        end: second.1,
+    };
+    assert!(matches!(
+        c.state.apply(Offset(1_000), &backwards),
+        Err(ApplyError::ProducerIdsNotAdvanced { .. })
+    ));
+}

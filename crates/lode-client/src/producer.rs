@@ -418,6 +418,16 @@ impl Inner {
         }
     }
 
+    /// Starts over under `ids` (`(-1, -1)`: retired, none yet), every sequence at 0.
+    async fn adopt_ids(&self, ids: (i64, i16)) {
+        let mut seqs = self.sequences.lock().await;
+        *self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+        seqs.clear();
+    }
+
     fn ids(&self) -> (i64, i16) {
         *self
             .ids
@@ -472,12 +482,7 @@ impl Inner {
             // The id was retired and no new one came then: a batch goes only under a new one.
             match init_producer_id(&self.client).await {
                 Ok(fresh) => {
-                    let mut seqs = self.sequences.lock().await;
-                    *self
-                        .ids
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                    seqs.clear();
+                    self.adopt_ids(fresh).await;
                     ids = fresh;
                 }
                 Err(e) => no_id = Some(e),
@@ -658,12 +663,7 @@ impl Inner {
             if let Err(e) = &fresh {
                 tracing::warn!(error = %e, "no new producer id after a failed batch");
             }
-            let mut seqs = self.sequences.lock().await;
-            *self
-                .ids
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.unwrap_or((-1, -1));
-            seqs.clear();
+            self.adopt_ids(fresh.unwrap_or((-1, -1))).await;
         }
         for (i, ack) in out.acks.into_iter().enumerate() {
             let r = match &result {

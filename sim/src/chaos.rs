@@ -214,6 +214,9 @@ pub struct Mix {
     /// One broker's log disk replaced by an empty one (only with a min ISR of two or more,
     /// where one lost replica loses nothing committed).
     pub wipe: bool,
+    /// Swizzle-clog (FoundationDB's): a few brokers isolated one after another, then let
+    /// back one after another in another order.
+    pub swizzle: bool,
     /// The mean time between these faults, ms.
     pub interval_ms: u64,
 }
@@ -229,6 +232,7 @@ impl Mix {
             clocks: r.chance(40),
             wipe: r.chance(25) && min_isr >= 2,
             interval_ms: 1_000 + r.below(3_000),
+            swizzle: r.chance(30),
         }
     }
 
@@ -239,6 +243,7 @@ impl Mix {
             (self.slow, "slow"),
             (self.clocks, "clocks"),
             (self.wipe, "wipe"),
+            (self.swizzle, "swizzle"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -381,6 +386,8 @@ pub enum Fault {
     Resume(Target),
     /// Every link to and from the broker is cut.
     Isolate(Target),
+    /// An isolated broker's links are back (cuts of single links stay).
+    Unisolate(Target),
     /// Every link between the broker and the other brokers is cut; clients still reach it.
     Partition(Target),
     /// The links between two brokers are cut.
@@ -418,6 +425,7 @@ impl fmt::Display for Fault {
             Fault::Pause(n) => write!(f, "pause {n}"),
             Fault::Resume(n) => write!(f, "resume {n}"),
             Fault::Isolate(n) => write!(f, "isolate {n}"),
+            Fault::Unisolate(n) => write!(f, "unisolate {n}"),
             Fault::Partition(n) => write!(f, "partition {n}"),
             Fault::Cut(a, b) => write!(f, "cut {a} {b}"),
             Fault::CutOneWay(a, b) => write!(f, "cut-one-way {a} {b}"),
@@ -458,6 +466,7 @@ impl FromStr for Fault {
             Some("pause") => Fault::Pause(target(1)?),
             Some("resume") => Fault::Resume(target(1)?),
             Some("isolate") => Fault::Isolate(target(1)?),
+            Some("unisolate") => Fault::Unisolate(target(1)?),
             Some("partition") => Fault::Partition(target(1)?),
             Some("cut") => Fault::Cut(target(1)?, target(2)?),
             Some("cut-one-way") => Fault::CutOneWay(target(1)?, target(2)?),
@@ -552,7 +561,7 @@ impl Schedule {
     /// stay), from their own random stream.
     fn mixed(p: &Params) -> Vec<(u64, Fault)> {
         let m = &p.mix;
-        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe]
+        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle]
             .iter()
             .enumerate()
             .filter_map(|(i, on)| on.then_some(i as u8))
@@ -563,6 +572,8 @@ impl Schedule {
         }
         let mut r = Rng::new(p.seed ^ 0x0bad_5eed);
         let mut wiped = false;
+        // The end of the swizzle under way: one at a time.
+        let mut swizzled_until = 0;
         let brokers = p.brokers.max(2) as u64;
         let mut t = 700 + r.below(m.interval_ms);
         while t < p.duration_ms {
@@ -598,6 +609,12 @@ impl Schedule {
                     wiped = true;
                     Some((Fault::Wipe(na), Some(Fault::Restart(na))))
                 }
+                4 if t >= swizzled_until => {
+                    let (faults, end) = swizzle(&mut r, brokers, t);
+                    out.extend(faults);
+                    swizzled_until = end;
+                    None
+                }
                 _ => None,
             };
             if let Some((fault, undo)) = drawn {
@@ -609,6 +626,36 @@ impl Schedule {
             t += m.interval_ms / 2 + r.below(m.interval_ms);
         }
         out
+    }
+}
+
+/// A swizzle-clog from `t`: 2 or more brokers (as many as all), each isolated 0.2-1 s
+/// after the one before, held 1-3 s once all are, then let back in a fresh order, 0.2-1 s
+/// apart. Returns the faults and when the last is let back.
+fn swizzle(r: &mut Rng, brokers: u64, t: u64) -> (Vec<(u64, Fault)>, u64) {
+    let mut order: Vec<i32> = (0..brokers as i32).collect();
+    shuffle(r, &mut order);
+    order.truncate(2 + r.below(brokers - 1) as usize);
+    let step_ms = 200 + r.below(800);
+    let mut out = Vec::new();
+    let mut at = t;
+    for n in &order {
+        out.push((at, Fault::Isolate(Target::Node(*n))));
+        at += step_ms;
+    }
+    at += 1_000 + r.below(2_000);
+    shuffle(r, &mut order);
+    for n in &order {
+        out.push((at, Fault::Unisolate(Target::Node(*n))));
+        at += step_ms;
+    }
+    (out, at)
+}
+
+/// Fisher-Yates, from `r`.
+fn shuffle<T>(r: &mut Rng, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, r.below(i as u64 + 1) as usize);
     }
 }
 
@@ -1161,6 +1208,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::Pause(t) => Fault::Pause(n(t)?),
         Fault::Resume(t) => Fault::Resume(n(t)?),
         Fault::Isolate(t) => Fault::Isolate(n(t)?),
+        Fault::Unisolate(t) => Fault::Unisolate(n(t)?),
         Fault::Partition(t) => Fault::Partition(n(t)?),
         Fault::Cut(a, b) => Fault::Cut(n(a)?, n(b)?),
         Fault::CutOneWay(a, b) => Fault::CutOneWay(n(a)?, n(b)?),
@@ -1182,6 +1230,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::Pause(t)
         | Fault::Resume(t)
         | Fault::Isolate(t)
+        | Fault::Unisolate(t)
         | Fault::Partition(t)
         | Fault::Cut(t, _)
         | Fault::CutOneWay(t, _)
@@ -1262,6 +1311,10 @@ async fn apply(
         },
         Fault::Isolate(t) => match node(t) {
             Some(n) => net.clog_node(id(n)),
+            None => return "skipped".into(),
+        },
+        Fault::Unisolate(t) => match node(t) {
+            Some(n) => net.unclog_node(id(n)),
             None => return "skipped".into(),
         },
         Fault::Partition(t) => match node(t) {

@@ -143,3 +143,22 @@ fn a_commit_acknowledged_before_replication_is_lost_in_a_failover() {
         report.violations
     );
 }
+
+/// Invariant 3 catches a replica with an empty log admitted into the ISR by a stale
+/// AlterPartition (the controller's checks planted away), next to invariant 12.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_member_without_the_committed_log_breaks_invariant_3() {
+    let sc = lode_sim::scenarios::Scenario::named("stale-alterpartition").unwrap();
+    let bug = chaos::Planted::StaleAlterPartition;
+    let caught = (0..8).find(|&seed| {
+        chaos::run(&sc.params(seed, Some(bug)), &sc.schedule())
+            .violations
+            .iter()
+            .any(|v| v.contains("invariant isr-holds-committed"))
+    });
+    assert!(
+        caught.is_some(),
+        "isr-holds-committed never fired in 8 seeds"
+    );
+}

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `durability` | 1 | a committed batch stays, unchanged, in every later leader's log |
 //! | `leader_completeness` | 2 | a new leader holds every committed batch |
+//! | `isr_holds_committed` | 3 | every running ISR or ELR member holds the committed log |
 //! | `log_matching` | 4 | a replica's log below its high watermark is the committed log |
 //! | `epochs_monotonic` | 5 | leader epochs never decrease along a log |
 //! | `one_writer_per_epoch` | 5 | one leader per epoch, and only it writes that epoch |
@@ -40,6 +41,7 @@ mod durability;
 mod epochs_monotonic;
 mod high_watermark_bounds;
 mod isr_admission;
+mod isr_holds_committed;
 mod leader_completeness;
 mod log_matching;
 mod lost_data_out;
@@ -420,6 +422,7 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
     vec![
         Box::new(durability::Durability),
         Box::new(leader_completeness::LeaderCompleteness),
+        Box::new(isr_holds_committed::IsrHoldsCommitted),
         Box::new(log_matching::LogMatching),
         Box::new(epochs_monotonic::EpochsMonotonic),
         Box::new(one_writer_per_epoch::OneWriterPerEpoch),

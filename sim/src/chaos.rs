@@ -168,8 +168,11 @@ pub enum Fsync {
 pub struct Params {
     /// The seed.
     pub seed: u64,
-    /// Brokers, all controller voters.
+    /// Brokers.
     pub brokers: i32,
+    /// The brokers that are also controller voters (combined mode); the others are
+    /// observers of the metadata log.
+    pub voters: BTreeSet<i32>,
     /// Partitions of the topic.
     pub partitions: i32,
     /// Its replication factor.
@@ -257,7 +260,22 @@ impl Params {
     pub fn of(seed: u64, planted: Option<Planted>) -> Params {
         let mut r = Rng::new(seed);
         let brokers = 3 + r.below(3) as i32;
-        let replication_factor = 3;
+        // The cluster's shape, from its own stream (the rest of a seed stays what it was):
+        // 1, 3 or every broker a voter; replication factor 2, 3 or every broker.
+        let mut shape = Rng::new(seed ^ 0x05ba_9e11);
+        let voter_count = match shape.below(4) {
+            0 => 1,
+            1 => brokers,
+            _ => 3,
+        };
+        let mut order: Vec<i32> = (0..brokers).collect();
+        shuffle(&mut shape, &mut order);
+        let voters = order.into_iter().take(voter_count as usize).collect();
+        let replication_factor = match shape.below(5) {
+            0 => 2,
+            1 => brokers as i16,
+            _ => 3,
+        };
         let mut min_isr = 1 + i32::from(r.chance(70));
         if planted == Some(Planted::HwBelowMinIsr) {
             // Only a min ISR above one can be broken.
@@ -285,6 +303,7 @@ impl Params {
         Params {
             seed,
             brokers,
+            voters,
             partitions,
             replication_factor,
             min_isr: min_isr.min(i32::from(replication_factor)),
@@ -761,6 +780,7 @@ fn params_line(p: &Params) -> String {
     Line::new(0, "params")
         .num("seed", p.seed as i64)
         .num("brokers", i64::from(p.brokers))
+        .nums("voters", p.voters.iter().map(|v| i64::from(*v)))
         .num("partitions", i64::from(p.partitions))
         .num("replication_factor", i64::from(p.replication_factor))
         .num("min_isr", i64::from(p.min_isr))
@@ -795,7 +815,9 @@ fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync 
     let planted = p.planted;
     let session_timeout = Duration::from_millis(p.session_timeout_ms);
     let min_isr = p.min_isr;
+    let voters = p.voters.clone();
     move |c: &mut BrokerConfig| {
+        c.voters.retain(|id, _| voters.contains(&id.0));
         c.replica_lag_time_max = Duration::from_secs(3);
         c.session_timeout = session_timeout;
         // The offsets topic: as durable as the run's topic, few partitions, short

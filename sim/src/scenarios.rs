@@ -267,6 +267,7 @@ impl Scenario {
         Params {
             seed,
             brokers: self.brokers,
+            voters: (0..self.brokers).collect(),
             partitions: 1,
             replication_factor,
             min_isr,

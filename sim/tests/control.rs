@@ -50,6 +50,7 @@ async fn node_main(id: i32, disk: SimDisk, planes: Planes) {
                     incarnation: lode_env::rng::seed_u64(),
                     host: addr(id).ip().to_string(),
                     port: 9092,
+                    control_port: plane.control_port(),
                     clean_shutdown_epoch: None,
                     log_dir_id: 1,
                 }),

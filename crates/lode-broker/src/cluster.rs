@@ -102,6 +102,7 @@ async fn register(
                     incarnation,
                     host: broker.config.advertised_host.clone(),
                     port: broker.config.advertised_port,
+                    control_port: plane.control_port(),
                     clean_shutdown_epoch: restart.clean,
                     log_dir_id: restart.log_dir_id,
                 }),

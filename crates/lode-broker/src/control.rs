@@ -187,6 +187,12 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// The port of this node's controller listener, which brokers replicate over.
+    #[must_use]
+    pub fn control_port(&self) -> u16 {
+        self.quorum.local_addr.port()
+    }
+
     /// Starts the quorum member, the applier and the controller task.
     ///
     /// # Errors
@@ -389,9 +395,30 @@ async fn apply_loop(
     recent: Recent,
     mut snapshots: Snapshotter,
 ) {
+    // Controller listeners of registered brokers, as last told to the quorum.
+    let mut known: BTreeMap<BrokerId, std::net::SocketAddr> = BTreeMap::new();
     while let Some(c) = committed.recv().await {
         if let Some(s) = apply_one(me, c, &state, &applied, &recent, &mut snapshots) {
             snapshots.quorum.compact(s);
+        }
+        let moved: Vec<(BrokerId, std::net::SocketAddr)> = state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .brokers()
+            .values()
+            .filter(|b| b.control_port != 0 && b.id != me)
+            .filter_map(|b| {
+                // A host name is not resolved here: that broker is reached once it has
+                // connected (its hello names its listener).
+                let ip: std::net::IpAddr = b.host.parse().ok()?;
+                Some((b.id, std::net::SocketAddr::new(ip, b.control_port)))
+            })
+            .filter(|(id, addr)| known.get(id) != Some(addr))
+            .collect();
+        for (id, addr) in moved {
+            if snapshots.quorum.learn(id, addr) {
+                known.insert(id, addr);
+            }
         }
     }
 }

@@ -133,6 +133,8 @@ enum Wire {
 enum Input {
     Message(BrokerId, Message),
     SendApp(BrokerId, Vec<u8>),
+    /// Where a broker's controller listener is, from its registration in the metadata log.
+    Learn(BrokerId, SocketAddr),
     Compact(Snapshot),
     Hello(BrokerId, SocketAddr),
     Propose(Vec<u8>, oneshot::Sender<Result<Offset, ProposeError>>),
@@ -197,6 +199,7 @@ impl Quorum {
             store,
             peers: BTreeMap::new(),
             addresses: config.voters.clone(),
+            voters: config.voters.keys().copied().collect(),
             timeout: config.fetch_timeout / 2,
             apply: apply_tx,
             status,
@@ -232,6 +235,16 @@ impl Quorum {
     /// Best effort: a message may be lost.
     pub async fn send_app(&self, to: BrokerId, bytes: Vec<u8>) {
         let _ = self.inputs.send(Input::SendApp(to, bytes)).await;
+    }
+
+    /// Tells the driver where broker `id`'s controller listener is (from its registration),
+    /// so this node can reach a broker that is no voter before that broker has reached it:
+    /// a follower sends its replica fetches to its leader over these connections. Never
+    /// waits (the driver may be waiting for the applier that calls this): false if the
+    /// driver's queue is full, and the caller tells it again later.
+    #[must_use]
+    pub fn learn(&self, id: BrokerId, addr: SocketAddr) -> bool {
+        self.inputs.try_send(Input::Learn(id, addr)).is_ok()
     }
 
     /// Folds the log below `snapshot.end_offset` (applied here) into `snapshot`. Never
@@ -335,6 +348,8 @@ struct Driver {
     store: RaftStore,
     peers: BTreeMap<BrokerId, mpsc::Sender<Vec<u8>>>,
     addresses: BTreeMap<BrokerId, SocketAddr>,
+    /// The configured voters, whose addresses registrations do not override.
+    voters: std::collections::BTreeSet<BrokerId>,
     timeout: Duration,
     apply: mpsc::Sender<Committed>,
     status: watch::Sender<QuorumStatus>,
@@ -351,6 +366,13 @@ impl Driver {
                     None => return,
                     Some(Input::Message(from, msg)) => self.node.receive(self.clock.now(), from, msg),
                     Some(Input::Compact(s)) => self.node.compact(s),
+                    Some(Input::Learn(id, addr)) => {
+                        if !self.voters.contains(&id) && self.addresses.get(&id) != Some(&addr) {
+                            self.addresses.insert(id, addr);
+                            self.peers.remove(&id);
+                        }
+                        Vec::new()
+                    }
                     Some(Input::SendApp(to, bytes)) => {
                         self.send(to, &Wire::App(bytes));
                         Vec::new()
@@ -425,7 +447,11 @@ impl Driver {
         };
         if !self.peers.contains_key(&to) {
             let Some(addr) = self.addresses.get(&to).copied() else {
-                tracing::debug!(to = to.0, "no address for controller peer");
+                tracing::debug!(
+                    node = self.me.0,
+                    to = to.0,
+                    "no address for controller peer"
+                );
                 return;
             };
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PEER_QUEUE_MAX);

@@ -98,6 +98,8 @@ pub struct BrokerRegistrationRequest {
     pub host: String,
     /// Port the broker listens on.
     pub port: u16,
+    /// Port of its controller listener on `host` (0: none).
+    pub control_port: u16,
     /// The epoch in the broker's clean-shutdown marker, `None` when missing.
     pub clean_shutdown_epoch: Option<BrokerEpoch>,
     /// The id written into the broker's log directory when it was first used (as KIP-858's
@@ -405,6 +407,7 @@ impl Controller {
             incarnation: req.incarnation,
             host: req.host.clone(),
             port: req.port,
+            control_port: req.control_port,
             clean_shutdown_epoch: req.clean_shutdown_epoch,
             log_dir_id: req.log_dir_id,
         });

@@ -22,6 +22,9 @@ pub enum MetadataRecord {
         host: String,
         /// Port the broker listens on.
         port: u16,
+        /// Port of its controller listener on `host`, 0 if none: brokers replicate over
+        /// it, so every broker must reach every other one there, voter or not.
+        control_port: u16,
         /// The epoch read from the broker's clean-shutdown marker, `None` when missing
         /// (kept for visibility: the controller already acted on it, KIP-966).
         clean_shutdown_epoch: Option<BrokerEpoch>,

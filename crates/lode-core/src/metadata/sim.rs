@@ -180,6 +180,7 @@ impl Sim {
             incarnation: self.fresh_id(),
             host: "localhost".into(),
             port: 9092,
+            control_port: 9093,
             clean_shutdown_epoch: self.brokers[&id].clean_shutdown_epoch,
             log_dir_id: u64::from(id.0.unsigned_abs()),
         };

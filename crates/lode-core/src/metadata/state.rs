@@ -23,6 +23,8 @@ pub struct BrokerRegistration {
     pub host: String,
     /// Port the broker listens on.
     pub port: u16,
+    /// Port of its controller listener on `host` (0: none).
+    pub control_port: u16,
     /// A fenced broker may neither lead nor be in an ISR.
     pub fenced: bool,
     /// The broker is in controlled shutdown: it may neither lead nor join an ISR.
@@ -300,6 +302,7 @@ impl MetadataState {
                 incarnation,
                 host,
                 port,
+                control_port,
                 clean_shutdown_epoch: _,
                 log_dir_id,
             } => {
@@ -316,6 +319,7 @@ impl MetadataState {
                     log_dir_id: *log_dir_id,
                     host: host.clone(),
                     port: *port,
+                    control_port: *control_port,
                     fenced: true,
                     shutting_down: false,
                 };

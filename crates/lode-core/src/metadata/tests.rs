@@ -82,6 +82,7 @@ impl Cluster {
             incarnation,
             host: "localhost".into(),
             port: 9092 + id as u16,
+            control_port: 9192 + id as u16,
             clean_shutdown_epoch,
             log_dir_id,
         };
@@ -556,6 +557,7 @@ fn apply_rejects_records_that_do_not_fit() {
         incarnation: 5,
         host: "h".into(),
         port: 1,
+        control_port: 2,
         clean_shutdown_epoch: None,
         log_dir_id: 7,
     };

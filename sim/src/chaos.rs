@@ -46,6 +46,13 @@ pub(crate) const TOPIC: &str = "chaos";
 const NOT_ENOUGH_REPLICAS: i16 = 19;
 /// Values of the final writes (one per partition, after healing), which the checker skips.
 const SENTINEL: &str = "final-";
+/// How long the consumers may take, after the final read, to reach the end of the final
+/// log (simulated).
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// The end of the final log per partition, set once the final read is done (partitions
+/// left out need not be reached; an empty map stops the consumers at once).
+type DrainTarget = Mutex<Option<BTreeMap<i32, i64>>>;
 
 /// xorshift64*: the swarm's parameters and schedule from the seed, independent of madsim's
 /// own randomness (so the schedule of a seed can be printed before the run).
@@ -91,11 +98,14 @@ pub enum Planted {
     ReadAboveHw,
     /// A group coordinator acknowledges an offset commit once its own log has it.
     CommitBeforeReplicated,
+    /// A consumer drops a partition from its assignment when a fetch answers
+    /// NOT_LEADER_OR_FOLLOWER (a leader moved), and never reads it again.
+    ConsumerForgetsPartition,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 8] = [
+    pub const ALL: [(&'static str, Planted); 9] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -104,6 +114,10 @@ impl Planted {
         ("elect-outside-isr", Planted::ElectOutsideIsr),
         ("read-above-hw", Planted::ReadAboveHw),
         ("commit-before-replicated", Planted::CommitBeforeReplicated),
+        (
+            "consumer-forgets-partition",
+            Planted::ConsumerForgetsPartition,
+        ),
     ];
 
     /// Its name.
@@ -115,13 +129,13 @@ impl Planted {
             .map_or("?", |(n, _)| n)
     }
 
-    /// The broker's planted bug.
+    /// The broker's planted bug (`None`: the bug is in the client).
     #[cfg(feature = "planted-bugs")]
-    fn broker_bug(self) -> lode_broker::PlantedBug {
+    fn broker_bug(self) -> Option<lode_broker::PlantedBug> {
         use lode_broker::PlantedBug as B;
         use lode_core::metadata::PlantedBug as C;
         use lode_core::replication::ReplicationBug as R;
-        match self {
+        Some(match self {
             Planted::AckBeforeSync => B::AckOnLeaderSync,
             Planted::TruncateToHw => B::TruncateToHighWatermark,
             Planted::HwBelowMinIsr => B::Replication(R::HwBelowMinIsr),
@@ -130,7 +144,8 @@ impl Planted {
             Planted::ElectOutsideIsr => B::Controller(C::ElectOutsideIsrAndElr),
             Planted::ReadAboveHw => B::ReadAboveHighWatermark,
             Planted::CommitBeforeReplicated => B::CommitBeforeReplicated,
-        }
+            Planted::ConsumerForgetsPartition => return None,
+        })
     }
 }
 
@@ -828,7 +843,7 @@ fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync 
         c.groups.initial_rebalance_delay_ms = 500;
         #[cfg(feature = "planted-bugs")]
         {
-            c.planted = planted.map(Planted::broker_bug);
+            c.planted = planted.and_then(Planted::broker_bug);
         }
         #[cfg(not(feature = "planted-bugs"))]
         let _ = planted;
@@ -937,12 +952,13 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     }
 
     let polls = Arc::new(Mutex::new(Vec::<Poll>::new()));
+    let drain: Arc<DrainTarget> = Arc::default();
     let mut consumers = Vec::new();
     for id in 0..params.consumers {
         let (all, polls, p) = (all.clone(), Arc::clone(&polls), params.clone());
-        let log = log.clone();
+        let (log, drain) = (log.clone(), Arc::clone(&drain));
         consumers.push(client_node.spawn(async move {
-            consume(id, &all, &p, (start, workload_start), &polls, &log).await;
+            consume(id, &all, &p, (start, workload_start), &polls, &drain, &log).await;
         }));
     }
 
@@ -991,7 +1007,8 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     }
     let left = Duration::from_millis(params.duration_ms).saturating_sub(workload_start.elapsed());
     madsim::time::sleep(left).await;
-    for p in producers.into_iter().chain(consumers).chain(members) {
+    // The consumers read on through healing and the final read, then drain.
+    for p in producers.into_iter().chain(members) {
         let _ = p.await;
     }
 
@@ -1085,10 +1102,30 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         &mut violations,
         &mut permitted,
     );
+    // The consumers now read on to the end of the final log (or for DRAIN at most).
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for (part, offset) in read.values().flatten() {
+        let end = ends.entry(*part).or_default();
+        *end = (*end).max(offset + 1);
+    }
+    *drain
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ends);
+    for c in consumers {
+        let _ = c.await;
+    }
     let polls = polls
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    check_unseen(
+        params.consumers,
+        &history,
+        &polls,
+        &read,
+        &offline,
+        &mut violations,
+    );
     check_polls(
         &params,
         happened.power_loss,
@@ -1550,22 +1587,47 @@ async fn consume(
     p: &Params,
     (trace_start, start): (madsim::time::Instant, madsim::time::Instant),
     polls: &Mutex<Vec<Poll>>,
+    drain: &DrainTarget,
     log: &(impl Fn(String) + Send + Sync),
 ) {
     let Ok(client) = Client::connect(bootstrap, &format!("consumer-{id}")).await else {
         return;
     };
     let mut consumer = Consumer::new(Arc::clone(&client));
+    #[cfg(feature = "planted-bugs")]
+    {
+        consumer.planted_forget_on_not_leader =
+            p.planted == Some(Planted::ConsumerForgetsPartition);
+    }
     for part in 0..p.partitions {
         consumer.assign(TOPIC, part, Offset(0));
     }
     let deadline = Duration::from_millis(p.duration_ms);
-    while start.elapsed() < deadline {
+    // The next offset this consumer reads in each partition.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut draining_since = None;
+    loop {
+        if start.elapsed() >= deadline {
+            let target = drain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(target) = target {
+                let since = *draining_since.get_or_insert_with(madsim::time::Instant::now);
+                let reached = target
+                    .iter()
+                    .all(|(part, end)| next.get(part).copied().unwrap_or(0) >= *end);
+                if reached || since.elapsed() >= DRAIN {
+                    return;
+                }
+            }
+        }
         let got = madsim::time::timeout(Duration::from_secs(5), consumer.poll()).await;
         match got {
             Ok(Ok(records)) => {
                 let at_ms = now_ms(start);
                 for r in records {
+                    next.insert(r.partition, r.offset.0 + 1);
                     let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
                         .into_owned();
                     log(Line::new(now_ms(trace_start), "poll")
@@ -1592,6 +1654,42 @@ async fn consume(
                 madsim::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Jepsen's unseen: an acknowledged value that the final log holds and that no consumer
+/// read, though the consumers read on until they reached the final log's end (or `DRAIN`
+/// passed). The final read finds what is stored; this finds what consumers cannot get to.
+fn check_unseen(
+    consumers: u32,
+    history: &[Op],
+    polls: &[Poll],
+    read: &Read,
+    offline: &BTreeSet<i32>,
+    violations: &mut Vec<String>,
+) {
+    if consumers == 0 {
+        return;
+    }
+    let seen: BTreeSet<&str> = polls.iter().map(|p| p.value.as_str()).collect();
+    let unseen: Vec<(&Op, &(i32, i64))> = history
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Ok(_)) && !offline.contains(&o.partition))
+        .filter(|o| !seen.contains(o.value.as_str()))
+        .filter_map(|o| {
+            read.get(&o.value)
+                .and_then(|at| at.first())
+                .map(|at| (o, at))
+        })
+        .collect();
+    if let Some((op, (part, offset))) = unseen.first() {
+        violations.push(format!(
+            "unseen: acknowledged values the final log holds, {} of them, were read by no consumer, which read on for up to {} s after the final read; the first: {} (at offset {offset} of partition {part}, acknowledged at {} ms)",
+            unseen.len(),
+            DRAIN.as_secs(),
+            op.value,
+            op.completed_ms
+        ));
     }
 }
 

@@ -113,6 +113,7 @@ fn the_swarm_finds_planted_bugs() {
         (P::ElectOutsideIsr, 40),
         (P::ReadAboveHw, 5),
         (P::CommitBeforeReplicated, 5),
+        (P::ConsumerForgetsPartition, 5),
     ] {
         let run = |seed| {
             let params = Params::of(seed, Some(bug));
@@ -161,4 +162,20 @@ fn a_member_without_the_committed_log_breaks_invariant_3() {
         caught.is_some(),
         "isr-holds-committed never fired in 8 seeds"
     );
+}
+
+/// The unseen checker catches consumers that stop reading a partition after a leader move
+/// (the final read, by a fresh consumer, still finds every record).
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_consumer_that_forgets_a_partition_leaves_acknowledged_values_unseen() {
+    let bug = chaos::Planted::ConsumerForgetsPartition;
+    let caught = (0..5).find(|&seed| {
+        let params = Params::of(seed, Some(bug));
+        chaos::run(&params, &Schedule::of(&params))
+            .violations
+            .iter()
+            .any(|v| v.starts_with("unseen:"))
+    });
+    assert!(caught.is_some(), "unseen never fired in 5 seeds");
 }

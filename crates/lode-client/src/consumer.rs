@@ -43,6 +43,10 @@ pub struct Consumer {
     pub max_wait: Duration,
     /// Bytes per partition per fetch.
     pub partition_bytes_max: i32,
+    /// Planted bug (simulator only): a partition whose fetch answers NOT_LEADER_OR_FOLLOWER
+    /// is dropped from the assignment, as if it had been revoked, and never read again.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_forget_on_not_leader: bool,
 }
 
 impl Consumer {
@@ -54,6 +58,8 @@ impl Consumer {
             positions: BTreeMap::new(),
             max_wait: Duration::from_millis(500),
             partition_bytes_max: 1 << 20,
+            #[cfg(feature = "planted-bugs")]
+            planted_forget_on_not_leader: false,
         }
     }
 
@@ -196,6 +202,10 @@ impl Consumer {
                     if p.error_code != 0 {
                         if p.error_code == 6 || p.error_code == 3 {
                             self.client.invalidate(&topic).await;
+                        }
+                        #[cfg(feature = "planted-bugs")]
+                        if self.planted_forget_on_not_leader && p.error_code == 6 {
+                            self.positions.remove(&(topic.clone(), p.partition_index));
                         }
                         first_error.get_or_insert(ClientError::Broker {
                             api: "Fetch",

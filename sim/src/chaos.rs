@@ -664,7 +664,7 @@ impl Schedule {
 }
 
 /// A swizzle-clog from `t`: 2 or more brokers (as many as all), each isolated 0.2-1 s
-/// after the one before, held 1-3 s once all are, then let back in a fresh order, 0.2-1 s
+/// after the one before, held 1-3 s after one more step once all are, then let back in a fresh order, 0.2-1 s
 /// apart. Returns the faults and when the last is let back.
 fn swizzle(r: &mut Rng, brokers: u64, t: u64) -> (Vec<(u64, Fault)>, u64) {
     let mut order: Vec<i32> = (0..brokers as i32).collect();

@@ -8,7 +8,7 @@
 
 use lode_broker::observe::Event;
 
-use super::{show, Invariant, Model};
+use super::{new_partition_state, show, Invariant, Model};
 
 /// See the module.
 pub struct IsrHoldsCommitted;
@@ -23,31 +23,15 @@ impl Invariant for IsrHoldsCommitted {
     }
 
     fn check(&mut self, m: &Model, node: i32, e: &Event) -> Result<(), String> {
-        let Event::PartitionChanged { state: s, .. } = e else {
+        let Some((p, s, members)) = new_partition_state(m, e) else {
             return Ok(());
         };
-        let Some(p) = m.partition(e) else {
-            return Ok(());
-        };
-        if s.partition_epoch <= p.partition_epoch_max {
-            return Ok(());
-        }
         let committed_end = p.committed_end();
-        for (b, set) in s
-            .isr
-            .iter()
-            .map(|b| (b, "ISR"))
-            .chain(s.elr.iter().map(|b| (b, "ELR")))
-        {
+        for (b, set) in members {
             let Some(r) = p.replicas.get(&b.0) else {
                 continue;
             };
-            let started = m.started.get(&b.0).copied().unwrap_or(0);
-            let running = m
-                .registered
-                .get(&b.0)
-                .is_some_and(|&(_, registered)| registered > started);
-            if !running {
+            if !m.registered_since_start(b.0) {
                 continue;
             }
             let missing = if r.log_end() < committed_end {

@@ -7,7 +7,7 @@
 
 use lode_broker::observe::Event;
 
-use super::{Invariant, Model};
+use super::{new_partition_state, Invariant, Model};
 
 /// See the module.
 pub struct LostDataOut;
@@ -18,21 +18,10 @@ impl Invariant for LostDataOut {
     }
 
     fn check(&mut self, m: &Model, node: i32, e: &Event) -> Result<(), String> {
-        let Event::PartitionChanged { state: s, .. } = e else {
+        let Some((p, s, members)) = new_partition_state(m, e) else {
             return Ok(());
         };
-        let Some(p) = m.partition(e) else {
-            return Ok(());
-        };
-        if s.partition_epoch <= p.partition_epoch_max {
-            return Ok(());
-        }
-        for (b, set) in s
-            .isr
-            .iter()
-            .map(|b| (b, "ISR"))
-            .chain(s.elr.iter().map(|b| (b, "ELR")))
-        {
+        for (b, set) in members {
             let Some(r) = p.replicas.get(&b.0) else {
                 continue;
             };

@@ -71,6 +71,32 @@ pub trait Invariant {
     fn check(&mut self, model: &Model, node: i32, event: &Event) -> Result<(), String>;
 }
 
+/// A partition state no node applied before (its partition epoch is new), with the
+/// partition's model and each ISR and ELR member named with its set: what invariants about
+/// a controller decision check, once per decision.
+fn new_partition_state<'a>(
+    m: &'a Model,
+    e: &'a Event,
+) -> Option<(
+    &'a PartitionModel,
+    &'a PartitionView,
+    impl Iterator<Item = (lode_proto::BrokerId, &'static str)> + 'a,
+)> {
+    let Event::PartitionChanged { state: s, .. } = e else {
+        return None;
+    };
+    let p = m.partition(e)?;
+    if s.partition_epoch <= p.partition_epoch_max {
+        return None;
+    }
+    let members = s
+        .isr
+        .iter()
+        .map(|b| (*b, "ISR"))
+        .chain(s.elr.iter().map(|b| (*b, "ELR")));
+    Some((p, s, members))
+}
+
 /// The batch of `batches` (by base offset) that holds `offset`.
 fn holding(batches: &BTreeMap<Offset, BatchId>, offset: Offset) -> Option<&BatchId> {
     batches

@@ -224,7 +224,13 @@ impl ControlPlane {
             fetch_pending: Mutex::default(),
             fetches_in: fetch_tx,
             fetches_out: std::sync::Mutex::new(Some(fetch_rx)),
-            next_id: AtomicU64::new(1),
+            // Ids start at a random point per process: a reply is routed by broker id, not
+            // by connection, so one to a request of this broker's previous process (sent
+            // before a crash, delivered after the restart) must not find a pending request
+            // of this one under the same id. Counting from 1 in every process, a replica
+            // fetch answer meant for the old process (a diverging epoch) truncated the new
+            // one's log below its high watermark (seed 8286 of the swarm).
+            next_id: AtomicU64::new(lode_env::rng::seed_u64()),
             clock: clock.clone(),
         });
         lode_env::task::spawn(apply_loop(

@@ -357,6 +357,16 @@ async fn follow(
                 }
             }
             Some(ReplicaFetchReply::Diverging { epoch, end_offset }) => {
+                tracing::debug!(
+                    topic,
+                    partition = index,
+                    leader = leader.0,
+                    fetch_offset = fetch_offset.0,
+                    last_fetched_epoch = last_fetched_epoch.0,
+                    diverging_epoch = epoch.0,
+                    end_offset = end_offset.0,
+                    "replica fetch diverges"
+                );
                 if let Err(e) = p.truncate_diverging(epoch, end_offset).await {
                     tracing::warn!(topic, partition = index, error = %e, "follower truncation failed");
                     broker.clock.sleep(Duration::from_secs(1)).await;

@@ -27,6 +27,21 @@ planted bugs (built with --features planted-bugs): truncate-to-hw, hw-below-min-
   isr-without-epoch-start, stale-alter-partition, ack-before-sync, elect-outside-isr,
   read-above-hw";
 
+/// Log lines carry simulated time (ms since the run began, as the trace's `t_ms`), so a
+/// broker's log reads against the trace. Outside a run, none.
+#[cfg(madsim)]
+struct SimTime;
+
+#[cfg(madsim)]
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match madsim::time::TimeHandle::try_current() {
+            Some(t) => write!(w, "{:>10.3}ms", t.elapsed().as_secs_f64() * 1000.0),
+            None => write!(w, "{:>12}", "-"),
+        }
+    }
+}
+
 #[cfg(madsim)]
 fn main() -> anyhow::Result<()> {
     use anyhow::Context;
@@ -36,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .with_writer(std::io::stderr)
-        .without_time()
+        .with_timer(SimTime)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {

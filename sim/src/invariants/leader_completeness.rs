@@ -1,8 +1,13 @@
 //! Invariant 2, leader completeness: a replica taking up leadership (clean election) holds
-//! every batch committed in earlier epochs, and the epoch starts at or after their end.
-//! (A broker can take up an epoch late, after a later epoch committed more: a paused
-//! broker applies its backlog of metadata in order. What the later epochs committed is not
-//! its to hold; that it commits nothing as a deposed leader, invariants 1 and 8 watch.)
+//! every batch committed by the leaders of earlier epochs, and the epoch starts at or after
+//! their end.
+//!
+//! A broker can take up an epoch late, after a later epoch committed more: a paused or cut
+//! off broker applies its backlog of metadata in order, or a metadata fetch answer reaches
+//! it late. What the later epochs committed is not its to hold, even batches written in
+//! an earlier epoch that only a later leader's high watermark passed; that it commits
+//! nothing as a deposed leader, invariants 1 and 8 watch. So a batch counts by the epoch of
+//! the leader that committed it, not by the epoch it was written in.
 
 use lode_broker::observe::Event;
 
@@ -34,7 +39,11 @@ impl Invariant for LeaderCompleteness {
         if unclean && m.settings.unclean_election {
             return Ok(());
         }
-        let before: Vec<_> = p.committed.values().filter(|c| c.epoch < *epoch).collect();
+        let before: Vec<_> = p
+            .committed
+            .values()
+            .filter(|c| p.committed_under.get(&c.base).is_some_and(|u| u < epoch))
+            .collect();
         let end = before
             .last()
             .map_or(lode_proto::Offset(0), |c| c.last.next());

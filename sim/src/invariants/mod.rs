@@ -157,6 +157,9 @@ pub struct PartitionModel {
     pub replicas: BTreeMap<i32, Replica>,
     /// Every batch a leader's high watermark ever passed, by base offset.
     pub committed: BTreeMap<Offset, BatchId>,
+    /// The epoch of the leader whose high watermark first passed each committed batch, by
+    /// base offset. A batch written in one epoch may be committed by a later epoch's leader.
+    pub committed_under: BTreeMap<Offset, Epoch>,
     /// Leaderships by epoch.
     pub leaders: BTreeMap<Epoch, Leadership>,
     /// Each node's last applied state of the partition.
@@ -379,7 +382,13 @@ impl Model {
                         if b.last >= *high_watermark {
                             break;
                         }
-                        p.committed.entry(b.base).or_insert(*b);
+                        if let std::collections::btree_map::Entry::Vacant(v) =
+                            p.committed.entry(b.base)
+                        {
+                            v.insert(*b);
+                            p.committed_under
+                                .insert(b.base, r.leading.unwrap_or(b.epoch));
+                        }
                     }
                 }
                 r.high_watermark = *high_watermark;

@@ -53,7 +53,10 @@ pub struct ProducerConfig {
     pub idempotent: bool,
     /// Retries of a failed batch before its records fail.
     pub retries: u32,
-    /// How long the broker may take to answer a Produce.
+    /// How long the broker may take to answer a Produce (sent as the request's
+    /// `timeout_ms`). The producer itself waits this long plus
+    /// [`REQUEST_TIMEOUT_MARGIN_PRODUCE`] for the answer, then breaks the connection and
+    /// fails (or retries) the batch as unknown, as Kafka's `request.timeout.ms` does.
     pub request_timeout: Duration,
     /// Records buffered at most; `send` waits for room beyond it.
     pub buffered_records_max: usize,
@@ -64,6 +67,11 @@ pub struct ProducerConfig {
     /// retried batch land after a later one.
     pub in_flight_per_partition_max: usize,
 }
+
+/// How much longer than [`ProducerConfig::request_timeout`] the producer waits for an
+/// answer, so that the broker's own `REQUEST_TIMED_OUT` (sent at the timeout) usually
+/// arrives before the producer gives up on the connection.
+pub const REQUEST_TIMEOUT_MARGIN_PRODUCE: Duration = Duration::from_secs(2);
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -627,7 +635,12 @@ impl Inner {
         let r = if req.acks == 0 {
             conn.send_only(req).await.map(|()| None)
         } else {
-            conn.call(req).await.map(Some)
+            conn.call_within(
+                req,
+                self.config.request_timeout + REQUEST_TIMEOUT_MARGIN_PRODUCE,
+            )
+            .await
+            .map(Some)
         };
         if r.is_err() && conn.is_broken() {
             self.client.drop_conn(conn.addr()).await;

@@ -97,14 +97,16 @@ pub const ALL: [Scenario; 15] = [
     Scenario {
         name: "lagging-hw-expand",
         about: "KAFKA-7128: a new leader's high watermark lags its log; a returning follower \
-                reaches the high watermark but not the epoch's start, then the leader dies",
+                reaches the high watermark but not the epoch's start, then the leader dies \
+                (the follower pauses first, so the high watermark stalls at its log end while \
+                the others append on)",
         brokers: 5,
         rf_min_isr: (3, 2),
         fsync: Fsync::Always,
         duration_ms: 16_000,
         session_timeout_ms: 1_500,
         group_members: 0,
-        schedule: "4000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
+        schedule: "3000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
                    9000 crash replica-1\n10500 restart replica-0\n11000 restart replica-1\n",
         catches: Some(Planted::IsrWithoutEpochStart),
     },

@@ -322,13 +322,14 @@ impl Params {
             Some(Planted::CommitBeforeReplicated) => 2 + r.below(2) as u32,
             _ => r.below(4) as u32,
         };
+        let min_isr = min_isr.min(i32::from(replication_factor));
         Params {
             seed,
             brokers,
             voters,
             partitions,
             replication_factor,
-            min_isr: min_isr.min(i32::from(replication_factor)),
+            min_isr,
             fsync,
             producers,
             acks_one,
@@ -338,7 +339,7 @@ impl Params {
             duration_ms,
             session_timeout_ms: 1_500,
             planted,
-            mix: Mix::of(seed, min_isr.min(i32::from(replication_factor))),
+            mix: Mix::of(seed, min_isr),
         }
     }
 }

@@ -36,8 +36,6 @@ use crate::topics::{CreateError, Topics};
 
 const CLUSTER_ID: &str = "cluster.id";
 const PRODUCER_IDS: &str = "producer-ids.checkpoint";
-/// A broker without a controller reserves producer ids on disk in blocks of this many.
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Why no producer id could be allocated.
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +282,9 @@ impl Broker {
                 Some(Ok(b)) if b.len() == 8 => i64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
                 _ => 0,
             };
-            let end = start + PRODUCER_ID_BLOCK;
+            // A broker without a controller reserves them on disk, a controller's block
+            // at a time.
+            let end = start + lode_core::metadata::PRODUCER_ID_BLOCK;
             checkpoint::write(&self.root, PRODUCER_IDS, &end.to_be_bytes()).await?;
             *ids = (start, end);
         }

@@ -242,6 +242,10 @@ pub struct Mix {
     /// Swizzle-clog (FoundationDB's): a few brokers isolated one after another, then let
     /// back one after another in another order.
     pub swizzle: bool,
+    /// A broker's disk fails for a while: a share of its writes and syncs fail with EIO, or
+    /// it is full (ENOSPC). The broker halts and its supervisor restarts it, until the disk
+    /// works again.
+    pub disk: bool,
     /// The mean time between these faults, ms.
     pub interval_ms: u64,
 }
@@ -258,6 +262,7 @@ impl Mix {
             wipe: r.chance(25) && min_isr >= 2,
             interval_ms: 1_000 + r.below(3_000),
             swizzle: r.chance(30),
+            disk: r.chance(30),
         }
     }
 
@@ -269,6 +274,7 @@ impl Mix {
             (self.clocks, "clocks"),
             (self.wipe, "wipe"),
             (self.swizzle, "swizzle"),
+            (self.disk, "disk"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -453,6 +459,8 @@ pub enum Fault {
     Loss(u32),
     /// The broker's disk is full: writes that would grow it fail with ENOSPC.
     DiskFull(Target),
+    /// The broker's disk works again: no injected errors, no capacity limit.
+    DiskOk(Target),
     /// Every link is restored.
     Heal,
 }
@@ -479,6 +487,7 @@ impl fmt::Display for Fault {
             Fault::Latency(lo, hi) => write!(f, "latency {lo} {hi}"),
             Fault::Loss(percent) => write!(f, "loss {percent}"),
             Fault::DiskFull(n) => write!(f, "disk-full {n}"),
+            Fault::DiskOk(n) => write!(f, "disk-ok {n}"),
             Fault::Heal => write!(f, "heal"),
         }
     }
@@ -526,6 +535,7 @@ impl FromStr for Fault {
             }
             Some("loss") => Fault::Loss(u32::try_from(number(1)?.clamp(0, 100)).unwrap_or(0)),
             Some("disk-full") => Fault::DiskFull(target(1)?),
+            Some("disk-ok") => Fault::DiskOk(target(1)?),
             Some("heal") => Fault::Heal,
             _ => return Err(format!("{s:?}: unknown fault")),
         };
@@ -603,7 +613,7 @@ impl Schedule {
     /// stay), from their own random stream.
     fn mixed(p: &Params) -> Vec<(u64, Fault)> {
         let m = &p.mix;
-        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle]
+        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle, m.disk]
             .iter()
             .enumerate()
             .filter_map(|(i, on)| on.then_some(i as u8))
@@ -657,6 +667,13 @@ impl Schedule {
                     swizzled_until = end;
                     None
                 }
+                5 => match r.below(2) {
+                    0 => Some((
+                        Fault::DiskErrors(na, 1 + r.below(30) as u32),
+                        Some(Fault::DiskOk(na)),
+                    )),
+                    _ => Some((Fault::DiskFull(na), Some(Fault::DiskOk(na)))),
+                },
                 _ => None,
             };
             if let Some((fault, undo)) = drawn {
@@ -1289,6 +1306,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::Wipe(t) => Fault::Wipe(n(t)?),
         Fault::Uncut(a, b) => Fault::Uncut(n(a)?, n(b)?),
         Fault::DiskFull(t) => Fault::DiskFull(n(t)?),
+        Fault::DiskOk(t) => Fault::DiskOk(n(t)?),
         Fault::Latency(lo, hi) => Fault::Latency(lo, hi),
         Fault::Loss(p) => Fault::Loss(p),
         Fault::Heal => Fault::Heal,
@@ -1310,7 +1328,8 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::DiskErrors(t, _)
         | Fault::Wipe(t)
         | Fault::Uncut(t, _)
-        | Fault::DiskFull(t) => Some(t),
+        | Fault::DiskFull(t)
+        | Fault::DiskOk(t) => Some(t),
         Fault::Latency(..) | Fault::Loss(_) | Fault::Heal => None,
     };
     if let Some(Target::Node(b)) = first {
@@ -1436,6 +1455,21 @@ async fn apply(
                     sync_eio: p,
                     ..lode_env::disk::Faults::default()
                 });
+                if percent > 0 {
+                    // A failed sync resolves the file's unsynced pages as a crash would:
+                    // under fsync=interval that replica may lose what it had not synced,
+                    // as in a power loss of that one broker.
+                    happened.power_loss = true;
+                    happened.unclean_restart = true;
+                }
+            }
+            None => return "skipped".into(),
+        },
+        Fault::DiskOk(t) => match node(t) {
+            Some(n) => {
+                let d = &cluster.disks[n as usize];
+                d.set_faults(lode_env::disk::Faults::default());
+                d.set_capacity(None);
             }
             None => return "skipped".into(),
         },
@@ -1464,6 +1498,8 @@ async fn apply(
         }),
         Fault::DiskFull(t) => match node(t) {
             Some(n) => {
+                // The broker halts when a write fails: an unclean restart.
+                happened.unclean_restart = true;
                 let used = cluster.disks[n as usize].set_full();
                 return format!("full at {used} bytes");
             }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,15 @@ pub struct Cluster {
     stop_asked: Vec<Arc<(AtomicBool, tokio::sync::Notify)>>,
     /// Per node: its broker finished a clean shutdown.
     stopped: Vec<Arc<(AtomicBool, tokio::sync::Notify)>>,
+    /// Per node: bumped whenever the harness kills or restarts it, so the supervisor
+    /// restarts only a process that halted by itself and was left alone since.
+    generation: Vec<Arc<AtomicU64>>,
 }
+
+/// How long the supervisor waits before starting a halted broker again (systemd's
+/// `RestartSec`; a broker whose disk still fails halts again: a crash loop until the disk
+/// is fixed, as on a real machine).
+pub const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Address of broker `i`'s Kafka listener: `10.0.SUBNET.(i+1):9092`.
 #[must_use]
@@ -77,6 +85,10 @@ impl Cluster {
         let mut stop_asked = Vec::new();
         let mut stopped = Vec::new();
         let mut skews = Vec::new();
+        let mut generation = Vec::new();
+        // Halted brokers report here; the supervisor (on the harness's node, never killed)
+        // restarts them.
+        let (halts_tx, halts_rx) = tokio::sync::mpsc::unbounded_channel::<(i32, u64)>();
         for i in 0..n {
             let disk = SimDisk::new(format!("broker-{i}"), seed * 10 + i as u64);
             // The node's own clock: it keeps its skew across restarts, like hardware.
@@ -86,6 +98,8 @@ impl Cluster {
             let ask = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
             let done = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
             let (a, s) = (Arc::clone(&ask), Arc::clone(&done));
+            let gen = Arc::new(AtomicU64::new(0));
+            let (g, halts) = (Arc::clone(&gen), halts_tx.clone());
             let tweak = tweak.clone();
             nodes.push(
                 handle
@@ -96,6 +110,7 @@ impl Cluster {
                         let d = d.clone();
                         let clock = clock.clone();
                         let (ask, done) = (Arc::clone(&a), Arc::clone(&s));
+                        let (this, halts) = (g.load(Ordering::Acquire), halts.clone());
                         let config = config(subnet, n, i, tweak.clone());
                         async move {
                             let broker = match Broker::start(config, Env::simulated(&d, clock))
@@ -103,19 +118,37 @@ impl Cluster {
                             {
                                 Ok(b) => b,
                                 Err(e) => {
-                                    // A start can fail on an injected disk fault: the node
-                                    // stays down until restarted.
+                                    // A start can fail on an injected disk fault: the
+                                    // process exits and its supervisor starts it again.
                                     tracing::warn!(node = i, error = %e, "broker did not start");
+                                    lode_broker::observe::emit(BrokerId(i), || {
+                                        lode_broker::observe::Event::Halted {
+                                            reason: format!("start failed: {e}"),
+                                        }
+                                    });
+                                    let _ = halts.send((i, this));
                                     return;
                                 }
                             };
-                            // Runs until killed, or until a clean stop is asked for.
+                            // Runs until killed, until it halts, or until a clean stop is
+                            // asked for.
                             loop {
                                 let asked = ask.1.notified();
                                 if ask.0.load(Ordering::Acquire) {
                                     break;
                                 }
-                                asked.await;
+                                tokio::select! {
+                                    () = asked => {}
+                                    why = broker.halted() => {
+                                        lode_broker::observe::emit(BrokerId(i), || {
+                                            lode_broker::observe::Event::Halted { reason: why }
+                                        });
+                                        let _ = halts.send((i, this));
+                                        // The process is gone: the supervisor kills the
+                                        // node's tasks and starts it again.
+                                        std::future::pending::<()>().await;
+                                    }
+                                }
                             }
                             broker.shutdown().await;
                             done.0.store(true, Ordering::Release);
@@ -128,7 +161,10 @@ impl Cluster {
             disks.push(disk);
             stop_asked.push(ask);
             stopped.push(done);
+            generation.push(gen);
         }
+        let ids: Vec<_> = nodes.iter().map(NodeHandle::id).collect();
+        madsim::task::spawn(supervise(halts_rx, ids, generation.clone()));
         Cluster {
             subnet,
             nodes,
@@ -136,7 +172,14 @@ impl Cluster {
             skews,
             stop_asked,
             stopped,
+            generation,
         }
+    }
+
+    /// Marks broker `i` as killed or restarted by the harness: a halt it reported before
+    /// is no longer the supervisor's to act on.
+    fn touch(&self, i: i32) {
+        self.generation[i as usize].fetch_add(1, Ordering::AcqRel);
     }
 
     /// The bootstrap list of the brokers `ids`.
@@ -149,6 +192,7 @@ impl Cluster {
 
     /// Power loss of broker `i`: the node dies, its unsynced writes are gone.
     pub fn power_loss(&self, i: i32) {
+        self.touch(i);
         Handle::current().kill(self.nodes[i as usize].id());
         self.disks[i as usize].crash();
     }
@@ -156,6 +200,7 @@ impl Cluster {
     /// Broker `i`'s log disk fails and is replaced: the node dies and its partition logs
     /// (everything but the metadata log's directory) are gone when it restarts.
     pub fn wipe(&self, i: i32) -> usize {
+        self.touch(i);
         Handle::current().kill(self.nodes[i as usize].id());
         let metadata = format!("{}-0", lode_broker::topics::METADATA_TOPIC);
         self.disks[i as usize].wipe(|path| path.split('/').next() == Some(metadata.as_str()))
@@ -164,6 +209,7 @@ impl Cluster {
     /// A process crash of broker `i` (kill -9): the node dies; the page cache, which is
     /// the kernel's, keeps every write.
     pub fn crash(&self, i: i32) {
+        self.touch(i);
         Handle::current().kill(self.nodes[i as usize].id());
     }
 
@@ -179,11 +225,13 @@ impl Cluster {
         if !done.0.load(Ordering::Acquire) {
             let _ = madsim::time::timeout(max, finished).await;
         }
+        self.touch(i);
         Handle::current().kill(self.nodes[i as usize].id());
     }
 
     /// Starts broker `i` again from its disk.
     pub fn restart(&self, i: i32) {
+        self.touch(i);
         self.stop_asked[i as usize]
             .0
             .store(false, Ordering::Release);
@@ -233,4 +281,35 @@ pub async fn client_when_ready(bootstrap: &str, brokers: usize) -> Arc<Client> {
         }
     }
     panic!("{brokers} brokers were not in Metadata within 20 s");
+}
+
+/// Restarts each broker that halted (or failed to start), `RESTART_DELAY` after it did,
+/// unless the harness killed or restarted it meanwhile.
+async fn supervise(
+    mut halts: tokio::sync::mpsc::UnboundedReceiver<(i32, u64)>,
+    ids: Vec<madsim::task::NodeId>,
+    generation: Vec<Arc<AtomicU64>>,
+) {
+    while let Some((i, halted)) = halts.recv().await {
+        let (Some(id), Some(gen)) = (ids.get(i as usize).copied(), generation.get(i as usize))
+        else {
+            continue;
+        };
+        if gen.load(Ordering::Acquire) != halted {
+            continue;
+        }
+        // The process exits at once: none of its tasks runs on.
+        Handle::current().kill(id);
+        let gen = Arc::clone(gen);
+        madsim::task::spawn(async move {
+            madsim::time::sleep(RESTART_DELAY).await;
+            if gen
+                .compare_exchange(halted, halted + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                tracing::info!(node = i, "supervisor restarts a halted broker");
+                Handle::current().restart(id);
+            }
+        });
+    }
 }

@@ -11,7 +11,7 @@ usage:
       one chaos run: parameters, schedule, verdict; the schedule file has one fault per
       line, AT_MS FAULT (crash B, power-loss B, stop B, restart B, pause B, resume B,
       isolate B, partition B, cut B B, cut-one-way B B, skew B OFFSET_MS DRIFT_PPM,
-      corrupt B, disk-errors B PERCENT, disk-full B, wipe B, uncut B B, latency MIN_MS
+      corrupt B, disk-errors B PERCENT, disk-full B, disk-ok B, wipe B, uncut B B, latency MIN_MS
       MAX_MS, loss PERCENT, heal; B is a broker number, leader, follower,
       other-follower, replica-K, controller or last), as printed by a run
   lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME]

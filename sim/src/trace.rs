@@ -120,6 +120,9 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
     };
     match e {
         Event::Started => Line::new(t_ms, "started").num("node", i64::from(node)),
+        Event::Halted { reason } => Line::new(t_ms, "halted")
+            .num("node", i64::from(node))
+            .str("reason", reason),
         Event::Registered { epoch } => Line::new(t_ms, "registered")
             .num("node", i64::from(node))
             .num("epoch", *epoch),
@@ -132,6 +135,7 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
             partition,
             log_end,
             high_watermark,
+            ..
         } => tp("opened", topic, *partition)
             .num("log_end", log_end.0)
             .num("hw", high_watermark.0),

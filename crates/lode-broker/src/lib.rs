@@ -12,6 +12,7 @@ pub mod codes;
 pub mod config;
 pub mod control;
 pub mod groups;
+pub mod halt;
 mod handlers;
 pub mod observe;
 pub mod partition;
@@ -106,6 +107,8 @@ pub struct Broker {
     pub fetchers: replica::Fetchers,
     /// The consumer groups this broker coordinates.
     pub groups: groups::Groups,
+    /// Raised on a storage fault: whoever runs the broker stops it (see [`halt`]).
+    pub halt: Arc<halt::Halt>,
 }
 
 /// The cluster id of a combined-mode cluster: a hash (FNV-1a) of its voter set, the same
@@ -145,11 +148,13 @@ impl Broker {
             }
         };
         let (data_arrived, _) = watch::channel(0_u64);
+        let halt = Arc::new(halt::Halt::default());
         let topics = Topics::open(
             root.clone(),
             env.clock.clone(),
             config.clone(),
             data_arrived.clone(),
+            Arc::clone(&halt),
         )
         .await?;
         let listener = lode_env::net::listen(config.listen)
@@ -214,6 +219,7 @@ impl Broker {
             membership: cluster::Membership::default(),
             fetchers: replica::Fetchers::default(),
             groups: groups::Groups::default(),
+            halt: Arc::clone(&halt),
         });
         if let Some(plane) = control {
             lode_env::task::spawn(cluster::lifecycle(
@@ -229,6 +235,13 @@ impl Broker {
                 ));
             }
             lode_env::task::spawn(replica::tick_loop(Arc::clone(&broker), Arc::clone(&plane)));
+            // The quorum member stops when its store fails: the broker halts with it.
+            let (mut status, halt) = (plane.quorum().watch(), Arc::clone(&broker.halt));
+            lode_env::task::spawn(async move {
+                if status.wait_for(|s| s.failed).await.is_ok() {
+                    halt.raise("the metadata log's store failed");
+                }
+            });
             lode_env::task::spawn(cluster::hosting(Arc::clone(&broker), plane));
         }
         let b = Arc::clone(&broker);
@@ -309,6 +322,12 @@ impl Broker {
         self.membership.epoch().is_some_and(|e| {
             plane.read(|s| s.broker(me).is_some_and(|r| r.epoch == e && !r.fenced))
         })
+    }
+
+    /// Waits until the broker must halt (a storage fault, see [`halt`]) and returns why.
+    /// Whoever runs the broker then stops its process without a clean shutdown.
+    pub async fn halted(&self) -> String {
+        self.halt.raised().await
     }
 
     /// Hands this broker's leaderships to others (controlled shutdown, in a cluster), then

@@ -69,6 +69,12 @@ pub struct PartitionView {
 pub enum Event {
     /// The node (re)starts: it holds no state but its disk's.
     Started,
+    /// The node halts on a storage fault (or failed to start): its process ends without
+    /// a clean shutdown (see [`crate::halt`]).
+    Halted {
+        /// Why.
+        reason: String,
+    },
     /// The controller accepted the node's registration: it has a new broker epoch.
     Registered {
         /// The broker epoch.
@@ -92,6 +98,10 @@ pub enum Event {
         log_end: Offset,
         /// Its checkpointed high watermark.
         high_watermark: Offset,
+        /// The batches recovery found, when an observer is installed and they could be
+        /// read: what the log really holds, including whole batches of a write that failed
+        /// part way (whose append was never reported).
+        batches: Option<Vec<BatchId>>,
     },
     /// Batches were appended (as leader, from a client; or as follower, from the leader).
     Appended {

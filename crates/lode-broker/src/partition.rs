@@ -105,6 +105,8 @@ pub struct PartitionOptions {
     /// Standalone (no metadata log): the broker is the only replica and what is synced is
     /// committed.
     pub standalone: bool,
+    /// Told of the log's storage faults.
+    pub on_failure: Option<lode_storage::FailureHook>,
     /// A planted bug (tests only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<crate::config::PlantedBug>,
@@ -131,11 +133,13 @@ impl Partition {
             fsync,
             segment_bytes_max,
             standalone,
+            ref on_failure,
             ..
         } = options;
         let config = LogConfig {
             segment_bytes_max,
             sync: SyncPolicy::GroupCommit,
+            on_failure: on_failure.clone(),
             ..LogConfig::default()
         };
         let (mut log, report) = Log::open(dir.clone(), clock.clone(), config).await?;
@@ -149,11 +153,17 @@ impl Partition {
             let end = log.log_end_offset();
             log.set_high_watermark(end);
         }
+        let batches = if crate::observe::enabled() {
+            recovered_batches(&log).await
+        } else {
+            None
+        };
         crate::observe::emit(node, || crate::observe::Event::Opened {
             topic: topic.to_owned(),
             partition: index,
             log_end: log.log_end_offset(),
             high_watermark: log.high_watermark(),
+            batches,
         });
         #[cfg(feature = "planted-bugs")]
         if options.planted == Some(crate::config::PlantedBug::TruncateToHighWatermark)
@@ -840,4 +850,17 @@ async fn rebuild_producers(log: &Log) -> ProducerStates {
         }
     }
     states
+}
+
+/// Every batch of `log`, for an observer (`None` if a read fails).
+async fn recovered_batches(log: &Log) -> Option<Vec<crate::observe::BatchId>> {
+    let (mut at, end) = (log.log_start_offset(), log.log_end_offset());
+    let mut out = Vec::new();
+    while at < end {
+        let bytes = log.read(at, 1 << 20, end).await.ok()?;
+        let ids = crate::observe::batch_ids(&bytes);
+        at = ids.last()?.last.next();
+        out.extend(ids);
+    }
+    Some(out)
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use lode_core::metadata::TopicFsync;
 use lode_env::sync::watch;
 use lode_env::{Clock, Dir};
-use lode_storage::{checkpoint, LogError};
+use lode_storage::{checkpoint, FailureHook, LogError};
 use tokio::sync::RwLock;
 
 use crate::config::BrokerConfig;
+use crate::halt::Halt;
 use crate::partition::{Partition, PartitionOptions};
 
 /// A topic: its id and partitions.
@@ -90,6 +91,8 @@ pub struct Topics {
     clock: Clock,
     config: BrokerConfig,
     data_arrived: watch::Sender<u64>,
+    /// Raised when a partition's log meets a storage fault.
+    halt: Arc<Halt>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
 }
 
@@ -110,6 +113,7 @@ impl Topics {
         clock: Clock,
         config: BrokerConfig,
         data_arrived: watch::Sender<u64>,
+        halt: Arc<Halt>,
     ) -> Result<Topics, CreateError> {
         let mut found: BTreeMap<String, BTreeMap<i32, Dir>> = BTreeMap::new();
         for name in root.list().await? {
@@ -130,6 +134,7 @@ impl Topics {
             clock,
             config,
             data_arrived,
+            halt,
             topics: RwLock::new(BTreeMap::new()),
         };
         for (name, dirs) in found {
@@ -173,6 +178,10 @@ impl Topics {
             fsync: self.config.fsync_policy(fsync),
             segment_bytes_max: self.config.segment_bytes_max,
             standalone: self.config.voters.is_empty(),
+            on_failure: Some({
+                let halt = Arc::clone(&self.halt);
+                FailureHook::new(move |dir, e| halt.raise(format!("log {dir}: {e}")))
+            }),
             #[cfg(feature = "planted-bugs")]
             planted: self.config.planted,
         };

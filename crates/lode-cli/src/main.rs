@@ -517,11 +517,25 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
         if dev {
             println!("try: kcat -b {bootstrap} -L    (Ctrl-C stops it cleanly)");
         }
-        signals.wait().await;
+        // A broker whose storage failed halts (see lode_broker::halt): no clean shutdown,
+        // the process exits with an error for its supervisor to restart it.
+        let (halts_tx, mut halts) = tokio::sync::mpsc::channel(brokers.len().max(1));
+        for b in &brokers {
+            let (b, tx) = (std::sync::Arc::clone(b), halts_tx.clone());
+            tokio::spawn(async move {
+                let why = b.halted().await;
+                let _ = tx.send((b.config.node_id, why)).await;
+            });
+        }
+        let halted = tokio::select! {
+            () = signals.wait() => None,
+            Some(h) = halts.recv() => Some(h),
+        };
         // All at once: each hands its leaderships to the others (controlled shutdown) while
         // every controller is still up.
         let stopping: Vec<_> = brokers
             .iter()
+            .filter(|b| halted.as_ref().is_none_or(|(id, _)| *id != b.config.node_id))
             .map(|b| {
                 let b = std::sync::Arc::clone(b);
                 tokio::spawn(async move { b.shutdown().await })
@@ -530,7 +544,12 @@ fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
         for s in stopping {
             s.await.context("broker shutdown task")?;
         }
-        Ok(())
+        match halted {
+            Some((id, why)) => Err(anyhow::anyhow!(
+                "broker {id} halted: {why}; restart it: recovery rebuilds its logs from the disk"
+            )),
+            None => Ok(()),
+        }
     })
 }
 

@@ -73,6 +73,16 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether the error says the storage itself failed (an IO error, a log failed by one,
+    /// stored bytes that fail their check), rather than the request being wrong.
+    #[must_use]
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            LogError::Io { .. } | LogError::Failed(_) | LogError::Inconsistent { .. }
+        )
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<String>,

@@ -14,7 +14,7 @@ pub mod raft_store;
 mod recovery;
 
 pub use error::LogError;
-pub use log::{AppendInfo, Log, LogConfig, RecoveryReport, SyncJob, SyncPolicy};
+pub use log::{AppendInfo, FailureHook, Log, LogConfig, RecoveryReport, SyncJob, SyncPolicy};
 pub use raft_store::{RaftStore, RaftStoreError};
 
 #[cfg(feature = "planted-bugs")]

@@ -47,6 +47,26 @@ pub enum PlantedBug {
     RecoveryTrustsTail,
 }
 
+/// Told of every storage fault a log meets (a failed write or sync, a failed read, stored
+/// bytes that fail their check), with the log's directory and the error: the log's owner
+/// decides what the process does about it (lode's broker halts, as Kafka's does when its
+/// log directory fails). Called with the log borrowed: it must not block.
+#[derive(Clone)]
+pub struct FailureHook(std::sync::Arc<dyn Fn(&str, &LogError) + Send + Sync>);
+
+impl FailureHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(&str, &LogError) + Send + Sync + 'static) -> FailureHook {
+        FailureHook(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for FailureHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureHook")
+    }
+}
+
 /// Configuration of one log.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -60,6 +80,8 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     /// When appends are synced.
     pub sync: SyncPolicy,
+    /// Told of every storage fault (see [`FailureHook`]).
+    pub on_failure: Option<FailureHook>,
     /// A planted bug to switch on (tests only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -73,6 +95,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: (1 << 20) + 1024,
             sync: SyncPolicy::GroupCommit,
+            on_failure: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -233,7 +256,25 @@ impl Log {
     fn fail(&mut self, e: LogError) -> LogError {
         tracing::error!(dir = %self.dir.display(), error = %e, "log failed; it must be reopened");
         self.failed = Some(e.to_string());
+        self.report(&e);
         e
+    }
+
+    /// Tells the failure hook of `e` if it is a storage fault.
+    fn report(&self, e: &LogError) {
+        if let Some(hook) = &self.config.on_failure {
+            if e.is_storage_fault() {
+                (hook.0)(&self.dir.display(), e);
+            }
+        }
+    }
+
+    /// `r`, with a storage fault told to the failure hook.
+    fn reported<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &r {
+            self.report(e);
+        }
+        r
     }
 
     /// The first offset still in the log.
@@ -588,7 +629,8 @@ impl Log {
     /// An IO error.
     pub async fn checkpoint(&mut self) -> Result<(), LogError> {
         self.check_ok()?;
-        self.write_checkpoints().await
+        let r = self.write_checkpoints().await;
+        r.map_err(|e| self.fail(e))
     }
 
     pub(crate) async fn write_checkpoints(&mut self) -> Result<(), LogError> {
@@ -621,6 +663,16 @@ impl Log {
     /// [`LogError::OffsetOutOfRange`] outside `[log start, log end]`; an IO error; or
     /// [`LogError::Inconsistent`] if stored bytes fail their check.
     pub async fn read(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<Vec<u8>, LogError> {
+        let r = self.read_unreported(offset, max_bytes, upper).await;
+        self.reported(r)
+    }
+
+    async fn read_unreported(
         &self,
         offset: Offset,
         max_bytes: usize,
@@ -773,6 +825,14 @@ impl Log {
     /// # Errors
     /// An IO error, or [`LogError::Inconsistent`] for damaged stored data.
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        let r = self.offset_for_timestamp_unreported(ts).await;
+        self.reported(r)
+    }
+
+    async fn offset_for_timestamp_unreported(
+        &self,
+        ts: i64,
+    ) -> Result<Option<(Offset, i64)>, LogError> {
         self.check_ok()?;
         for seg in self.segments.values() {
             if seg.size == 0 || seg.max_timestamp_ms < ts {
@@ -930,8 +990,14 @@ impl Log {
     /// how many segments were deleted.
     ///
     /// # Errors
-    /// An IO error.
+    /// An IO error, which fails the log.
     pub async fn delete_below(&mut self, offset: Offset) -> Result<usize, LogError> {
+        self.check_ok()?;
+        let r = self.delete_below_unreported(offset).await;
+        r.map_err(|e| self.fail(e))
+    }
+
+    async fn delete_below_unreported(&mut self, offset: Offset) -> Result<usize, LogError> {
         self.check_ok()?;
         let new_start = offset.min(self.log_end);
         if new_start <= self.log_start {

@@ -269,6 +269,7 @@ pub fn key_of(event: &Event) -> Option<(String, i32)> {
         } => Some((topic.clone(), *partition)),
         Event::MetadataApplied { .. }
         | Event::Started
+        | Event::Halted { .. }
         | Event::Registered { .. }
         | Event::QuorumRole { .. } => None,
     }
@@ -350,6 +351,7 @@ impl Model {
             Event::Opened {
                 log_end,
                 high_watermark,
+                batches,
                 ..
             } => {
                 let lost_committed = r
@@ -359,7 +361,12 @@ impl Model {
                 if lost_committed && *log_end < committed_end {
                     r.lost = Some((committed_end, started));
                 }
-                r.log.retain(|_, b| b.last < *log_end);
+                match batches {
+                    // What recovery found is what the log holds: a write that failed part
+                    // way may have left whole batches whose append was never reported.
+                    Some(found) => r.log = found.iter().map(|b| (b.base, *b)).collect(),
+                    None => r.log.retain(|_, b| b.last < *log_end),
+                }
                 r.high_watermark = *high_watermark;
                 r.leading = None;
                 r.opened_step = step;
@@ -411,6 +418,7 @@ impl Model {
             | Event::Served { .. }
             | Event::MetadataApplied { .. }
             | Event::Started
+            | Event::Halted { .. }
             | Event::Registered { .. }
             | Event::QuorumRole { .. } => {}
         }

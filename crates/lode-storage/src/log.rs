@@ -52,7 +52,10 @@ pub enum PlantedBug {
 /// decides what the process does about it (lode's broker halts, as Kafka's does when its
 /// log directory fails). Called with the log borrowed: it must not block.
 #[derive(Clone)]
-pub struct FailureHook(std::sync::Arc<dyn Fn(&str, &LogError) + Send + Sync>);
+pub struct FailureHook(std::sync::Arc<FailureFn>);
+
+/// What a [`FailureHook`] calls: the log's directory, the error.
+type FailureFn = dyn Fn(&str, &LogError) + Send + Sync;
 
 impl FailureHook {
     /// A hook calling `f`.

@@ -108,11 +108,14 @@ pub enum Planted {
     /// A consumer drops a partition from its assignment when a fetch answers
     /// NOT_LEADER_OR_FOLLOWER (a leader moved), and never reads it again.
     ConsumerForgetsPartition,
+    /// A log counts a failed sync as a good one (fsyncgate), so its broker acknowledges
+    /// records the failed sync may have dropped.
+    IgnoreSyncFailure,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 9] = [
+    pub const ALL: [(&'static str, Planted); 10] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -125,6 +128,7 @@ impl Planted {
             "consumer-forgets-partition",
             Planted::ConsumerForgetsPartition,
         ),
+        ("ignore-sync-failure", Planted::IgnoreSyncFailure),
     ];
 
     /// Its name.
@@ -151,6 +155,7 @@ impl Planted {
             Planted::ElectOutsideIsr => B::Controller(C::ElectOutsideIsrAndElr),
             Planted::ReadAboveHw => B::ReadAboveHighWatermark,
             Planted::CommitBeforeReplicated => B::CommitBeforeReplicated,
+            Planted::IgnoreSyncFailure => B::Storage(lode_storage::PlantedBug::SyncFailureIgnored),
             Planted::ConsumerForgetsPartition => return None,
         })
     }
@@ -313,7 +318,7 @@ impl Params {
         let acks_one: BTreeSet<u32> = (0..producers).filter(|_| r.chance(25)).collect();
         let fsync = match planted {
             // The planted bug is about syncs: it only shows under fsync=always.
-            Some(Planted::AckBeforeSync) => Fsync::Always,
+            Some(Planted::AckBeforeSync | Planted::IgnoreSyncFailure) => Fsync::Always,
             _ if r.chance(30) => Fsync::Interval,
             _ => Fsync::Always,
         };
@@ -329,6 +334,7 @@ impl Params {
             _ => r.below(4) as u32,
         };
         let min_isr = min_isr.min(i32::from(replication_factor));
+        let mix = Mix::of(seed, min_isr);
         Params {
             seed,
             brokers,
@@ -345,7 +351,11 @@ impl Params {
             duration_ms,
             session_timeout_ms: 1_500,
             planted,
-            mix: Mix::of(seed, min_isr),
+            mix: Mix {
+                // Only a failing disk shows the bug.
+                disk: planted == Some(Planted::IgnoreSyncFailure) || mix.disk,
+                ..mix
+            },
         }
     }
 }
@@ -448,6 +458,9 @@ pub enum Fault {
     Corrupt(Target),
     /// This percentage of the broker's disk writes and syncs fail with EIO.
     DiskErrors(Target, u32),
+    /// This percentage of the broker's syncs fail with EIO, and nothing else does (a failed
+    /// sync resolves the unsynced pages it covered as a crash would: fsyncgate).
+    SyncErrors(Target, u32),
     /// The broker's log disk fails and is replaced by an empty one: the broker dies (if it
     /// runs) and, when restarted, has lost every partition log (its metadata log survives).
     Wipe(Target),
@@ -482,6 +495,7 @@ impl fmt::Display for Fault {
             Fault::Skew(n, offset, drift) => write!(f, "skew {n} {offset} {drift}"),
             Fault::Corrupt(n) => write!(f, "corrupt {n}"),
             Fault::DiskErrors(n, percent) => write!(f, "disk-errors {n} {percent}"),
+            Fault::SyncErrors(n, percent) => write!(f, "sync-errors {n} {percent}"),
             Fault::Wipe(n) => write!(f, "wipe {n}"),
             Fault::Uncut(a, b) => write!(f, "uncut {a} {b}"),
             Fault::Latency(lo, hi) => write!(f, "latency {lo} {hi}"),
@@ -524,6 +538,10 @@ impl FromStr for Fault {
             Some("skew") => Fault::Skew(target(1)?, number(2)?, number(3)?),
             Some("corrupt") => Fault::Corrupt(target(1)?),
             Some("disk-errors") => Fault::DiskErrors(
+                target(1)?,
+                u32::try_from(number(2)?.clamp(0, 100)).unwrap_or(0),
+            ),
+            Some("sync-errors") => Fault::SyncErrors(
                 target(1)?,
                 u32::try_from(number(2)?.clamp(0, 100)).unwrap_or(0),
             ),
@@ -667,8 +685,17 @@ impl Schedule {
                     swizzled_until = end;
                     None
                 }
-                5 => match r.below(2) {
+                5 => match r.below(3) {
+                    // The planted bug shows only when syncs fail and writes succeed.
+                    _ if p.planted == Some(Planted::IgnoreSyncFailure) => Some((
+                        Fault::SyncErrors(na, 10 + r.below(40) as u32),
+                        Some(Fault::DiskOk(na)),
+                    )),
                     0 => Some((
+                        Fault::SyncErrors(na, 1 + r.below(50) as u32),
+                        Some(Fault::DiskOk(na)),
+                    )),
+                    1 => Some((
                         Fault::DiskErrors(na, 1 + r.below(30) as u32),
                         Some(Fault::DiskOk(na)),
                     )),
@@ -1303,6 +1330,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::Skew(t, o, d) => Fault::Skew(n(t)?, o, d),
         Fault::Corrupt(t) => Fault::Corrupt(n(t)?),
         Fault::DiskErrors(t, p) => Fault::DiskErrors(n(t)?, p),
+        Fault::SyncErrors(t, p) => Fault::SyncErrors(n(t)?, p),
         Fault::Wipe(t) => Fault::Wipe(n(t)?),
         Fault::Uncut(a, b) => Fault::Uncut(n(a)?, n(b)?),
         Fault::DiskFull(t) => Fault::DiskFull(n(t)?),
@@ -1326,6 +1354,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::Skew(t, _, _)
         | Fault::Corrupt(t)
         | Fault::DiskErrors(t, _)
+        | Fault::SyncErrors(t, _)
         | Fault::Wipe(t)
         | Fault::Uncut(t, _)
         | Fault::DiskFull(t)
@@ -1452,6 +1481,23 @@ async fn apply(
                 let p = f64::from(percent) / 100.0;
                 cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
                     write_eio: p,
+                    sync_eio: p,
+                    ..lode_env::disk::Faults::default()
+                });
+                if percent > 0 {
+                    // A failed sync resolves the file's unsynced pages as a crash would:
+                    // under fsync=interval that replica may lose what it had not synced,
+                    // as in a power loss of that one broker.
+                    happened.power_loss = true;
+                    happened.unclean_restart = true;
+                }
+            }
+            None => return "skipped".into(),
+        },
+        Fault::SyncErrors(t, percent) => match node(t) {
+            Some(n) => {
+                let p = f64::from(percent) / 100.0;
+                cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
                     sync_eio: p,
                     ..lode_env::disk::Faults::default()
                 });

@@ -25,7 +25,7 @@ usage:
       a partition log on the simulated disk, killed mid-IO, recovered and checked
 planted bugs (built with --features planted-bugs): truncate-to-hw, hw-below-min-isr,
   isr-without-epoch-start, stale-alter-partition, ack-before-sync, elect-outside-isr,
-  read-above-hw, commit-before-replicated, consumer-forgets-partition";
+  read-above-hw, commit-before-replicated, consumer-forgets-partition, ignore-sync-failure";
 
 /// Log lines carry simulated time (ms since the run began, as the trace's `t_ms`), so a
 /// broker's log reads against the trace. Outside a run, none.

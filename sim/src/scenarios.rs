@@ -36,7 +36,7 @@ pub struct Scenario {
 }
 
 /// Every scenario.
-pub const ALL: [Scenario; 15] = [
+pub const ALL: [Scenario; 16] = [
     Scenario {
         name: "isr-of-one",
         about: "Jepsen 2013: both followers drop out until ISR = {leader}, then the leader is \
@@ -252,6 +252,23 @@ pub const ALL: [Scenario; 15] = [
         group_members: 2,
         schedule: "4000 partition coordinator\n10000 heal\n",
         catches: Some(Planted::CommitBeforeReplicated),
+    },
+    Scenario {
+        name: "fsync-failure",
+        about: "PostgreSQL's fsyncgate (2018) and Rebello et al., ATC 2020: the leader is alone \
+                in its ISR when its syncs fail; a failed sync may have dropped what it \
+                covered, so the log must fail (the broker halts and recovers), never \
+                acknowledge it",
+        brokers: 5,
+        rf_min_isr: (3, 1),
+        fsync: Fsync::Always,
+        duration_ms: 12_000,
+        session_timeout_ms: 1_500,
+        group_members: 0,
+        schedule: "1000 pause replica-1\n1000 pause replica-2\n4000 sync-errors replica-0 100\n\
+                   6000 disk-ok replica-0\n7000 crash replica-0\n7500 restart replica-0\n\
+                   8500 resume replica-1\n8500 resume replica-2\n",
+        catches: Some(Planted::IgnoreSyncFailure),
     },
 ];
 

@@ -114,6 +114,7 @@ fn the_swarm_finds_planted_bugs() {
         (P::ReadAboveHw, 5),
         (P::CommitBeforeReplicated, 5),
         (P::ConsumerForgetsPartition, 5),
+        (P::IgnoreSyncFailure, 25),
     ] {
         let run = |seed| {
             let params = Params::of(seed, Some(bug));

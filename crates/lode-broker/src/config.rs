@@ -92,6 +92,8 @@ pub enum PlantedBug {
     /// A group coordinator acknowledges an offset commit once its own log has it, without
     /// waiting for the ISR (an acknowledged commit can then vanish with a failover).
     CommitBeforeReplicated,
+    /// A broken rule of a partition's log.
+    Storage(lode_storage::PlantedBug),
 }
 
 /// The sync interval of `fsync=interval` topics when the broker's default is `always`.

@@ -140,6 +140,11 @@ impl Partition {
             segment_bytes_max,
             sync: SyncPolicy::GroupCommit,
             on_failure: on_failure.clone(),
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: match options.planted {
+                Some(crate::config::PlantedBug::Storage(bug)) => Some(bug),
+                _ => None,
+            },
             ..LogConfig::default()
         };
         let (mut log, report) = Log::open(dir.clone(), clock.clone(), config).await?;

@@ -45,6 +45,10 @@ pub enum PlantedBug {
     SyncSkipsDisk,
     /// Recovery trusts the whole log (no CRC scan of the tail).
     RecoveryTrustsTail,
+    /// A failed sync counts as a good one: the error is logged and dropped, and the durable
+    /// offset advances over pages the kernel may already have dropped (PostgreSQL's retried
+    /// fsync before 2018, "fsyncgate").
+    SyncFailureIgnored,
 }
 
 /// Told of every storage fault a log meets (a failed write or sync, a failed read, stored
@@ -602,6 +606,14 @@ impl Log {
         result: Result<(), LogError>,
     ) -> Result<Offset, LogError> {
         self.check_ok()?;
+        #[cfg(feature = "planted-bugs")]
+        let result = match result {
+            Err(e) if self.config.planted_bug == Some(PlantedBug::SyncFailureIgnored) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "planted: sync failure ignored");
+                Ok(())
+            }
+            r => r,
+        };
         match result {
             Ok(()) => {
                 // After a truncation during the sync, the offsets the job covered may hold

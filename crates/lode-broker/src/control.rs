@@ -119,6 +119,10 @@ pub struct ReplicaFetch {
     pub last_fetched_epoch: lode_proto::Epoch,
     /// Bytes of batches wanted, at most (the first batch always comes whole).
     pub max_bytes: u32,
+    /// The follower's broker epoch (its registration), as in Kafka's Fetch v15 (KIP-903):
+    /// the leader ignores a fetch from an earlier registration, and names this one when it
+    /// proposes the follower into the ISR.
+    pub broker_epoch: BrokerEpoch,
 }
 
 /// The leader's answer to a [`ReplicaFetch`].

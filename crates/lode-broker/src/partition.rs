@@ -554,6 +554,7 @@ impl Partition {
     pub async fn serve_replica(
         &self,
         from: BrokerId,
+        broker_epoch: lode_core::metadata::BrokerEpoch,
         fetch_offset: Offset,
         last_fetched_epoch: Epoch,
         max_bytes: usize,
@@ -592,10 +593,14 @@ impl Partition {
                 Err(_) => return (R::Error(crate::codes::KAFKA_STORAGE_ERROR), None),
             }
         };
-        let (hw, proposal) = match self.replication_lock().as_mut() {
-            Some(r) => r.on_follower_fetch(from, fetch_offset, end, now),
+        let outcome = match self.replication_lock().as_mut() {
+            Some(r) => r.on_follower_fetch(from, broker_epoch, fetch_offset, end, now),
             None => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
         };
+        if outcome.stale {
+            return (R::Error(crate::codes::STALE_BROKER_EPOCH), None);
+        }
+        let (hw, proposal) = (outcome.high_watermark, outcome.proposal);
         if let Some(p) = &proposal {
             crate::observe::emit(self.node, || crate::observe::Event::IsrProposed {
                 topic: self.topic.clone(),

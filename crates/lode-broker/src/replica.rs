@@ -87,16 +87,21 @@ async fn serve_one(
 ) -> (ReplicaFetchReply, Option<IsrProposal>) {
     let me = broker.config.node_id;
     let current = plane.read(|s| {
+        let registered = s.broker(from).map(|b| b.epoch);
         s.topic_id(&req.topic)
             .and_then(|id| s.partition(id, PartitionId(req.partition)))
-            .map(|p| (p.leader, p.leader_epoch))
+            .map(|p| (p.leader, p.leader_epoch, registered))
     });
-    let Some((leader, epoch)) = current else {
+    let Some((leader, epoch, registered)) = current else {
         return (
             ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
             None,
         );
     };
+    if registered.is_some_and(|r| req.broker_epoch < r) {
+        // From an earlier process of the follower, delivered late.
+        return (ReplicaFetchReply::Error(codes::STALE_BROKER_EPOCH), None);
+    }
     if req.leader_epoch < epoch {
         return (ReplicaFetchReply::Error(FENCED_LEADER_EPOCH), None);
     }
@@ -117,6 +122,7 @@ async fn serve_one(
     };
     p.serve_replica(
         from,
+        req.broker_epoch,
         req.fetch_offset,
         req.last_fetched_epoch,
         req.max_bytes as usize,
@@ -163,11 +169,13 @@ async fn propose(
                 let new_isr = proposal
                     .isr
                     .iter()
-                    .map(|b| {
-                        s.broker(*b).map(|r| IsrMember {
+                    .map(|b| match proposal.added {
+                        // The member added: the registration whose fetch showed it caught up.
+                        Some((added, epoch)) if added == *b => Some(IsrMember { id: *b, epoch }),
+                        _ => s.broker(*b).map(|r| IsrMember {
                             id: *b,
                             epoch: r.epoch,
-                        })
+                        }),
                     })
                     .collect::<Option<Vec<_>>>()?;
                 Some(AlterPartitionRequest {
@@ -333,6 +341,11 @@ async fn follow(
         let Some(p) = broker.topics.partition(&topic, index).await else {
             return;
         };
+        let Some(broker_epoch) = broker.membership.epoch() else {
+            // Not registered (yet, or any more): a fetch could not be told from a late one.
+            broker.clock.sleep(Duration::from_millis(200)).await;
+            continue;
+        };
         let (fetch_offset, last_fetched_epoch) = p.replica_position().await;
         let req = ReplicaFetch {
             topic: topic.clone(),
@@ -341,6 +354,7 @@ async fn follow(
             fetch_offset,
             last_fetched_epoch,
             max_bytes: FETCH_BYTES_MAX,
+            broker_epoch,
         };
         match plane
             .fetch(leader, req, FETCH_WAIT + Duration::from_secs(2))

@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use lode_proto::types::BrokerEpoch;
 use lode_proto::{BrokerId, Epoch, Instant, Offset};
 
 use crate::epoch_cache::LeaderEpochCache;
@@ -85,6 +86,21 @@ pub struct FollowerProgress {
     last_fetch_leader_end: Offset,
     /// When it last fetched.
     last_fetch: Option<Instant>,
+    /// The broker epoch (registration) its fetches came from, once one came: a fetch from
+    /// an older registration (an earlier process's, delivered late) is ignored.
+    pub broker_epoch: Option<BrokerEpoch>,
+}
+
+/// What [`LeaderReplication::on_follower_fetch`] made of a fetch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// The new high watermark, if it moved.
+    pub high_watermark: Option<Offset>,
+    /// An ISR expansion to propose, if the follower qualifies.
+    pub proposal: Option<IsrProposal>,
+    /// The fetch came from an earlier registration of the follower than one already seen
+    /// (a process that has since restarted): it counted for nothing.
+    pub stale: bool,
 }
 
 /// An ISR change the leader asks the controller for (AlterPartition).
@@ -94,6 +110,11 @@ pub struct IsrProposal {
     pub isr: BTreeSet<BrokerId>,
     /// The partition epoch it is based on.
     pub partition_epoch: i32,
+    /// The member it adds, if any, with the broker epoch of the fetch that showed it caught
+    /// up (KIP-903): the controller refuses the change if that registration is no longer
+    /// current, so a late fetch from a process that has since lost its log cannot bring
+    /// the new one into the ISR.
+    pub added: Option<(BrokerId, BrokerEpoch)>,
 }
 
 /// Where an acks=all batch stands.
@@ -157,6 +178,7 @@ impl LeaderReplication {
                         last_caught_up: now,
                         last_fetch_leader_end: Offset(0),
                         last_fetch: None,
+                        broker_epoch: None,
                     },
                 )
             })
@@ -288,21 +310,28 @@ impl LeaderReplication {
         self.advance()
     }
 
-    /// A follower fetched at `fetch_offset` (its log end) while the leader's log ends at
-    /// `leader_log_end` (written, not necessarily synced: a follower may have synced records
-    /// the leader has not yet, and they count for it). Returns the new high watermark if it
-    /// moved, and an ISR expansion to propose if the follower qualifies.
+    /// A follower, registered with `broker_epoch`, fetched at `fetch_offset` (its log end)
+    /// while the leader's log ends at `leader_log_end` (written, not necessarily synced: a
+    /// follower may have synced records the leader has not yet, and they count for it).
     pub fn on_follower_fetch(
         &mut self,
         follower: BrokerId,
+        broker_epoch: BrokerEpoch,
         fetch_offset: Offset,
         leader_log_end: Offset,
         now: Instant,
-    ) -> (Option<Offset>, Option<IsrProposal>) {
+    ) -> FetchOutcome {
         let leader_end = leader_log_end.max(self.log_end);
         let Some(f) = self.followers.get_mut(&follower) else {
-            return (None, None);
+            return FetchOutcome::default();
         };
+        if f.broker_epoch.is_some_and(|seen| broker_epoch < seen) {
+            return FetchOutcome {
+                stale: true,
+                ..FetchOutcome::default()
+            };
+        }
+        f.broker_epoch = Some(broker_epoch);
         // A fetch beyond the leader's end is a follower with a diverging tail; it is told to
         // truncate and counts for nothing here.
         let offset = fetch_offset.min(leader_end);
@@ -341,13 +370,18 @@ impl LeaderReplication {
             let p = IsrProposal {
                 isr,
                 partition_epoch: self.partition_epoch,
+                added: Some((follower, broker_epoch)),
             };
             self.pending = Some(p.clone());
             p
         });
         // A pending addition joins the maximal ISR: the high watermark may not move past
         // it (it is at or above the HW, so nothing moves back).
-        (hw, proposal)
+        FetchOutcome {
+            high_watermark: hw,
+            proposal,
+            stale: false,
+        }
     }
 
     /// Time passes: ISR members that lag too long are proposed out.
@@ -378,6 +412,7 @@ impl LeaderReplication {
         let p = IsrProposal {
             isr,
             partition_epoch: self.partition_epoch,
+            added: None,
         };
         self.pending = Some(p.clone());
         Some(p)

@@ -17,6 +17,32 @@ fn set(ids: &[i32]) -> BTreeSet<BrokerId> {
     ids.iter().map(|i| BrokerId(*i)).collect()
 }
 
+/// Fetches from followers of one registration (broker epoch 1), as most tests have them.
+trait Fetched {
+    fn fetched(
+        &mut self,
+        follower: BrokerId,
+        fetch_offset: Offset,
+        leader_log_end: Offset,
+        now: Instant,
+    ) -> (Option<Offset>, Option<IsrProposal>);
+}
+
+impl Fetched for LeaderReplication {
+    fn fetched(
+        &mut self,
+        follower: BrokerId,
+        fetch_offset: Offset,
+        leader_log_end: Offset,
+        now: Instant,
+    ) -> (Option<Offset>, Option<IsrProposal>) {
+        let out =
+            self.on_follower_fetch(follower, BrokerEpoch(1), fetch_offset, leader_log_end, now);
+        assert!(!out.stale);
+        (out.high_watermark, out.proposal)
+    }
+}
+
 /// The leader's log end as the tests drive it (they append and sync in one step).
 fn l_end(l: &LeaderReplication) -> Offset {
     l.log_end
@@ -40,14 +66,9 @@ fn leader(min_isr: usize, isr: &[i32]) -> LeaderReplication {
 fn the_high_watermark_is_the_smallest_end_over_the_isr() {
     let mut l = leader(2, &[0, 1, 2]);
     assert_eq!(l.on_leader_append(Offset(10)), None);
+    assert_eq!(l.fetched(BrokerId(1), Offset(10), l_end(&l), ms(1)).0, None);
     assert_eq!(
-        l.on_follower_fetch(BrokerId(1), Offset(10), l_end(&l), ms(1))
-            .0,
-        None
-    );
-    assert_eq!(
-        l.on_follower_fetch(BrokerId(2), Offset(4), l_end(&l), ms(1))
-            .0,
+        l.fetched(BrokerId(2), Offset(4), l_end(&l), ms(1)).0,
         Some(Offset(4))
     );
     assert_eq!(l.ack_state(Offset(3)), AckState::Committed);
@@ -60,13 +81,11 @@ fn followers_ahead_of_the_leaders_sync_count_once_it_syncs() {
     // The leader wrote 10 records but has not synced them; the followers fetched, synced
     // and came back at 10.
     assert_eq!(
-        l.on_follower_fetch(BrokerId(1), Offset(10), Offset(10), ms(1))
-            .0,
+        l.fetched(BrokerId(1), Offset(10), Offset(10), ms(1)).0,
         None
     );
     assert_eq!(
-        l.on_follower_fetch(BrokerId(2), Offset(10), Offset(10), ms(1))
-            .0,
+        l.fetched(BrokerId(2), Offset(10), Offset(10), ms(1)).0,
         None
     );
     // The leader's sync alone completes the commit: no further fetch needed.
@@ -79,7 +98,7 @@ fn below_min_isr_the_high_watermark_stays_and_acks_all_is_refused() {
     assert!(!l.accepts_acks_all());
     l.on_leader_append(Offset(10));
     // Follower 1 catches up: proposed in, but until committed the ISR is {0}.
-    let (hw, p) = l.on_follower_fetch(BrokerId(1), Offset(10), l_end(&l), ms(1));
+    let (hw, p) = l.fetched(BrokerId(1), Offset(10), l_end(&l), ms(1));
     assert_eq!(hw, None, "strict min ISR: no advance below min ISR");
     let p = p.expect("expansion proposed");
     assert_eq!(p.isr, set(&[0, 1]));
@@ -91,12 +110,12 @@ fn below_min_isr_the_high_watermark_stays_and_acks_all_is_refused() {
 fn a_lagging_member_is_proposed_out_and_kept_in_the_maximal_isr_until_committed() {
     let mut l = leader(1, &[0, 1, 2]);
     l.on_leader_append(Offset(5));
-    l.on_follower_fetch(BrokerId(1), Offset(5), l_end(&l), ms(1));
-    l.on_follower_fetch(BrokerId(2), Offset(2), l_end(&l), ms(1));
+    l.fetched(BrokerId(1), Offset(5), l_end(&l), ms(1));
+    l.fetched(BrokerId(2), Offset(2), l_end(&l), ms(1));
     assert_eq!(l.high_watermark(), Offset(2));
     // 2 never catches up.
     for t in (1..=40).map(|s| ms(s * 1000)) {
-        l.on_follower_fetch(BrokerId(1), Offset(5), Offset(5), t);
+        l.fetched(BrokerId(1), Offset(5), Offset(5), t);
     }
     let p = l.tick(ms(40_000)).expect("shrink proposed");
     assert_eq!(p.isr, set(&[0, 1]));
@@ -109,21 +128,20 @@ fn a_lagging_member_is_proposed_out_and_kept_in_the_maximal_isr_until_committed(
 fn a_pending_addition_holds_the_high_watermark_back() {
     let mut l = leader(1, &[0, 1]);
     l.on_leader_append(Offset(10));
-    l.on_follower_fetch(BrokerId(1), Offset(10), l_end(&l), ms(1));
+    l.fetched(BrokerId(1), Offset(10), l_end(&l), ms(1));
     assert_eq!(l.high_watermark(), Offset(10));
     // 2 reaches the high watermark: proposed in.
-    let (_, p) = l.on_follower_fetch(BrokerId(2), Offset(10), l_end(&l), ms(2));
+    let (_, p) = l.fetched(BrokerId(2), Offset(10), l_end(&l), ms(2));
     let p = p.expect("expansion proposed");
     l.on_leader_append(Offset(20));
-    l.on_follower_fetch(BrokerId(1), Offset(20), l_end(&l), ms(3));
+    l.fetched(BrokerId(1), Offset(20), l_end(&l), ms(3));
     // Until 2 has them, records 10..20 are not committed: once the controller commits the
     // new ISR, 2 must hold everything below the high watermark.
     assert_eq!(l.high_watermark(), Offset(10));
     l.on_isr_committed(p.isr, 1);
     assert_eq!(l.high_watermark(), Offset(10));
     assert_eq!(
-        l.on_follower_fetch(BrokerId(2), Offset(20), l_end(&l), ms(4))
-            .0,
+        l.fetched(BrokerId(2), Offset(20), l_end(&l), ms(4)).0,
         Some(Offset(20))
     );
 }
@@ -143,11 +161,11 @@ fn expansion_needs_the_high_watermark_and_the_epoch_start() {
     );
     // At the old high watermark but below this epoch's start (KAFKA-7128): not yet.
     assert!(l
-        .on_follower_fetch(BrokerId(1), Offset(95), l_end(&l), ms(1))
+        .fetched(BrokerId(1), Offset(95), l_end(&l), ms(1))
         .1
         .is_none());
     assert!(l
-        .on_follower_fetch(BrokerId(1), Offset(100), l_end(&l), ms(2))
+        .fetched(BrokerId(1), Offset(100), l_end(&l), ms(2))
         .1
         .is_some());
 }
@@ -222,7 +240,7 @@ proptest! {
                 }
                 Op::Fetch(f, gain) => {
                     ends[f] = (ends[f] + gain).min(leader_end);
-                    let _ = l.on_follower_fetch(BrokerId(f as i32), Offset(ends[f]), Offset(leader_end), ms(now));
+                    let _ = l.fetched(BrokerId(f as i32), Offset(ends[f]), Offset(leader_end), ms(now));
                 }
                 Op::Tick(dt) => {
                     now += dt;
@@ -267,4 +285,31 @@ proptest! {
             }
         }
     }
+}
+
+/// KIP-903: a fetch from an earlier registration of a follower (a process that has since
+/// restarted, perhaps without its log) delivered late counts for nothing, and an expansion
+/// names the registration whose fetch showed the follower caught up.
+#[test]
+fn a_late_fetch_from_an_earlier_registration_counts_for_nothing() {
+    let mut l = leader(1, &[0, 1]);
+    l.on_leader_append(Offset(10));
+    assert_eq!(
+        l.fetched(BrokerId(1), Offset(10), Offset(10), ms(1)).0,
+        Some(Offset(10))
+    );
+    // Broker 2 restarted with an empty log (epoch 7) and fetched from 0.
+    let out = l.on_follower_fetch(BrokerId(2), BrokerEpoch(7), Offset(0), Offset(10), ms(1));
+    assert!(!out.stale);
+    assert!(out.proposal.is_none());
+    // Its earlier process's fetch at 10 (epoch 5) arrives now: ignored, no expansion.
+    let out = l.on_follower_fetch(BrokerId(2), BrokerEpoch(5), Offset(10), Offset(10), ms(2));
+    assert!(out.stale);
+    assert_eq!(out.proposal, None);
+    assert_eq!(l.follower(BrokerId(2)).map(|f| f.log_end), Some(Offset(0)));
+    // The new process catches up: the expansion carries its epoch.
+    let out = l.on_follower_fetch(BrokerId(2), BrokerEpoch(7), Offset(10), Offset(10), ms(3));
+    let p = out.proposal.expect("caught up");
+    assert_eq!(p.added, Some((BrokerId(2), BrokerEpoch(7))));
+    assert_eq!(p.isr, set(&[0, 1, 2]));
 }

@@ -1611,15 +1611,14 @@ async fn produce(
         let outcome = match producer.send(TOPIC, record).await {
             Err(e) => Outcome::Info(e.to_string()),
             Ok(d) => match madsim::time::timeout(Duration::from_secs(10), d).await {
-                Ok(Ok(Ok(offset))) => Outcome::Ok(offset.0),
+                Ok(Ok(offset)) => Outcome::Ok(offset.0),
                 // After retries an earlier attempt may have been appended: unknown.
-                Ok(Ok(Err(ClientError::Broker { code, .. })))
+                Ok(Err(ClientError::Broker { code, .. }))
                     if code == NOT_ENOUGH_REPLICAS && !idempotent =>
                 {
                     Outcome::Fail
                 }
-                Ok(Ok(Err(e))) => Outcome::Info(e.to_string()),
-                Ok(Err(_)) => Outcome::Info("producer dropped the send".into()),
+                Ok(Err(e)) => Outcome::Info(e.to_string()),
                 Err(_) => Outcome::Info("no answer in 10 s".into()),
             },
         };
@@ -1980,7 +1979,7 @@ async fn read_all(
                 ..Record::default()
             };
             if let Ok(d) = sentinels.send(TOPIC, record).await {
-                if let Ok(Ok(offset)) = d.await {
+                if let Ok(offset) = d.await {
                     end = Some(Offset(offset.0 + 1));
                     break;
                 }

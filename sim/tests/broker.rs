@@ -65,7 +65,7 @@ async fn scenario(seed: u64) -> Vec<(i64, Vec<u8>)> {
                 }
                 producer.flush().await;
                 for d in deliveries {
-                    d.await.unwrap().unwrap();
+                    d.await.unwrap();
                 }
                 let mut consumer = Consumer::new(
                     Client::connect("10.0.0.1:9092", "sim-consumer")

@@ -37,7 +37,7 @@ async fn produce_all(client: &std::sync::Arc<Client>, topic: &str, partitions: i
     }
     producer.flush().await;
     for d in deliveries {
-        d.await.unwrap().unwrap();
+        d.await.unwrap();
     }
 }
 

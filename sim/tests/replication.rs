@@ -44,7 +44,7 @@ async fn produce_numbers(client: &Arc<Client>, topic: &str, range: Range<u32>) {
     }
     producer.flush().await;
     for d in deliveries {
-        d.await.unwrap().expect("acks=all acknowledged");
+        d.await.expect("acks=all acknowledged");
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lode_client::{Client, Consumer, Producer, ProducerConfig, Record};
+use lode_client::{Client, Consumer, Producer, ProducerConfig, RecordRef};
 use lode_proto::Offset;
 
 use crate::Flags;
@@ -246,8 +246,8 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             let mut failed = 0_usize;
             while let Some((j, sent, d)) = ack_rx.recv().await {
                 match d.await {
-                    Ok(Ok(_)) if j >= warmup => latencies.push(sent.elapsed()),
-                    Ok(Ok(_)) => {}
+                    Ok(_) if j >= warmup => latencies.push(sent.elapsed()),
+                    Ok(_) => {}
                     _ => failed += 1,
                 }
             }
@@ -270,12 +270,12 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
             value[..8]
                 .copy_from_slice(&(now.duration_since(origin).as_nanos() as u64).to_be_bytes());
             value[8..16].copy_from_slice(&(i as u64).to_be_bytes());
-            let record = Record {
-                value: Some(value.clone()),
+            let record = RecordRef {
+                value: Some(&value),
                 partition: Some((i as i32) % partitions),
-                ..Record::default()
+                ..RecordRef::default()
             };
-            let d = producer.send(&topic, record).await?;
+            let d = producer.send_ref(&topic, record).await?;
             ack_tx
                 .send((i, now, d))
                 .await

@@ -149,12 +149,11 @@ pub(crate) fn produce(args: Vec<String>) -> Cmd {
         let (mut ok, mut failed) = (0, 0);
         for d in deliveries {
             match d.await {
-                Ok(Ok(_)) => ok += 1,
-                Ok(Err(e)) => {
+                Ok(_) => ok += 1,
+                Err(e) => {
                     failed += 1;
                     eprintln!("record failed: {e}");
                 }
-                Err(_) => failed += 1,
             }
         }
         eprintln!("{ok} records acknowledged, {failed} failed");

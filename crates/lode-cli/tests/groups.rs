@@ -134,13 +134,7 @@ fn a_group_member_finds_the_new_coordinator_after_a_kill_9() {
                 partition: Some(0),
                 ..Record::default()
             };
-            producer
-                .send(TOPIC, record)
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .unwrap();
+            producer.send(TOPIC, record).await.unwrap().await.unwrap();
         }
         let config = MemberConfig {
             session_timeout: Duration::from_secs(6),

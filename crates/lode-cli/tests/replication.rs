@@ -107,14 +107,14 @@ async fn produce_until(
         }
         let (n, p, d) = window.pop_front().unwrap();
         match d.await {
-            Ok(Ok(offset)) => {
+            Ok(offset) => {
                 out.acked.push((n, p, offset.0));
                 acked.fetch_add(1, Ordering::AcqRel);
             }
-            Ok(Err(ClientError::Broker { code, .. })) if code == NOT_ENOUGH_REPLICAS => {
+            Err(ClientError::Broker { code, .. }) if code == NOT_ENOUGH_REPLICAS => {
                 out.refused.insert(n);
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(_) => {
                 out.unknown.insert(n);
                 // Find the new leader before the next batch; pace retries of a dead one.
                 let _ = client.metadata(Some(&[topic])).await;
@@ -132,7 +132,7 @@ async fn send_acked(producer: &Producer, topic: &str, n: u64) {
         ..Record::default()
     };
     let d = producer.send(topic, record).await.unwrap();
-    d.await.unwrap().unwrap();
+    d.await.unwrap();
 }
 
 /// Waits until `count` went up by `more` (the producer makes progress).
@@ -413,7 +413,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
                 continue;
             };
             match d.await {
-                Ok(Err(ClientError::Broker { code, .. })) if code == NOT_ENOUGH_REPLICAS => {
+                Err(ClientError::Broker { code, .. }) if code == NOT_ENOUGH_REPLICAS => {
                     refused.push(n);
                     break;
                 }
@@ -448,7 +448,7 @@ fn acks_all_is_refused_with_two_of_three_replicas_down() {
                     ..Record::default()
                 };
                 let d = all_acks.send(TOPIC, record).await.ok()?;
-                d.await.ok()?.ok().map(|_| this)
+                d.await.ok().map(|_| this)
             }
         })
         .await;

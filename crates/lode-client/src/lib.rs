@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 pub use conn::Connection;
 pub use consumer::{Consumer, ConsumerRecord};
 pub use member::{GroupError, GroupMember, MemberConfig};
-pub use producer::{Producer, ProducerConfig, Record};
+pub use producer::{Delivery, Producer, ProducerConfig, Record, RecordRef};
 
 /// An error of a client operation.
 #[derive(Debug, thiserror::Error)]

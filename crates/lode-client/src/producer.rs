@@ -6,10 +6,17 @@
 //! idempotence up to `in_flight_per_partition_max` batches of a partition are on the wire.
 //! Each round the sender takes every due batch and sends one Produce per leader; requests
 //! are pipelined on the connection.
+//!
+//! A record is encoded into its partition's open batch when it is sent (from borrowed
+//! bytes with [`Producer::send_ref`]), and the records of a batch share one outcome: a
+//! record costs no allocation of its own.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use lode_env::Clock;
 use lode_proto::batch::{Compression, RecordBatchBuilder};
 use lode_proto::{Instant, Offset};
-use tokio::sync::{oneshot, Mutex, Notify, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 
 use crate::{Client, ClientError, Connection};
 
@@ -35,6 +42,22 @@ pub struct Record {
     /// Headers, in order; keys may repeat.
     pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Create time; now if `None`.
+    pub timestamp_ms: Option<i64>,
+    /// The partition; by key hash (or round robin without a key) if `None`.
+    pub partition: Option<i32>,
+}
+
+/// One record to send, borrowed: [`Producer::send_ref`] encodes it into its batch at once,
+/// so the caller's buffers are free again when the call returns.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordRef<'a> {
+    /// The key (decides the partition when none is given).
+    pub key: Option<&'a [u8]>,
+    /// The value.
+    pub value: Option<&'a [u8]>,
+    /// Headers, in order; keys may repeat.
+    pub headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+    /// Create time; the time its batch opened if `None`.
     pub timestamp_ms: Option<i64>,
     /// The partition; by key hash (or round robin without a key) if `None`.
     pub partition: Option<i32>,
@@ -89,13 +112,93 @@ impl Default for ProducerConfig {
     }
 }
 
-/// Where a record went: its offset (-1 with acks=0).
-pub type Delivery = oneshot::Receiver<Result<Offset, ClientError>>;
+/// Where a record went: a future of its offset (-1 with acks=0), or of why it failed
+/// ([`ClientError::Closed`] if the producer was dropped before its batch was answered).
+/// The records of one batch share one outcome, so a record costs no allocation of its own.
+#[must_use = "a delivery says whether the record was written"]
+pub struct Delivery {
+    outcome: Arc<Outcome>,
+    /// The record's offset delta in its batch.
+    index: u32,
+}
 
+impl Future for Delivery {
+    type Output = Result<Offset, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.outcome.lock();
+        match &state.result {
+            Some(Ok(base)) if base.0 >= 0 => Poll::Ready(Ok(base.add(i64::from(self.index)))),
+            Some(Ok(base)) => Poll::Ready(Ok(*base)),
+            Some(Err(e)) => Poll::Ready(Err(copy_error(e))),
+            None => {
+                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The outcome of one batch, shared by the deliveries of its records: the base offset or
+/// the error, and the tasks waiting for it (one per delivery polled at most).
+#[derive(Default)]
+struct Outcome(std::sync::Mutex<OutcomeState>);
+
+#[derive(Default)]
+struct OutcomeState {
+    result: Option<Result<Offset, ClientError>>,
+    wakers: Vec<Waker>,
+}
+
+impl Outcome {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutcomeState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The producer's side of a batch's [`Outcome`]: settles it once; dropped unsettled (the
+/// producer went away), it fails the deliveries with [`ClientError::Closed`].
+struct Settle(Arc<Outcome>);
+
+impl Settle {
+    fn settle(self, result: Result<Offset, ClientError>) {
+        self.set(result);
+    }
+
+    fn set(&self, result: Result<Offset, ClientError>) {
+        let wakers = {
+            let mut state = self.0.lock();
+            if state.result.is_some() {
+                return;
+            }
+            state.result = Some(result);
+            std::mem::take(&mut state.wakers)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.set(Err(ClientError::Closed));
+    }
+}
+
+/// A batch filling up: its records are encoded as they are sent.
 struct Pending {
-    records: Vec<Record>,
+    builder: RecordBatchBuilder,
+    /// The base timestamp (the first record's, or the time the batch opened).
+    base_ts: i64,
+    records: usize,
+    /// Its size as counted against [`ProducerConfig::batch_bytes`].
     bytes: usize,
-    acks: Vec<oneshot::Sender<Result<Offset, ClientError>>>,
+    settle: Settle,
     created: Instant,
 }
 
@@ -103,8 +206,9 @@ struct Inner {
     client: Arc<Client>,
     config: ProducerConfig,
     clock: Clock,
-    /// Per partition, batches waiting to be sent, oldest first; only the last one grows.
-    accum: Mutex<BTreeMap<(String, i32), Queue>>,
+    /// Per topic and partition, batches waiting to be sent, oldest first; only the last one
+    /// grows.
+    accum: std::sync::Mutex<Accumulator>,
     buffered: AtomicU32,
     wake: Notify,
     room: Semaphore,
@@ -155,13 +259,42 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-fn record_bytes(r: &Record) -> usize {
-    16 + r.key.as_ref().map_or(0, Vec::len)
-        + r.value.as_ref().map_or(0, Vec::len)
+fn record_bytes(r: &RecordRef<'_>) -> usize {
+    16 + r.key.map_or(0, <[u8]>::len)
+        + r.value.map_or(0, <[u8]>::len)
         + r.headers
             .iter()
-            .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, Vec::len))
+            .map(|(k, v)| 4 + k.len() + v.map_or(0, <[u8]>::len))
             .sum::<usize>()
+}
+
+/// The batches of every partition: topic, then partition (ordered maps, so the sender's
+/// rounds go in the same order in every run of a simulation).
+#[derive(Default)]
+struct Accumulator(BTreeMap<String, BTreeMap<i32, Queue>>);
+
+impl Accumulator {
+    fn queue(&mut self, topic: &str, partition: i32) -> &mut Queue {
+        if !self.0.contains_key(topic) {
+            self.0.insert(topic.to_owned(), BTreeMap::new());
+        }
+        self.0
+            .get_mut(topic)
+            .map(|t| t.entry(partition).or_default())
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    fn queues(&self) -> impl Iterator<Item = &Queue> {
+        self.0.values().flat_map(BTreeMap::values)
+    }
+
+    /// Drops the queues with nothing waiting and nothing in flight.
+    fn forget_idle(&mut self) {
+        for t in self.0.values_mut() {
+            t.retain(|_, q| !q.is_idle());
+        }
+        self.0.retain(|_, t| !t.is_empty());
+    }
 }
 
 fn retriable(code: i16) -> bool {
@@ -194,7 +327,7 @@ impl Producer {
             room: Semaphore::new(config.buffered_records_max),
             config,
             clock: Clock::system(),
-            accum: Mutex::new(BTreeMap::new()),
+            accum: std::sync::Mutex::new(Accumulator::default()),
             buffered: AtomicU32::new(0),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -209,12 +342,40 @@ impl Producer {
         Ok(Producer { inner })
     }
 
-    /// Queues `record` for `topic`; the returned receiver yields its offset once
+    /// Queues `record` for `topic`; the returned [`Delivery`] yields its offset once
     /// acknowledged.
     ///
     /// # Errors
     /// Unknown topic, or a closed producer.
     pub async fn send(&self, topic: &str, record: Record) -> Result<Delivery, ClientError> {
+        let headers: Vec<(&[u8], Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        self.send_ref(
+            topic,
+            RecordRef {
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+                headers: &headers,
+                timestamp_ms: record.timestamp_ms,
+                partition: record.partition,
+            },
+        )
+        .await
+    }
+
+    /// Like [`Producer::send`], from borrowed bytes: the record is encoded into its
+    /// partition's open batch before this returns, and nothing of it is kept.
+    ///
+    /// # Errors
+    /// Unknown topic, or a closed producer.
+    pub async fn send_ref(
+        &self,
+        topic: &str,
+        record: RecordRef<'_>,
+    ) -> Result<Delivery, ClientError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
@@ -231,42 +392,57 @@ impl Producer {
             .forget();
         let partitions = inner.client.partition_count(topic).await?;
         if partitions == 0 {
+            inner.room.add_permits(1);
             return Err(ClientError::UnknownPartition(topic.to_owned()));
         }
         let n = i32::try_from(partitions).unwrap_or(i32::MAX);
-        let partition = match (record.partition, &record.key) {
+        let partition = match (record.partition, record.key) {
             (Some(p), _) => p,
             (None, Some(k)) => (murmur2(k) & 0x7fff_ffff) % n,
             (None, None) => (inner.round_robin.fetch_add(1, Ordering::Relaxed) % n as u32) as i32,
         };
-        let (tx, rx) = oneshot::channel();
         let size = record_bytes(&record);
-        let mut accum = inner.accum.lock().await;
-        let now = inner.clock.now();
-        let queue = &mut accum
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .batches;
+        let mut accum = inner
+            .accum
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let queue = &mut accum.queue(topic, partition).batches;
         // A first batch for the partition starts a linger timer the sender must hear of.
         let first = queue.is_empty();
         // A record that would overflow the open batch starts the next one.
         let open = queue
             .back()
-            .is_some_and(|b| b.bytes + size <= inner.config.batch_bytes || b.records.is_empty());
+            .is_some_and(|b| b.bytes + size <= inner.config.batch_bytes || b.records == 0);
         if !open {
+            let base_ts = record.timestamp_ms.unwrap_or_else(|| inner.clock.wall_ms());
+            let mut builder = RecordBatchBuilder::new(Offset(0));
+            builder
+                .reserve(size.max(BATCH_RESERVE_BYTES.min(inner.config.batch_bytes)))
+                .base_timestamp(base_ts)
+                .compression(inner.config.compression);
             queue.push_back(Pending {
-                records: Vec::new(),
+                builder,
+                base_ts,
+                records: 0,
                 bytes: 0,
-                acks: Vec::new(),
-                created: now,
+                settle: Settle(Arc::new(Outcome::default())),
+                created: inner.clock.now(),
             });
         }
         let queued = queue.len();
         let Some(p) = queue.back_mut() else {
             return Err(ClientError::Closed);
         };
-        p.records.push(record);
-        p.acks.push(tx);
+        let delta = record
+            .timestamp_ms
+            .map_or(0, |t| t.saturating_sub(p.base_ts));
+        p.builder
+            .push(record.key, record.value, record.headers, delta);
+        let delivery = Delivery {
+            outcome: Arc::clone(&p.settle.0),
+            index: u32::try_from(p.records).unwrap_or(u32::MAX),
+        };
+        p.records += 1;
         p.bytes += size;
         let full = p.bytes >= inner.config.batch_bytes || queued > 1;
         // Counted under the accumulator's lock: the sender takes the record out under the
@@ -276,7 +452,7 @@ impl Producer {
         if full || first {
             inner.wake.notify_one();
         }
-        Ok(rx)
+        Ok(delivery)
     }
 
     /// Sends everything queued now and waits until it is acknowledged (or failed).
@@ -325,16 +501,21 @@ impl Queue {
     }
 }
 
-/// A batch on its way: where it goes, its records' acknowledgements, and its bytes.
+/// A batch on its way: where it goes, its records' outcome, and its bytes.
 struct Outgoing {
     /// The producer id the batch was built with (-1 without idempotence).
     producer_id: i64,
     topic: String,
     partition: i32,
     records: usize,
-    acks: Vec<oneshot::Sender<Result<Offset, ClientError>>>,
+    settle: Settle,
     batch: Result<Bytes, ClientError>,
 }
+
+/// The room a new batch reserves for its records (more when its first record is larger),
+/// so that a batch grows by few copies without every partition's open batch holding
+/// `batch_bytes`.
+const BATCH_RESERVE_BYTES: usize = 64 * 1024;
 
 impl Inner {
     /// The sender: each round takes the due batch of every partition with none in flight
@@ -342,9 +523,9 @@ impl Inner {
     async fn run(self: Arc<Self>) {
         loop {
             let next_due = {
-                let accum = self.accum.lock().await;
+                let accum = self.accum();
                 accum
-                    .values()
+                    .queues()
                     .filter(|q| q.in_flight < self.in_flight_max())
                     .filter_map(|q| q.batches.front())
                     .map(|p| p.created.saturating_add(self.config.linger))
@@ -374,27 +555,29 @@ impl Inner {
             let flush = self.flush.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire);
             let now = self.clock.now();
             let ready: Vec<((String, i32), Pending)> = {
-                let mut accum = self.accum.lock().await;
+                let mut accum = self.accum();
                 let mut out = Vec::new();
-                for (key, queue) in accum.iter_mut() {
-                    if queue.in_flight >= self.in_flight_max() {
-                        continue;
-                    }
-                    let Some(front) = queue.batches.front() else {
-                        continue;
-                    };
-                    let due = flush
-                        || queue.batches.len() > 1
-                        || front.bytes >= self.config.batch_bytes
-                        || now.saturating_since(front.created) >= self.config.linger;
-                    if due {
-                        if let Some(p) = queue.batches.pop_front() {
-                            queue.in_flight += 1;
-                            out.push((key.clone(), p));
+                for (topic, queues) in &mut accum.0 {
+                    for (&partition, queue) in queues.iter_mut() {
+                        if queue.in_flight >= self.in_flight_max() {
+                            continue;
+                        }
+                        let Some(front) = queue.batches.front() else {
+                            continue;
+                        };
+                        let due = flush
+                            || queue.batches.len() > 1
+                            || front.bytes >= self.config.batch_bytes
+                            || now.saturating_since(front.created) >= self.config.linger;
+                        if due {
+                            if let Some(p) = queue.batches.pop_front() {
+                                queue.in_flight += 1;
+                                out.push(((topic.clone(), partition), p));
+                            }
                         }
                     }
                 }
-                accum.retain(|_, q| !q.is_idle());
+                accum.forget_idle();
                 out
             };
             if ready.is_empty() {
@@ -443,6 +626,12 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn accum(&self) -> std::sync::MutexGuard<'_, Accumulator> {
+        self.accum
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn in_flight_max(&self) -> usize {
         if self.config.idempotent {
             1
@@ -451,34 +640,17 @@ impl Inner {
         }
     }
 
+    /// The batch of `pending`, under the producer `ids` from `sequence` on.
     fn build(
-        &self,
-        pending: &Pending,
+        mut pending: RecordBatchBuilder,
         (producer_id, producer_epoch): (i64, i16),
         sequence: i32,
     ) -> Result<Vec<u8>, ClientError> {
-        let base_ts = pending
-            .records
-            .first()
-            .and_then(|r| r.timestamp_ms)
-            .unwrap_or_else(|| self.clock.wall_ms());
-        let mut b = RecordBatchBuilder::new(Offset(0));
-        b.reserve(pending.bytes);
-        b.base_timestamp(base_ts);
-        b.compression(self.config.compression);
         if producer_id >= 0 {
-            b.producer(producer_id, producer_epoch, sequence);
+            pending.producer(producer_id, producer_epoch, sequence);
         }
-        for r in &pending.records {
-            let headers: Vec<(&[u8], Option<&[u8]>)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                .collect();
-            let delta = r.timestamp_ms.map_or(0, |t| t - base_ts);
-            b.push(r.key.as_deref(), r.value.as_deref(), &headers, delta);
-        }
-        b.try_finish()
+        pending
+            .try_finish()
             .map_err(|e| ClientError::Protocol(format!("building a batch: {e}")))
     }
 
@@ -506,16 +678,22 @@ impl Inner {
         } else {
             -1
         };
+        let Pending {
+            builder,
+            records,
+            settle,
+            ..
+        } = pending;
         let batch = match no_id {
             Some(e) => Err(e),
-            None => self.build(&pending, ids, sequence).map(Bytes::from),
+            None => Inner::build(builder, ids, sequence).map(Bytes::from),
         };
         Outgoing {
             producer_id: ids.0,
             topic,
             partition,
-            records: pending.records.len(),
-            acks: pending.acks,
+            records,
+            settle,
             batch,
         }
     }
@@ -678,20 +856,19 @@ impl Inner {
             }
             self.adopt_ids(fresh.unwrap_or((-1, -1))).await;
         }
-        for (i, ack) in out.acks.into_iter().enumerate() {
-            let r = match &result {
-                Ok(base) if base.0 >= 0 => Ok(base.add(i as i64)),
-                Ok(base) => Ok(*base),
-                Err(e) => Err(copy_error(e)),
-            };
-            let _ = ack.send(r);
-        }
+        out.settle.settle(result);
         {
-            let mut accum = self.accum.lock().await;
-            if let Some(q) = accum.get_mut(&key) {
-                q.in_flight = q.in_flight.saturating_sub(1);
-                if q.is_idle() {
-                    accum.remove(&key);
+            let mut accum = self.accum();
+            let (topic, partition) = &key;
+            if let Some(queues) = accum.0.get_mut(topic) {
+                if let Some(q) = queues.get_mut(partition) {
+                    q.in_flight = q.in_flight.saturating_sub(1);
+                    if q.is_idle() {
+                        queues.remove(partition);
+                    }
+                }
+                if queues.is_empty() {
+                    accum.0.remove(topic);
                 }
             }
         }
@@ -766,7 +943,65 @@ fn partition_result(
 
 #[cfg(test)]
 mod tests {
-    use super::murmur2;
+    use std::sync::Arc;
+
+    use super::{murmur2, ClientError, Delivery, Offset, Outcome, Settle};
+
+    fn batch_of(records: u32) -> (Settle, Vec<Delivery>) {
+        let outcome = Arc::new(Outcome::default());
+        let deliveries = (0..records)
+            .map(|index| Delivery {
+                outcome: Arc::clone(&outcome),
+                index,
+            })
+            .collect();
+        (Settle(outcome), deliveries)
+    }
+
+    #[tokio::test]
+    async fn the_records_of_a_batch_share_its_outcome() {
+        let (settle, mut deliveries) = batch_of(3);
+        // One delivery is awaited before the answer comes: it must be woken.
+        let last = deliveries.pop().unwrap();
+        let waiting = tokio::spawn(last);
+        tokio::task::yield_now().await;
+        settle.settle(Ok(Offset(40)));
+        assert_eq!(waiting.await.unwrap().unwrap(), Offset(42));
+        let offsets: Vec<Offset> = futures_offsets(deliveries).await;
+        assert_eq!(offsets, vec![Offset(40), Offset(41)]);
+
+        // acks=0: every record reports -1.
+        let (settle, deliveries) = batch_of(2);
+        settle.settle(Ok(Offset(-1)));
+        assert_eq!(futures_offsets(deliveries).await, vec![Offset(-1); 2]);
+
+        // A failed batch fails every record with its error.
+        let (settle, deliveries) = batch_of(2);
+        settle.settle(Err(ClientError::Broker {
+            api: "Produce",
+            code: 19,
+        }));
+        for d in deliveries {
+            assert!(matches!(d.await, Err(ClientError::Broker { code: 19, .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_dropped_unanswered_fails_its_records_as_closed() {
+        let (settle, deliveries) = batch_of(2);
+        drop(settle);
+        for d in deliveries {
+            assert!(matches!(d.await, Err(ClientError::Closed)));
+        }
+    }
+
+    async fn futures_offsets(deliveries: Vec<Delivery>) -> Vec<Offset> {
+        let mut out = Vec::new();
+        for d in deliveries {
+            out.push(d.await.unwrap());
+        }
+        out
+    }
 
     #[test]
     fn murmur2_matches_kafka() {

@@ -70,7 +70,6 @@ async fn produce_consume_round_trip() {
             tokio::time::timeout(Duration::from_secs(10), d)
                 .await
                 .unwrap()
-                .unwrap()
                 .unwrap(),
         );
     }
@@ -196,7 +195,7 @@ async fn acks_zero_and_one_and_oversized() {
         .await
         .unwrap();
     producer.flush().await;
-    let err = big.await.unwrap().unwrap_err();
+    let err = big.await.unwrap_err();
     assert!(
         err.to_string().contains("10"),
         "MESSAGE_TOO_LARGE expected: {err}"
@@ -291,7 +290,7 @@ async fn every_codec_round_trips_through_the_broker() {
         }
         producer.flush().await;
         for d in deliveries {
-            d.await.unwrap().unwrap();
+            d.await.unwrap();
         }
         let mut consumer = Consumer::new(client.clone());
         consumer.assign(&topic, 0, Offset(0));

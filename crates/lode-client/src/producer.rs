@@ -945,7 +945,21 @@ fn partition_result(
 mod tests {
     use std::sync::Arc;
 
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
     use super::{murmur2, ClientError, Delivery, Offset, Outcome, Settle};
+
+    /// A waker that records that it was woken.
+    struct Woken(AtomicBool);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 
     fn batch_of(records: u32) -> (Settle, Vec<Delivery>) {
         let outcome = Arc::new(Outcome::default());
@@ -961,12 +975,16 @@ mod tests {
     #[tokio::test]
     async fn the_records_of_a_batch_share_its_outcome() {
         let (settle, mut deliveries) = batch_of(3);
-        // One delivery is awaited before the answer comes: it must be woken.
-        let last = deliveries.pop().unwrap();
-        let waiting = tokio::spawn(last);
-        tokio::task::yield_now().await;
+        // One delivery is polled before the answer comes: it must be woken.
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        let mut last = pin!(deliveries.pop().unwrap());
+        assert!(last.as_mut().poll(&mut cx).is_pending());
+        assert!(!woken.0.load(Ordering::SeqCst));
         settle.settle(Ok(Offset(40)));
-        assert_eq!(waiting.await.unwrap().unwrap(), Offset(42));
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert!(matches!(last.poll(&mut cx), Poll::Ready(Ok(Offset(42)))));
         let offsets: Vec<Offset> = futures_offsets(deliveries).await;
         assert_eq!(offsets, vec![Offset(40), Offset(41)]);
 

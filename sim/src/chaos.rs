@@ -1476,28 +1476,13 @@ async fn apply(
             }
             None => return "skipped".into(),
         },
-        Fault::DiskErrors(t, percent) => match node(t) {
+        Fault::DiskErrors(t, percent) | Fault::SyncErrors(t, percent) => match node(t) {
             Some(n) => {
                 let p = f64::from(percent) / 100.0;
+                // `sync-errors` fails syncs alone; `disk-errors` writes too.
+                let writes = matches!(fault, Fault::DiskErrors(..));
                 cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
-                    write_eio: p,
-                    sync_eio: p,
-                    ..lode_env::disk::Faults::default()
-                });
-                if percent > 0 {
-                    // A failed sync resolves the file's unsynced pages as a crash would:
-                    // under fsync=interval that replica may lose what it had not synced,
-                    // as in a power loss of that one broker.
-                    happened.power_loss = true;
-                    happened.unclean_restart = true;
-                }
-            }
-            None => return "skipped".into(),
-        },
-        Fault::SyncErrors(t, percent) => match node(t) {
-            Some(n) => {
-                let p = f64::from(percent) / 100.0;
-                cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
+                    write_eio: if writes { p } else { 0.0 },
                     sync_eio: p,
                     ..lode_env::disk::Faults::default()
                 });

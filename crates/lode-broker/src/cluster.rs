@@ -13,6 +13,7 @@ use lode_core::metadata::{BrokerEpoch, BrokerRegistrationRequest, HeartbeatReque
 use lode_storage::{checkpoint, LogError};
 
 use crate::control::{ControlPlane, ControlReply, ControlRequest};
+use crate::topics::CreateError;
 use crate::Broker;
 
 /// The clean-shutdown marker of the broker (KIP-966): its broker epoch, written at a clean
@@ -239,14 +240,33 @@ pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
                 continue;
             }
         }
-        if broker.topics.get(name).await.is_none() {
-            if let Err(e) = broker
+        let made = if broker.topics.get(name).await.is_none() {
+            broker
                 .topics
                 .create_with_id(name, *partitions, Some(uuid::Uuid::from_u128(*id)), *fsync)
                 .await
-            {
-                tracing::warn!(topic = name, error = %e, "hosting a topic failed");
+                .map(|_| ())
+        } else {
+            // A creation cut short by a crash left only some of the partitions.
+            broker
+                .topics
+                .complete(name, *partitions, *fsync)
+                .await
+                .map(|_| ())
+        };
+        match made {
+            Ok(()) => {}
+            // The disk failed: fail-stop, like any other storage fault (a restart
+            // completes the topic from what the disk holds).
+            Err(e @ CreateError::Io(_)) => {
+                broker.halt.raise(format!("hosting topic {name}: {e}"));
+                return;
             }
+            Err(CreateError::Storage(e)) if e.is_storage_fault() => {
+                broker.halt.raise(format!("hosting topic {name}: {e}"));
+                return;
+            }
+            Err(e) => tracing::warn!(topic = name, error = %e, "hosting a topic failed"),
         }
     }
     for (name, _) in broker.topics.all().await {

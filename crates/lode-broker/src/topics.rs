@@ -258,15 +258,7 @@ impl Topics {
         let id = id.unwrap_or_else(new_topic_id);
         let mut parts = Vec::new();
         for index in 0..partitions {
-            let dir = self.root.sub_dir(&format!("{name}-{index}")).await?;
-            self.root.sync().await?;
-            checkpoint::write(
-                &dir,
-                PARTITION_METADATA,
-                &encode_partition_metadata(id, fsync),
-            )
-            .await?;
-            parts.push(self.open_partition(name, index, dir, fsync).await?);
+            parts.push(self.make_partition(name, index, id, fsync).await?);
         }
         let topic = Arc::new(Topic {
             id,
@@ -275,6 +267,71 @@ impl Topics {
         topics.insert(name.to_owned(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
+    }
+
+    /// Creates partition `index` of a topic on disk, durably, and opens it.
+    async fn make_partition(
+        &self,
+        name: &str,
+        index: i32,
+        id: uuid::Uuid,
+        fsync: TopicFsync,
+    ) -> Result<Arc<Partition>, CreateError> {
+        let dir = self.root.sub_dir(&format!("{name}-{index}")).await?;
+        self.root.sync().await?;
+        checkpoint::write(
+            &dir,
+            PARTITION_METADATA,
+            &encode_partition_metadata(id, fsync),
+        )
+        .await?;
+        self.open_partition(name, index, dir, fsync).await
+    }
+
+    /// Gives topic `name` the partitions it lacks below `partitions`. A creation cut short
+    /// (a crash or a storage fault part way) leaves only the first directories, which the
+    /// next start opens as a topic with fewer partitions; without this, the rest would never
+    /// be hosted. Returns the partitions added (none if the topic is not here or complete).
+    ///
+    /// # Errors
+    /// See [`CreateError`]; the partitions made before the error stay.
+    pub async fn complete(
+        &self,
+        name: &str,
+        partitions: i32,
+        fsync: TopicFsync,
+    ) -> Result<i32, CreateError> {
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(CreateError::InvalidPartitions(partitions));
+        }
+        let mut topics = self.topics.write().await;
+        let Some(topic) = topics.get(name).cloned() else {
+            return Ok(0);
+        };
+        let have = i32::try_from(topic.partitions.len()).unwrap_or(PARTITIONS_MAX);
+        let mut parts = topic.partitions.clone();
+        let mut result = Ok(());
+        for index in have..partitions {
+            match self.make_partition(name, index, topic.id, fsync).await {
+                Ok(p) => parts.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let added = i32::try_from(parts.len()).unwrap_or(PARTITIONS_MAX) - have;
+        if added > 0 {
+            topics.insert(
+                name.to_owned(),
+                Arc::new(Topic {
+                    id: topic.id,
+                    partitions: parts,
+                }),
+            );
+            tracing::info!(topic = name, added, "partitions missing here created");
+        }
+        result.map(|()| added)
     }
 
     /// Deletes a topic and its data. Returns false if it did not exist.

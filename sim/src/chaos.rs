@@ -59,7 +59,42 @@ const QUIESCE: Duration = Duration::from_millis(10_000 + 1_000);
 
 /// The end of the final log per partition, set once the final read is done (partitions
 /// left out need not be reached; an empty map stops the consumers at once).
-type DrainTarget = Mutex<Option<BTreeMap<i32, i64>>>;
+type DrainTarget = Mutex<Option<BTreeMap<Tp, i64>>>;
+
+/// The name of the run's topic number `index`: `chaos`, then `chaos1`, `chaos2`.
+#[must_use]
+pub fn topic_name(index: usize) -> String {
+    if index == 0 {
+        TOPIC.to_owned()
+    } else {
+        format!("{TOPIC}{index}")
+    }
+}
+
+/// A partition of one of the run's topics: the topic by its index in [`Params::topics`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tp {
+    /// The topic's index.
+    pub topic: usize,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl fmt::Display for Tp {
+    /// Kafka's way: `topic-partition`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", topic_name(self.topic), self.partition)
+    }
+}
+
+/// One topic of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Its partitions.
+    pub partitions: i32,
+    /// Its durability policy.
+    pub fsync: Fsync,
+}
 
 /// xorshift64*: the swarm's parameters and schedule from the seed, independent of madsim's
 /// own randomness (so the schedule of a seed can be printed before the run).
@@ -181,13 +216,24 @@ impl FromStr for Planted {
     }
 }
 
-/// Durability policy of the run's topic.
+/// Durability policy of one of the run's topics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fsync {
     /// `lode.fsync=always`.
     Always,
     /// `lode.fsync=interval`.
     Interval,
+}
+
+impl Fsync {
+    /// The `lode.fsync` value.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Interval => "interval",
+        }
+    }
 }
 
 /// Everything a seed decides besides the fault schedule.
@@ -200,14 +246,13 @@ pub struct Params {
     /// The brokers that are also controller voters (combined mode); the others are
     /// observers of the metadata log.
     pub voters: BTreeSet<i32>,
-    /// Partitions of the topic.
-    pub partitions: i32,
-    /// Its replication factor.
+    /// The topics the producers write and the consumers read, named by [`topic_name`]; the
+    /// consumer group reads the first.
+    pub topics: Vec<TopicSpec>,
+    /// Their replication factor.
     pub replication_factor: i16,
-    /// Its `min.insync.replicas`.
+    /// Their `min.insync.replicas`.
     pub min_isr: i32,
-    /// Its durability policy.
-    pub fsync: Fsync,
     /// Producers; producer `i` uses acks=1 if `i` is in `acks_one`, else acks=all.
     pub producers: u32,
     /// Producers with acks=1.
@@ -323,6 +368,7 @@ impl Params {
             _ => Fsync::Always,
         };
         let partitions = 1 + r.below(3) as i32;
+        let topics = Self::topics(seed, TopicSpec { partitions, fsync }, planted);
         let duration_ms = 8_000 + r.below(8_000);
         // Drawn last, so the other parameters of a seed stay what they were.
         let idempotent = (0..producers)
@@ -339,10 +385,9 @@ impl Params {
             seed,
             brokers,
             voters,
-            partitions,
+            topics,
             replication_factor,
             min_isr,
-            fsync,
             producers,
             acks_one,
             idempotent,
@@ -357,6 +402,58 @@ impl Params {
                 ..mix
             },
         }
+    }
+
+    /// The topics of `seed`: `first`, then up to two more from their own stream (so the
+    /// rest of a seed stays what it was), each with 1-3 partitions and its own durability.
+    /// A run with topics of both policies checks that a power loss costs only the
+    /// fsync=interval topics.
+    fn topics(seed: u64, first: TopicSpec, planted: Option<Planted>) -> Vec<TopicSpec> {
+        let mut r = Rng::new(seed ^ 0x0070_91c5);
+        let count = match r.below(10) {
+            0..=4 => 1,
+            5..=7 => 2,
+            _ => 3,
+        };
+        let mut topics = vec![first];
+        for _ in 1..count {
+            let partitions = 1 + r.below(3) as i32;
+            let interval = r.chance(30);
+            topics.push(TopicSpec {
+                partitions,
+                fsync: match planted {
+                    Some(Planted::AckBeforeSync | Planted::IgnoreSyncFailure) => Fsync::Always,
+                    _ if interval => Fsync::Interval,
+                    _ => Fsync::Always,
+                },
+            });
+        }
+        topics
+    }
+
+    /// Every partition of every topic, topic by topic.
+    #[must_use]
+    pub fn partitions(&self) -> Vec<Tp> {
+        self.topics
+            .iter()
+            .enumerate()
+            .flat_map(|(topic, t)| (0..t.partitions).map(move |partition| Tp { topic, partition }))
+            .collect()
+    }
+
+    /// The topics' names.
+    #[must_use]
+    pub fn topic_names(&self) -> Vec<String> {
+        (0..self.topics.len()).map(topic_name).collect()
+    }
+
+    /// Whether `tp`'s topic syncs on an interval (a power loss may cost it acknowledged
+    /// records).
+    #[must_use]
+    pub fn interval(&self, tp: Tp) -> bool {
+        self.topics
+            .get(tp.topic)
+            .is_some_and(|t| t.fsync == Fsync::Interval)
     }
 }
 
@@ -795,7 +892,7 @@ pub struct Op {
     /// The value (unique in the run).
     pub value: String,
     /// Its partition.
-    pub partition: i32,
+    pub tp: Tp,
     /// acks=1 (else acks=all).
     pub acks_one: bool,
     /// Simulated milliseconds at invocation and completion.
@@ -844,20 +941,29 @@ impl Report {
 /// The trace's first line: every parameter of the run.
 fn params_line(p: &Params) -> String {
     let set = |s: &BTreeSet<u32>| s.iter().map(|i| i64::from(*i)).collect::<Vec<_>>();
+    let topics: Vec<String> = p
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "{} partitions={} fsync={}",
+                topic_name(i),
+                t.partitions,
+                t.fsync.name()
+            )
+        })
+        .collect();
     Line::new(0, "params")
         .num("seed", p.seed as i64)
         .num("brokers", i64::from(p.brokers))
         .nums("voters", p.voters.iter().map(|v| i64::from(*v)))
-        .num("partitions", i64::from(p.partitions))
+        .strs(
+            "topics",
+            &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
         .num("replication_factor", i64::from(p.replication_factor))
         .num("min_isr", i64::from(p.min_isr))
-        .str(
-            "fsync",
-            match p.fsync {
-                Fsync::Always => "always",
-                Fsync::Interval => "interval",
-            },
-        )
         .num("producers", i64::from(p.producers))
         .nums("acks_one", set(&p.acks_one))
         .nums("idempotent", set(&p.idempotent))
@@ -953,20 +1059,22 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         client_node
             .spawn(async move {
                 let client = client_when_ready(&all, p.brokers as usize).await;
-                let fsync = match p.fsync {
-                    Fsync::Always => "always",
-                    Fsync::Interval => "interval",
-                };
                 let min_isr = p.min_isr.to_string();
-                client
-                    .create_topic_with(
-                        TOPIC,
-                        p.partitions,
-                        p.replication_factor,
-                        &[("lode.fsync", fsync), ("min.insync.replicas", &min_isr)],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
+                for (i, t) in p.topics.iter().enumerate() {
+                    client
+                        .create_topic_with(
+                            &topic_name(i),
+                            t.partitions,
+                            p.replication_factor,
+                            &[
+                                ("lode.fsync", t.fsync.name()),
+                                ("min.insync.replicas", &min_isr),
+                            ],
+                        )
+                        .await
+                        .map_err(|e| format!("{}: {e}", topic_name(i)))?;
+                }
+                Ok::<(), String>(())
             })
             .await
             .unwrap_or_else(|_| Err("the set-up task died".into()))
@@ -976,7 +1084,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         return Report {
             params,
             schedule,
-            violations: vec![format!("set-up: creating the topic failed: {e}")],
+            violations: vec![format!("set-up: creating the topics failed: {e}")],
             permitted: Vec::new(),
             acked: 0,
             failed: 0,
@@ -1047,13 +1155,17 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             )
             .str("result", &done)
             .done());
-        if happened.power_loss && params.fsync == Fsync::Interval {
+        if happened.power_loss {
             let mut c = checker.borrow_mut();
-            if c.loss_allowed.is_none() {
-                c.loss_allowed = Some(format!(
-                    "fsync=interval with a power loss ({fault} at {} ms)",
-                    now_ms(start)
-                ));
+            for (i, t) in params.topics.iter().enumerate() {
+                if t.fsync == Fsync::Interval {
+                    c.loss_allowed.entry(topic_name(i)).or_insert_with(|| {
+                        format!(
+                            "fsync=interval with a power loss ({fault} at {} ms)",
+                            now_ms(start)
+                        )
+                    });
+                }
             }
         }
     }
@@ -1083,7 +1195,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     let mut violations = Vec::new();
     let mut permitted = Vec::new();
     // Liveness: within 60 simulated seconds every partition has a leader and a full ISR.
-    let offline_allowed = params.fsync == Fsync::Interval && happened.unclean_restart;
+    let offline_allowed = happened.unclean_restart;
     // Judged only once every broker's current process has registered: before, the
     // metadata may still show the previous process as a healthy ISR member.
     let mut waited = 0;
@@ -1123,7 +1235,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     };
     for p in &offline {
         permitted.push(format!(
-            "partition {p} offline after healing: every ISR member restarted uncleanly under fsync=interval (KIP-966; no unclean recovery)"
+            "{p} offline after healing: every ISR member restarted uncleanly under fsync=interval (KIP-966; no unclean recovery)"
         ));
     }
 
@@ -1134,7 +1246,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     let read = {
         let (all, p, off) = (all.clone(), params.clone(), offline.clone());
         client_node
-            .spawn(async move { read_all(&all, p.partitions, &off).await })
+            .spawn(async move { read_all(&all, &p, &off).await })
             .await
             .unwrap_or(Err("reader task died".into()))
     };
@@ -1159,7 +1271,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         &mut permitted,
     );
     // The consumers now read on to the end of the final log (or for DRAIN at most).
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut ends: BTreeMap<Tp, i64> = BTreeMap::new();
     for (part, offset) in read.values().flatten() {
         let end = ends.entry(*part).or_default();
         *end = (*end).max(offset + 1);
@@ -1174,14 +1286,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    check_unseen(
-        params.consumers,
-        &history,
-        &polls,
-        &read,
-        &offline,
-        &mut violations,
-    );
+    check_unseen(&params, &history, &polls, &read, &offline, &mut violations);
     check_polls(
         &params,
         happened.power_loss,
@@ -1194,7 +1299,11 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     );
     if params.group_members > 0 {
         // The register's last read, then the committed-offsets checks.
-        let (all, g, n) = (all.clone(), Arc::clone(&groups), params.partitions);
+        let (all, g, n) = (
+            all.clone(),
+            Arc::clone(&groups),
+            params.topics[0].partitions,
+        );
         let read_back = client_node
             .spawn(async move { crate::groups::final_read(&all, n, workload_start, &g).await })
             .await
@@ -1202,17 +1311,18 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         if let Err(e) = read_back {
             violations.push(format!("liveness: {e}"));
         }
+        // The group reads the first topic.
         let mut final_log: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
         for places in read.values() {
-            for (part, offset) in places {
-                final_log.entry(*part).or_default().insert(*offset);
+            for (tp, offset) in places.iter().filter(|(tp, _)| tp.topic == 0) {
+                final_log.entry(tp.partition).or_default().insert(*offset);
             }
         }
         let h = groups
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let loss_allowed = params.fsync == Fsync::Interval && happened.power_loss;
+        let loss_allowed = params.topics[0].fsync == Fsync::Interval && happened.power_loss;
         let (v, p) = crate::invariants::committed_offsets::check(&h, &final_log, loss_allowed);
         violations.extend(v);
         permitted.extend(p);
@@ -1582,18 +1692,20 @@ async fn produce(
         return;
     };
     let deadline = Duration::from_millis(p.duration_ms);
+    let (tps, names) = (p.partitions(), p.topic_names());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut seq = 0_u64;
     while start.elapsed() < deadline {
         let value = format!("p{id}-{seq}");
-        let partition = (seq % p.partitions as u64) as i32;
+        let tp = tps[(seq % tps.len() as u64) as usize];
         seq += 1;
         let invoked_ms = now_ms(start);
         let record = Record {
             value: Some(value.clone().into_bytes()),
-            partition: Some(partition),
+            partition: Some(tp.partition),
             ..Record::default()
         };
-        let outcome = match producer.send(TOPIC, record).await {
+        let outcome = match producer.send(names[tp.topic], record).await {
             Err(e) => Outcome::Info(e.to_string()),
             Ok(d) => match madsim::time::timeout(Duration::from_secs(10), d).await {
                 Ok(Ok(offset)) => Outcome::Ok(offset.0),
@@ -1611,7 +1723,8 @@ async fn produce(
         let line = Line::new(now_ms(trace_start), "send")
             .num("producer", i64::from(id))
             .str("value", &value)
-            .num("partition", i64::from(partition))
+            .str("topic", names[tp.topic])
+            .num("partition", i64::from(tp.partition))
             .num("invoked_ms", invoked_ms as i64);
         log(match &outcome {
             Outcome::Ok(offset) => line.str("outcome", "ok").num("offset", *offset),
@@ -1626,7 +1739,7 @@ async fn produce(
             .push(Op {
                 producer: id,
                 value,
-                partition,
+                tp,
                 acks_one,
                 invoked_ms,
                 completed_ms,
@@ -1634,7 +1747,7 @@ async fn produce(
             });
         if failed {
             // Find the new leader, and do not spin on a dead one.
-            let _ = client.metadata(Some(&[TOPIC])).await;
+            let _ = client.metadata(Some(&names)).await;
             madsim::time::sleep(Duration::from_millis(100)).await;
         } else {
             madsim::time::sleep(Duration::from_millis(5)).await;
@@ -1648,7 +1761,7 @@ pub struct Poll {
     /// Consumer number.
     pub consumer: u32,
     /// Partition.
-    pub partition: i32,
+    pub tp: Tp,
     /// Offset.
     pub offset: i64,
     /// Value.
@@ -1677,12 +1790,14 @@ async fn consume(
         consumer.planted_forget_on_not_leader =
             p.planted == Some(Planted::ConsumerForgetsPartition);
     }
-    for part in 0..p.partitions {
-        consumer.assign(TOPIC, part, Offset(0));
+    let names = p.topic_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for tp in p.partitions() {
+        consumer.assign(names[tp.topic], tp.partition, Offset(0));
     }
     let deadline = Duration::from_millis(p.duration_ms);
     // The next offset this consumer reads in each partition.
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut next: BTreeMap<Tp, i64> = BTreeMap::new();
     let mut draining_since = None;
     loop {
         if start.elapsed() >= deadline {
@@ -1705,11 +1820,19 @@ async fn consume(
             Ok(Ok(records)) => {
                 let at_ms = now_ms(start);
                 for r in records {
-                    next.insert(r.partition, r.offset.0 + 1);
+                    let Some(topic) = names.iter().position(|n| **n == *r.topic) else {
+                        continue;
+                    };
+                    let tp = Tp {
+                        topic,
+                        partition: r.partition,
+                    };
+                    next.insert(tp, r.offset.0 + 1);
                     let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
                         .into_owned();
                     log(Line::new(now_ms(trace_start), "poll")
                         .num("consumer", i64::from(id))
+                        .str("topic", names[topic])
                         .num("partition", i64::from(r.partition))
                         .num("offset", r.offset.0)
                         .str("value", &value)
@@ -1719,7 +1842,7 @@ async fn consume(
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(Poll {
                             consumer: id,
-                            partition: r.partition,
+                            tp,
                             offset: r.offset.0,
                             value,
                             at_ms,
@@ -1728,7 +1851,7 @@ async fn consume(
                 madsim::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(Err(_)) | Err(_) => {
-                let _ = client.metadata(Some(&[TOPIC])).await;
+                let _ = client.metadata(Some(&names)).await;
                 madsim::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -1739,20 +1862,20 @@ async fn consume(
 /// read, though the consumers read on until they reached the final log's end (or `DRAIN`
 /// passed). The final read finds what is stored; this finds what consumers cannot get to.
 fn check_unseen(
-    consumers: u32,
+    p: &Params,
     history: &[Op],
     polls: &[Poll],
     read: &Read,
-    offline: &BTreeSet<i32>,
+    offline: &BTreeSet<Tp>,
     violations: &mut Vec<String>,
 ) {
-    if consumers == 0 {
+    if p.consumers == 0 {
         return;
     }
     let seen: BTreeSet<&str> = polls.iter().map(|p| p.value.as_str()).collect();
-    let unseen: Vec<(&Op, &(i32, i64))> = history
+    let unseen: Vec<(&Op, &(Tp, i64))> = history
         .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Ok(_)) && !offline.contains(&o.partition))
+        .filter(|o| matches!(o.outcome, Outcome::Ok(_)) && !offline.contains(&o.tp))
         .filter(|o| !seen.contains(o.value.as_str()))
         .filter_map(|o| {
             read.get(&o.value)
@@ -1760,9 +1883,9 @@ fn check_unseen(
                 .map(|at| (o, at))
         })
         .collect();
-    if let Some((op, (part, offset))) = unseen.first() {
+    if let Some((op, (tp, offset))) = unseen.first() {
         violations.push(format!(
-            "unseen: acknowledged values the final log holds, {} of them, were read by no consumer, which read on for up to {} s after the final read; the first: {} (at offset {offset} of partition {part}, acknowledged at {} ms)",
+            "unseen: acknowledged values the final log holds, {} of them, were read by no consumer, which read on for up to {} s after the final read; the first: {} (at offset {offset} of {tp}, acknowledged at {} ms)",
             unseen.len(),
             DRAIN.as_secs(),
             op.value,
@@ -1779,7 +1902,7 @@ fn check_unseen(
 fn check_polls(
     p: &Params,
     power_lost: bool,
-    offline: &BTreeSet<i32>,
+    offline: &BTreeSet<Tp>,
     history: &[Op],
     polls: &[Poll],
     read: &Read,
@@ -1792,14 +1915,13 @@ fn check_polls(
         .map(|o| o.value.as_str())
         .collect();
     // The final log: (partition, offset) -> value.
-    let mut at: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+    let mut at: BTreeMap<(Tp, i64), &str> = BTreeMap::new();
     for (v, places) in read {
         for place in places {
             at.insert(*place, v.as_str());
         }
     }
-    let loss_allowed = p.fsync == Fsync::Interval && power_lost;
-    let mut last: BTreeMap<(u32, i32), &Poll> = BTreeMap::new();
+    let mut last: BTreeMap<(u32, Tp), &Poll> = BTreeMap::new();
     let mut kept = 0;
     let mut push = |v: String| {
         kept += 1;
@@ -1808,22 +1930,23 @@ fn check_polls(
         }
     };
     for poll in polls {
+        let loss_allowed = p.interval(poll.tp) && power_lost;
         if failed.contains(poll.value.as_str()) {
             push(format!(
-                "G1a: consumer {} read {} at offset {} of partition {} ({} ms), a value refused with NOT_ENOUGH_REPLICAS",
-                poll.consumer, poll.value, poll.offset, poll.partition, poll.at_ms
+                "G1a: consumer {} read {} at offset {} of {} ({} ms), a value refused with NOT_ENOUGH_REPLICAS",
+                poll.consumer, poll.value, poll.offset, poll.tp, poll.at_ms
             ));
         }
-        if !offline.contains(&poll.partition) {
-            match at.get(&(poll.partition, poll.offset)) {
+        if !offline.contains(&poll.tp) {
+            match at.get(&(poll.tp, poll.offset)) {
                 Some(v) if *v == poll.value => {}
                 now => {
                     let what = format!(
-                        "dirty-read: consumer {} read {} at offset {} of partition {} ({} ms); the final log has {} there",
+                        "dirty-read: consumer {} read {} at offset {} of {} ({} ms); the final log has {} there",
                         poll.consumer,
                         poll.value,
                         poll.offset,
-                        poll.partition,
+                        poll.tp,
                         poll.at_ms,
                         now.unwrap_or(&"nothing")
                     );
@@ -1835,21 +1958,21 @@ fn check_polls(
                 }
             }
         }
-        if let Some(prev) = last.insert((poll.consumer, poll.partition), poll) {
+        if let Some(prev) = last.insert((poll.consumer, poll.tp), poll) {
             if poll.offset <= prev.offset {
                 push(format!(
-                    "nonmonotonic-poll: consumer {} read offset {} of partition {} ({} ms) after offset {} ({} ms)",
-                    poll.consumer, poll.offset, poll.partition, poll.at_ms, prev.offset, prev.at_ms
+                    "nonmonotonic-poll: consumer {} read offset {} of {} ({} ms) after offset {} ({} ms)",
+                    poll.consumer, poll.offset, poll.tp, poll.at_ms, prev.offset, prev.at_ms
                 ));
             } else if !loss_allowed {
                 let skipped: Vec<i64> = at
-                    .range((poll.partition, prev.offset + 1)..(poll.partition, poll.offset))
+                    .range((poll.tp, prev.offset + 1)..(poll.tp, poll.offset))
                     .map(|((_, o), _)| *o)
                     .collect();
                 if !skipped.is_empty() {
                     push(format!(
-                        "poll-skip: consumer {} read offset {} of partition {} ({} ms) right after {} ({} ms), skipping {skipped:?}",
-                        poll.consumer, poll.offset, poll.partition, poll.at_ms, prev.offset, prev.at_ms
+                        "poll-skip: consumer {} read offset {} of {} ({} ms) right after {} ({} ms), skipping {skipped:?}",
+                        poll.consumer, poll.offset, poll.tp, poll.at_ms, prev.offset, prev.at_ms
                     ));
                 }
             }
@@ -1860,20 +1983,21 @@ fn check_polls(
 /// The liveness phase's budget: polls 100 ms apart (60 simulated seconds).
 const SETTLE_POLLS: u32 = 600;
 
-/// Waits (up to `polls` times 100 ms) until every partition has a leader and an ISR of all
-/// its replicas. With
-/// `offline_allowed` (fsync=interval after unclean restarts), a partition without leader
-/// and ISR is accepted as offline (KIP-966: every ISR member restarted uncleanly, and there
-/// is no unclean recovery): the result names those.
+/// Waits (up to `polls` times 100 ms) until every partition of every topic has a leader
+/// and an ISR of all its replicas, on every broker. With `unclean_restart`, a partition of
+/// an fsync=interval topic without leader and ISR is accepted as offline (KIP-966: every ISR
+/// member restarted uncleanly, and there is no unclean recovery): the result names those.
 async fn settle(
     bootstrap: &str,
     p: &Params,
-    offline_allowed: bool,
+    unclean_restart: bool,
     polls: u32,
-) -> Result<BTreeSet<i32>, String> {
+) -> Result<BTreeSet<Tp>, String> {
     let mut last = String::new();
     let mut offline = BTreeSet::new();
     let brokers: Vec<&str> = bootstrap.split(',').collect();
+    let names = p.topic_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     'poll: for _ in 0..polls {
         madsim::time::sleep(Duration::from_millis(100)).await;
         // Every broker must say so: one that is still replaying the metadata log answers
@@ -1883,38 +2007,52 @@ async fn settle(
             let Ok(c) = Client::connect(b, "settle").await else {
                 continue 'poll;
             };
-            let Ok(topics) = c.metadata(Some(&[TOPIC])).await else {
+            let Ok(topics) = c.metadata(Some(&names)).await else {
                 continue 'poll;
             };
-            let Some(t) = topics.into_iter().find(|t| t.name == TOPIC) else {
-                continue 'poll;
-            };
-            views.push(t.partitions);
+            let mut view = Vec::new();
+            for name in &names {
+                let Some(t) = topics.iter().find(|t| t.name == *name) else {
+                    continue 'poll;
+                };
+                view.push(t.partitions.clone());
+            }
+            views.push(view);
         }
         last = format!("{:?}", views.first());
         if views.windows(2).any(|w| w[0] != w[1]) {
             last = format!("brokers disagree: {views:?}");
             continue;
         }
-        let Some(parts) = views.into_iter().next() else {
+        let Some(view) = views.into_iter().next() else {
             continue;
         };
-        offline = parts
-            .iter()
-            .filter(|part| offline_allowed && part.leader < 0 && part.isr.is_empty())
-            .map(|part| part.index)
-            .collect();
-        let full = parts.len() == p.partitions as usize
-            && parts.iter().all(|part| {
-                offline.contains(&part.index)
-                    || part.leader >= 0 && {
+        offline.clear();
+        let mut full = true;
+        for (topic, parts) in view.iter().enumerate() {
+            for part in parts {
+                let tp = Tp {
+                    topic,
+                    partition: part.index,
+                };
+                if unclean_restart && p.interval(tp) && part.leader < 0 && part.isr.is_empty() {
+                    offline.insert(tp);
+                }
+            }
+            full &= parts.len() == p.topics[topic].partitions as usize
+                && parts.iter().all(|part| {
+                    offline.contains(&Tp {
+                        topic,
+                        partition: part.index,
+                    }) || part.leader >= 0 && {
                         let mut isr = part.isr.clone();
                         let mut replicas = part.replicas.clone();
                         isr.sort_unstable();
                         replicas.sort_unstable();
                         isr == replicas
                     }
-            });
+                });
+        }
         if full && offline.is_empty() {
             return Ok(offline);
         }
@@ -1929,13 +2067,11 @@ async fn settle(
 }
 
 /// value -> every (partition, offset) it is at.
-type Read = BTreeMap<String, Vec<(i32, i64)>>;
+type Read = BTreeMap<String, Vec<(Tp, i64)>>;
 
-async fn read_all(
-    bootstrap: &str,
-    partitions: i32,
-    offline: &BTreeSet<i32>,
-) -> Result<Read, String> {
+async fn read_all(bootstrap: &str, p: &Params, offline: &BTreeSet<Tp>) -> Result<Read, String> {
+    let names = p.topic_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let client = Client::connect(bootstrap, "reader")
         .await
         .map_err(|e| e.to_string())?;
@@ -1955,47 +2091,59 @@ async fn read_all(
     .map_err(|e| e.to_string())?;
     let mut consumer = Consumer::new(Arc::clone(&client));
     let mut ends = BTreeMap::new();
-    for p in (0..partitions).filter(|p| !offline.contains(p)) {
+    for tp in p
+        .partitions()
+        .into_iter()
+        .filter(|tp| !offline.contains(tp))
+    {
         let mut end = None;
         for _ in 0..50 {
             let record = Record {
-                value: Some(format!("{SENTINEL}{p}").into_bytes()),
-                partition: Some(p),
+                value: Some(format!("{SENTINEL}{tp}").into_bytes()),
+                partition: Some(tp.partition),
                 ..Record::default()
             };
-            if let Ok(d) = sentinels.send(TOPIC, record).await {
+            if let Ok(d) = sentinels.send(names[tp.topic], record).await {
                 if let Ok(offset) = d.await {
                     end = Some(Offset(offset.0 + 1));
                     break;
                 }
             }
-            let _ = client.metadata(Some(&[TOPIC])).await;
+            let _ = client.metadata(Some(&names)).await;
             madsim::time::sleep(Duration::from_millis(200)).await;
         }
         ends.insert(
-            p,
-            end.ok_or_else(|| format!("the final write to partition {p} was never acknowledged"))?,
+            tp,
+            end.ok_or_else(|| format!("the final write to {tp} was never acknowledged"))?,
         );
-        consumer.assign(TOPIC, p, Offset(0));
+        consumer.assign(names[tp.topic], tp.partition, Offset(0));
     }
     let mut read = Read::new();
     for _ in 0..2_000 {
-        if ends
-            .iter()
-            .all(|(p, end)| consumer.position(TOPIC, *p).is_some_and(|o| o >= *end))
-        {
+        if ends.iter().all(|(tp, end)| {
+            consumer
+                .position(names[tp.topic], tp.partition)
+                .is_some_and(|o| o >= *end)
+        }) {
             return Ok(read);
         }
         match consumer.poll().await {
             Ok(records) => {
                 for r in records {
+                    let Some(topic) = names.iter().position(|n| **n == *r.topic) else {
+                        continue;
+                    };
                     let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
                         .into_owned();
-                    read.entry(v).or_default().push((r.partition, r.offset.0));
+                    let tp = Tp {
+                        topic,
+                        partition: r.partition,
+                    };
+                    read.entry(v).or_default().push((tp, r.offset.0));
                 }
             }
             Err(_) => {
-                let _ = client.metadata(Some(&[TOPIC])).await;
+                let _ = client.metadata(Some(&names)).await;
                 madsim::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -2007,7 +2155,7 @@ async fn read_all(
 fn check(
     p: &Params,
     power_lost: bool,
-    offline: &BTreeSet<i32>,
+    offline: &BTreeSet<Tp>,
     history: &[Op],
     read: &Read,
     violations: &mut Vec<String>,
@@ -2033,12 +2181,12 @@ fn check(
             Some(_) => {}
         }
     }
-    let mut last: BTreeMap<(u32, i32), (i64, &str)> = BTreeMap::new();
+    let mut last: BTreeMap<(u32, Tp), (i64, &str)> = BTreeMap::new();
     for op in history {
         let Outcome::Ok(offset) = op.outcome else {
             continue;
         };
-        if offline.contains(&op.partition) {
+        if offline.contains(&op.tp) {
             // Unreadable, not known lost: reported with the partition above.
             continue;
         }
@@ -2046,28 +2194,28 @@ fn check(
             None => {
                 let why = if op.acks_one {
                     Some("acks=1: acknowledged by the leader alone")
-                } else if p.fsync == Fsync::Interval && power_lost {
+                } else if p.interval(op.tp) && power_lost {
                     Some("fsync=interval with a power loss in the run")
                 } else {
                     None
                 };
                 match why {
-                    Some(why) => permitted.push(format!("{} (acknowledged at offset {offset} of partition {}): {why}", op.value, op.partition)),
+                    Some(why) => permitted.push(format!("{} (acknowledged at offset {offset} of {}): {why}", op.value, op.tp)),
                     None => {
                         let now_there = read
                             .iter()
-                            .find(|(_, at)| at.contains(&(op.partition, offset)))
+                            .find(|(_, at)| at.contains(&(op.tp, offset)))
                             .map_or("nothing", |(v, _)| v.as_str());
                         violations.push(format!(
-                            "lost-write: {} acknowledged at {} ms at offset {offset} of partition {} is not in the log (that offset now holds {now_there})",
-                            op.value, op.completed_ms, op.partition
+                            "lost-write: {} acknowledged at {} ms at offset {offset} of {} is not in the log (that offset now holds {now_there})",
+                            op.value, op.completed_ms, op.tp
                         ));
                     }
                 }
             }
-            Some([(part, at)]) if (*part, *at) != (op.partition, offset) => violations.push(format!(
-                "inconsistent-offsets: {} acknowledged at offset {offset} of partition {} is at offset {at} of partition {part}",
-                op.value, op.partition
+            Some([(tp, at)]) if (*tp, *at) != (op.tp, offset) => violations.push(format!(
+                "inconsistent-offsets: {} acknowledged at offset {offset} of {} is at offset {at} of {tp}",
+                op.value, op.tp
             )),
             _ => {}
         }
@@ -2075,13 +2223,11 @@ fn check(
             // acks=1 values may be lost to a failover, and their offsets reused.
             continue;
         }
-        if let Some((prev, prev_value)) =
-            last.insert((op.producer, op.partition), (offset, &op.value))
-        {
+        if let Some((prev, prev_value)) = last.insert((op.producer, op.tp), (offset, &op.value)) {
             if prev >= offset {
                 violations.push(format!(
-                    "nonmonotonic-send: producer {} got offset {offset} for {} after {prev} for {prev_value} in partition {}",
-                    op.producer, op.value, op.partition
+                    "nonmonotonic-send: producer {} got offset {offset} for {} after {prev} for {prev_value} in {}",
+                    op.producer, op.value, op.tp
                 ));
             }
         }

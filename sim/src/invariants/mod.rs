@@ -504,8 +504,8 @@ pub struct Checker {
     /// Findings of loss invariants in a run whose configuration allows loss, with the
     /// reason.
     pub permitted: Vec<String>,
-    /// Set once the run allows loss (the reason).
-    pub loss_allowed: Option<String>,
+    /// The topics whose loss the run allows once it does, with the reason.
+    pub loss_allowed: BTreeMap<String, String>,
     found: BTreeMap<&'static str, usize>,
 }
 
@@ -518,7 +518,7 @@ impl Checker {
             invariants: all(),
             violations: Vec::new(),
             permitted: Vec::new(),
-            loss_allowed: None,
+            loss_allowed: BTreeMap::new(),
             found: BTreeMap::new(),
         }
     }
@@ -537,8 +537,12 @@ impl Checker {
             if *n > KEPT_PER_INVARIANT {
                 continue;
             }
-            let key = key_of(event).map_or(String::new(), |(t, p)| format!(" {t}-{p}"));
-            match (&self.loss_allowed, inv.about_loss()) {
+            let topic = key_of(event);
+            let key = topic
+                .as_ref()
+                .map_or(String::new(), |(t, p)| format!(" {t}-{p}"));
+            let allowed = topic.and_then(|(t, _)| self.loss_allowed.get(&t));
+            match (allowed, inv.about_loss()) {
                 (Some(reason), true) => {
                     self.permitted.push(format!(
                         "{name}{key} at {t_ms} ms: {why} (permitted: {reason})"

@@ -41,6 +41,10 @@ pub struct BrokerConfig {
     pub fsync: FsyncPolicy,
     /// Segment size of partition logs.
     pub segment_bytes_max: u64,
+    /// Bytes at the tail of each partition log kept in the OS page cache for readers; what
+    /// is synced and further behind is evicted, so that appends reuse warm pages instead of
+    /// growing the cache. 0 leaves the cache to the OS (Kafka's way).
+    pub page_cache_window_bytes: u64,
     /// Connections accepted at once; more are closed at once.
     pub connections_max: usize,
     /// A connection idle this long is closed.
@@ -137,6 +141,7 @@ impl BrokerConfig {
             default_partitions: 1,
             fsync: FsyncPolicy::Always,
             segment_bytes_max: 1 << 30,
+            page_cache_window_bytes: lode_storage::PAGE_CACHE_WINDOW_BYTES,
             connections_max: 4096,
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(30),

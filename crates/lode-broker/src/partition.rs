@@ -102,6 +102,8 @@ pub struct PartitionOptions {
     pub fsync: FsyncPolicy,
     /// Segment size.
     pub segment_bytes_max: u64,
+    /// Bytes of the log's tail kept in the page cache (see `LogConfig`).
+    pub page_cache_window_bytes: u64,
     /// Standalone (no metadata log): the broker is the only replica and what is synced is
     /// committed.
     pub standalone: bool,
@@ -132,12 +134,14 @@ impl Partition {
             node,
             fsync,
             segment_bytes_max,
+            page_cache_window_bytes,
             standalone,
             ref on_failure,
             ..
         } = options;
         let config = LogConfig {
             segment_bytes_max,
+            page_cache_window_bytes,
             sync: SyncPolicy::GroupCommit,
             on_failure: on_failure.clone(),
             #[cfg(feature = "planted-bugs")]

@@ -177,6 +177,7 @@ impl Topics {
             node: self.config.node_id,
             fsync: self.config.fsync_policy(fsync),
             segment_bytes_max: self.config.segment_bytes_max,
+            page_cache_window_bytes: self.config.page_cache_window_bytes,
             standalone: self.config.voters.is_empty(),
             on_failure: Some({
                 let halt = Arc::clone(&self.halt);

@@ -28,7 +28,8 @@ usage:
   lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
       one broker node; flags override the TOML file (keys: node_id, listen, advertised,
       data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
-      message_bytes_max, frame_bytes_max, segment_bytes_max, connections_max, voters,
+      message_bytes_max, frame_bytes_max, segment_bytes_max, page_cache_window_bytes,
+      connections_max, voters,
       controller_listen, default_replication_factor, min_insync_replicas,
       replica_lag_time_max_ms, session_timeout_ms); options:
         --advertised HOST:PORT   address given to clients (default: the listen address)
@@ -275,6 +276,7 @@ struct FileConfig {
     message_bytes_max: Option<usize>,
     frame_bytes_max: Option<usize>,
     segment_bytes_max: Option<u64>,
+    page_cache_window_bytes: Option<u64>,
     connections_max: Option<usize>,
     voters: Option<String>,
     controller_listen: Option<String>,
@@ -380,6 +382,9 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
     }
     config.frame_bytes_max = file.frame_bytes_max.unwrap_or(config.frame_bytes_max);
     config.segment_bytes_max = file.segment_bytes_max.unwrap_or(config.segment_bytes_max);
+    config.page_cache_window_bytes = file
+        .page_cache_window_bytes
+        .unwrap_or(config.page_cache_window_bytes);
     config.connections_max = file.connections_max.unwrap_or(config.connections_max);
     if let Some(v) = f.value("--voters")?.map(str::to_owned).or(file.voters) {
         config.voters = parse_voters(&v)?;

@@ -14,7 +14,10 @@ pub mod raft_store;
 mod recovery;
 
 pub use error::LogError;
-pub use log::{AppendInfo, FailureHook, Log, LogConfig, RecoveryReport, SyncJob, SyncPolicy};
+pub use log::{
+    AppendInfo, FailureHook, Log, LogConfig, RecoveryReport, SyncJob, SyncPolicy,
+    PAGE_CACHE_WINDOW_BYTES,
+};
 pub use raft_store::{RaftStore, RaftStoreError};
 
 #[cfg(feature = "planted-bugs")]

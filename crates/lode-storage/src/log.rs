@@ -87,6 +87,9 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     /// When appends are synced.
     pub sync: SyncPolicy,
+    /// Bytes at the log's tail kept in the OS page cache for readers; what is behind them
+    /// and synced is evicted (see `lode_env::disk::File::evict`). 0: the OS decides.
+    pub page_cache_window_bytes: u64,
     /// Told of every storage fault (see [`FailureHook`]).
     pub on_failure: Option<FailureHook>,
     /// A planted bug to switch on (tests only).
@@ -102,12 +105,19 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: (1 << 20) + 1024,
             sync: SyncPolicy::GroupCommit,
+            page_cache_window_bytes: PAGE_CACHE_WINDOW_BYTES,
             on_failure: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
     }
 }
+
+/// The default of [`LogConfig::page_cache_window_bytes`].
+pub const PAGE_CACHE_WINDOW_BYTES: u64 = 64 << 20;
+
+/// Page-cache evictions are made at least this large (fewer calls).
+const EVICT_STEP_BYTES: u64 = 4 << 20;
 
 /// Where an append put its records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +153,10 @@ pub(crate) struct Segment {
     pub(crate) max_timestamp_ms: i64,
     pub(crate) index: SegmentIndex,
     pub(crate) created: Instant,
+    /// Bytes known synced (all of a segment once it is rolled).
+    pub(crate) clean: u64,
+    /// Bytes evicted from the page cache.
+    pub(crate) evicted: u64,
 }
 
 impl Segment {
@@ -160,6 +174,8 @@ impl Segment {
 #[derive(Debug)]
 pub struct SyncJob {
     files: Vec<(String, File)>,
+    /// Each synced segment's base and size when the job began.
+    sizes: Vec<(Offset, u64)>,
     target: Offset,
     /// The log's truncation count when the job began: a truncation meanwhile means the
     /// offsets below `target` may hold new, unsynced data.
@@ -521,6 +537,9 @@ impl Log {
             .await
             .map_err(LogError::io("sync", log_name(base)))?;
         self.dirty.remove(&base);
+        if let Some(seg) = self.segments.get_mut(&base) {
+            seg.clean = seg.size;
+        }
         self.write_indexes(base).await?;
         debug_assert_eq!(meta.next_offset, self.log_end);
         self.create_segment(self.log_end).await?;
@@ -574,6 +593,8 @@ impl Log {
             max_timestamp_ms: i64::MIN,
             index: SegmentIndex::default(),
             created: self.clock.now(),
+            clean: 0,
+            evicted: 0,
         };
         self.segments.insert(base, seg);
         Ok(())
@@ -582,12 +603,18 @@ impl Log {
     /// Starts a group commit of everything appended so far.
     #[must_use]
     pub fn sync_begin(&mut self) -> SyncJob {
-        let files = std::mem::take(&mut self.dirty)
+        let dirty: Vec<&Segment> = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter_map(|b| self.segments.get(&b).map(|s| (log_name(b), s.file.clone())))
+            .filter_map(|b| self.segments.get(&b))
             .collect();
+        let files = dirty
+            .iter()
+            .map(|s| (log_name(s.base), s.file.clone()))
+            .collect();
+        let sizes = dirty.iter().map(|s| (s.base, s.size)).collect();
         SyncJob {
             files,
+            sizes,
             target: self.log_end,
             truncations: self.truncations,
             #[cfg(feature = "planted-bugs")]
@@ -620,10 +647,44 @@ impl Log {
                 // new data it did not sync: the durable offset stays put.
                 if job.truncations == self.truncations {
                     self.durable = self.durable.max(job.target);
+                    for (base, size) in &job.sizes {
+                        if let Some(seg) = self.segments.get_mut(base) {
+                            seg.clean = seg.clean.max(*size).min(seg.size);
+                        }
+                    }
+                    self.evict_behind();
                 }
                 Ok(self.durable)
             }
             Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Evicts from the page cache what is synced and more than
+    /// [`LogConfig::page_cache_window_bytes`] behind the log's end, newest segment first
+    /// (older ones are done already). Readers at the tail keep their cache; a reader far
+    /// behind reads from the device.
+    fn evict_behind(&mut self) {
+        let window = self.config.page_cache_window_bytes;
+        if window == 0 {
+            return;
+        }
+        let mut keep = window;
+        for seg in self.segments.values_mut().rev() {
+            let mut limit = seg.size.saturating_sub(keep).min(seg.clean);
+            if limit < seg.size {
+                // Whole pages: the page at the synced end may be dirty again.
+                limit -= limit % lode_env::disk::PAGE_SIZE;
+            }
+            keep = keep.saturating_sub(seg.size);
+            let from = seg.evicted.min(limit);
+            if limit - from >= EVICT_STEP_BYTES || (limit > from && limit == seg.size) {
+                seg.file.evict(from, limit - from);
+                seg.evicted = limit;
+            }
+            if keep == 0 && seg.evicted >= seg.size {
+                break;
+            }
         }
     }
 
@@ -975,6 +1036,8 @@ impl Log {
             .await
             .map_err(LogError::io("sync", &name))?;
         seg.size = pos;
+        seg.clean = seg.clean.min(pos);
+        seg.evicted = seg.evicted.min(pos);
         seg.next_offset = new_end;
         // Rebuild the segment's index and largest timestamp from what remains.
         let scan = recovery::scan(

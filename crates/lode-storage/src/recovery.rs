@@ -452,6 +452,10 @@ pub(crate) async fn open(
                 max_timestamp_ms: max_ts,
                 index,
                 created: clock.now(),
+                // A page-cache hint only (evicting dirty pages does nothing): the segments
+                // before the last were synced when they rolled.
+                clean: valid,
+                evicted: 0,
             },
         );
     }

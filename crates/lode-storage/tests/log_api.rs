@@ -239,3 +239,99 @@ fn segments_roll_by_age() {
         log.verify().await.unwrap();
     });
 }
+
+/// Appends about `mib` MiB of 64 KiB batches.
+async fn append_mib(log: &mut Log, tag: &mut u64, mib: u64) {
+    for _ in 0..mib * 16 {
+        let mut b = common::client_batch(*tag, 64, 1000, 0);
+        *tag += 1;
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+    }
+}
+
+#[test]
+fn what_is_synced_and_behind_the_window_is_evicted_from_the_page_cache() {
+    rt().block_on(async {
+        const MIB: u64 = 1 << 20;
+        let window = 8 * MIB;
+        let disk = SimDisk::new("n", 9);
+        let config = LogConfig {
+            page_cache_window_bytes: window,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        let first = "00000000000000000000.log";
+        let size = |disk: &SimDisk| disk.durable_contents(first).map_or(0, |c| c.len() as u64);
+        // Evictions end on a page boundary (the page at the synced end may be dirty again).
+        let behind = |disk: &SimDisk| {
+            let b = size(disk) - window;
+            b - b % lode_env::disk::PAGE_SIZE
+        };
+        let mut tag = 0;
+        // Nothing synced: nothing evicted, however far behind.
+        append_mib(&mut log, &mut tag, 24).await;
+        assert_eq!(disk.evictions(first).bytes, 0);
+        // Synced: everything but the window goes, and only synced pages.
+        log.sync().await.unwrap();
+        let e = disk.evictions(first);
+        assert_eq!(e.bytes, behind(&disk), "{e:?}");
+        assert_eq!(e.unsynced_bytes, 0);
+        // Less than a step more: no call.
+        append_mib(&mut log, &mut tag, 2).await;
+        log.sync().await.unwrap();
+        assert_eq!(disk.evictions(first), e);
+        // A step more: up to the window again.
+        append_mib(&mut log, &mut tag, 3).await;
+        log.sync().await.unwrap();
+        let e = disk.evictions(first);
+        assert_eq!(e.bytes, behind(&disk), "{e:?}");
+        assert_eq!(e.unsynced_bytes, 0);
+        // What is appended while a sync runs is not evicted by it (the file sync may well
+        // cover it; the log counts only what preceded the job).
+        let synced_end = size(&disk);
+        let job = log.sync_begin();
+        let synced = log.segment_bases().len();
+        append_mib(&mut log, &mut tag, 12).await;
+        assert_eq!(log.segment_bases().len(), synced);
+        let r = job.run().await;
+        log.sync_finish(job, r).unwrap();
+        let e = disk.evictions(first);
+        assert_eq!(e.unsynced_bytes, 0, "{e:?}");
+        assert_eq!(
+            e.bytes,
+            synced_end - synced_end % lode_env::disk::PAGE_SIZE,
+            "up to where the job began: {e:?}"
+        );
+
+        // Rolled segments go whole once the window is past them.
+        let disk = SimDisk::new("n", 10);
+        let config = LogConfig {
+            page_cache_window_bytes: window,
+            segment_bytes_max: 16 * MIB,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        append_mib(&mut log, &mut tag, 30).await;
+        log.sync().await.unwrap();
+        let bases = log.segment_bases();
+        assert_eq!(bases.len(), 2, "{bases:?}");
+        let e = disk.evictions(first);
+        assert_eq!(
+            e.bytes,
+            size(&disk),
+            "the rolled segment is evicted whole: {e:?}"
+        );
+        assert_eq!(e.unsynced_bytes, 0);
+
+        // A window of 0 leaves the cache to the OS.
+        let disk = SimDisk::new("n", 11);
+        let config = LogConfig {
+            page_cache_window_bytes: 0,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        append_mib(&mut log, &mut tag, 24).await;
+        log.sync().await.unwrap();
+        assert_eq!(disk.evictions(first).bytes, 0);
+    });
+}

@@ -21,7 +21,7 @@ pub mod sim;
 use std::io;
 use std::path::PathBuf;
 
-pub use sim::{CrashStats, Faults, SimDisk};
+pub use sim::{CrashStats, Evictions, Faults, SimDisk};
 
 /// `EIO`, as the kernel reports a failed read, write or sync.
 pub(crate) const EIO: i32 = 5;
@@ -254,6 +254,21 @@ impl File {
         match &self.imp {
             FileImp::Real(f) => f.set_len(len),
             FileImp::Sim(f) => f.set_len(len).await,
+        }
+    }
+
+    /// Asks the OS to drop `[pos, pos + len)` from its page cache, as far as it is written
+    /// back (dirty pages stay). A hint for data written and not to be read soon: reads still
+    /// return the data (from the device), and nothing becomes durable or is lost by it. On
+    /// virtual machines like the development one, pages the guest has not touched cost several times a warm one
+    /// to fill, so a log that never lets go of its page cache writes at the speed of fresh
+    /// pages; evicting what is behind the tail lets the kernel reuse warm ones. The
+    /// simulated disk has no page cache: it only counts what was asked
+    /// ([`SimDisk::evictions`]).
+    pub fn evict(&self, pos: u64, len: u64) {
+        match &self.imp {
+            FileImp::Real(f) => f.evict(pos, len),
+            FileImp::Sim(f) => f.evict(pos, len),
         }
     }
 

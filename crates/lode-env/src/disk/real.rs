@@ -169,6 +169,25 @@ impl RealFile {
         Ok(())
     }
 
+    pub(crate) fn evict(&self, pos: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            // Only a hint: an error (a file system without the advice) changes nothing.
+            if let Some(len) = std::num::NonZeroU64::new(len) {
+                if let Err(e) = rustix::fs::fadvise(
+                    &self.inner.file,
+                    pos,
+                    Some(len),
+                    rustix::fs::Advice::DontNeed,
+                ) {
+                    tracing::debug!(error = %e, "page cache eviction refused");
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (pos, len);
+    }
+
     pub(crate) async fn sync_data(&self) -> io::Result<()> {
         let inner = Arc::clone(&self.inner);
         blocking(move || inner.file.sync_data()).await

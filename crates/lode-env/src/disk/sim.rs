@@ -151,6 +151,18 @@ struct State {
     file_faults: BTreeMap<String, Faults>,
     capacity_bytes: Option<u64>,
     stats: CrashStats,
+    /// Page-cache evictions asked for, by path (there is no page cache to evict from).
+    evictions: BTreeMap<String, Evictions>,
+}
+
+/// What [`SimDisk::evictions`] reports of one file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Bytes whose eviction was asked for.
+    pub bytes: u64,
+    /// Of them, bytes in pages written and not yet synced (a real page cache keeps those:
+    /// eviction of them is wasted).
+    pub unsynced_bytes: u64,
 }
 
 /// One node's simulated disk. Cheap to clone; clones are the same disk.
@@ -318,6 +330,7 @@ impl SimDisk {
             file_faults: BTreeMap::new(),
             capacity_bytes: None,
             stats: CrashStats::default(),
+            evictions: BTreeMap::new(),
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
@@ -466,6 +479,12 @@ impl SimDisk {
         let removed = before - s.durable.len();
         tracing::warn!(target: "lode::fault", node = %s.node, removed, "disk wiped");
         removed
+    }
+
+    /// The page-cache evictions asked for of `path` (see `File::evict`).
+    #[must_use]
+    pub fn evictions(&self, path: &str) -> Evictions {
+        self.lock().evictions.get(path).copied().unwrap_or_default()
     }
 
     /// Totals of every crash so far.
@@ -752,6 +771,25 @@ impl SimFile {
         // A gap zero-filled by growth is as unsynced as the data itself.
         mark_dirty(inode, pos.min(old_len), end);
         Ok(())
+    }
+
+    /// Records the eviction (the model has no page cache), and how much of it is unsynced.
+    pub(crate) fn evict(&self, pos: u64, len: u64) {
+        let mut s = self.disk.lock();
+        let end = pos.saturating_add(len);
+        let unsynced = s.inodes.get(&self.ino).map_or(0, |inode| {
+            inode
+                .dirty
+                .range(pos / PAGE_SIZE..end.div_ceil(PAGE_SIZE))
+                .map(|page| {
+                    let (start, stop) = (page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+                    stop.min(end).saturating_sub(start.max(pos))
+                })
+                .sum()
+        });
+        let e = s.evictions.entry(self.path.clone()).or_default();
+        e.bytes += len;
+        e.unsynced_bytes += unsynced;
     }
 
     pub(crate) fn len(&self) -> io::Result<u64> {

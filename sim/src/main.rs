@@ -14,9 +14,10 @@ usage:
       corrupt B, disk-errors B PERCENT, disk-full B, disk-ok B, wipe B, uncut B B, latency MIN_MS
       MAX_MS, loss PERCENT, heal; B is a broker number, leader, follower,
       other-follower, replica-K, controller or last), as printed by a run
-  lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME]
+  lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME] [--first-failure]
       a run per seed, one process each, J at a time (default: the cores); a progress
-      line, a summary table, logs of failing seeds kept; non-zero exit on any failure
+      line, a summary table, logs of failing seeds kept; non-zero exit on any failure;
+      --first-failure starts no new seed once one has failed (seeds to detection)
   lode-sim scenarios
       the named scenarios of the fault catalogue, and the planted bug each is made for
   lode-sim check-determinism --seed N
@@ -103,7 +104,8 @@ fn main() -> anyhow::Result<()> {
                 .map(|j| j.parse::<usize>().context("--jobs takes a number"))
                 .transpose()?
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-            explore(seeds()?, planted, flag("--scenario"), jobs)
+            let first_failure = args.iter().any(|a| a == "--first-failure");
+            explore(seeds()?, planted, flag("--scenario"), jobs, first_failure)
         }
         Some("scenarios") => {
             for s in lode_sim::scenarios::ALL {
@@ -189,29 +191,37 @@ fn flag_name(planted: Option<lode_sim::chaos::Planted>) -> &'static str {
 
 /// One process per seed (a panic or hang in one run cannot take the others with it), `jobs`
 /// at a time; a progress line, then a summary table; logs kept for failing seeds only.
+/// With `first_failure`, no seed starts once one has failed (those already running finish),
+/// which is how CI measures that a planted bug is found within its budget.
 #[cfg(madsim)]
 fn explore(
     (from, to): (u64, u64),
     planted: Option<lode_sim::chaos::Planted>,
     scenario: Option<String>,
     jobs: usize,
+    first_failure: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::{IsTerminal, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let exe = std::env::current_exe().context("own path")?;
     let wall = std::time::Instant::now();
     let next = AtomicU64::new(from);
+    let stop = AtomicBool::new(false);
     let total = to.saturating_sub(from);
     let (tx, rx) = std::sync::mpsc::channel::<(u64, std::io::Result<std::process::Output>)>();
     let tty = std::io::stderr().is_terminal();
     let mut failed = Vec::new();
     let mut simulated_s = 0.0;
+    let mut done = 0_u64;
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             let tx = tx.clone();
-            let (exe, next, scenario) = (&exe, &next, &scenario);
+            let (exe, next, scenario, stop) = (&exe, &next, &scenario, &stop);
             scope.spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= to {
                     return;
@@ -230,7 +240,6 @@ fn explore(
             });
         }
         drop(tx);
-        let mut done = 0_u64;
         for (seed, out) in rx {
             done += 1;
             let (ok, stdout, stderr) = match out {
@@ -262,6 +271,9 @@ fn explore(
                 }
                 println!("seed {seed} FAILED: {verdict} ({kept})");
                 failed.push(seed);
+                if first_failure {
+                    stop.store(true, Ordering::Relaxed);
+                }
             }
             let width = 30_usize;
             let filled = usize::try_from(done * width as u64 / total.max(1))
@@ -291,17 +303,20 @@ fn explore(
     println!("| seeds | failed | simulated s | wall s | simulated/wall | seeds/hour |");
     println!("|---|---|---|---|---|---|");
     println!(
-        "| {from}..{to} ({total}) | {} | {simulated_s:.0} | {wall_s:.1} | {:.0}x | {:.0} |",
+        "| {from}..{to} ({done}) | {} | {simulated_s:.0} | {wall_s:.1} | {:.0}x | {:.0} |",
         failed.len(),
         simulated_s / wall_s.max(1e-9),
-        total as f64 * 3600.0 / wall_s.max(1e-9)
+        done as f64 * 3600.0 / wall_s.max(1e-9)
     );
     if !failed.is_empty() {
         println!("failing seeds: {failed:?}");
     }
+    if done < total {
+        println!("stopped at the first failure: {done} of {total} seeds run");
+    }
     anyhow::ensure!(
         failed.is_empty(),
-        "{} of {total} seeds failed",
+        "{} of {done} seeds failed",
         failed.len()
     );
     Ok(())

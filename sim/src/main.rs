@@ -314,11 +314,7 @@ fn explore(
     if done < total {
         println!("stopped at the first failure: {done} of {total} seeds run");
     }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "{} of {done} seeds failed",
-        failed.len()
-    );
+    anyhow::ensure!(failed.is_empty(), "{} of {done} seeds failed", failed.len());
     Ok(())
 }
 

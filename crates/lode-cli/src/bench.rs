@@ -158,14 +158,6 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         println!("loopback ceiling: measuring one TCP stream for 2 s ...");
         let ceiling = loopback_ceiling(2.0)?;
         println!("loopback ceiling: {:.0} MB/s", ceiling / 1e6);
-        let disk_dir = std::env::temp_dir();
-        let (disk, synced) = disk_ceiling(&disk_dir, records.saturating_mul(record_bytes))?;
-        println!(
-            "disk ceiling: {:.0} MB/s written, {:.0} MB/s with the fdatasync (the same volume written plainly into a fresh file in {})",
-            disk / 1e6,
-            synced / 1e6,
-            disk_dir.display()
-        );
 
         let client = Client::connect(&bootstrap, "lode-bench")
             .await
@@ -290,6 +282,16 @@ pub(crate) fn run(args: Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Resu
         let (mut e2e, seen) = consumer.await.context("consumer task")??;
         latencies.sort_unstable();
         e2e.sort_unstable();
+        // Measured after the workload: writing and deleting that volume just before it would
+        // hand the broker freshly returned pages (slow on first touch on a VM) and skew it.
+        let disk_dir = std::env::temp_dir();
+        let (disk, synced) = disk_ceiling(&disk_dir, records.saturating_mul(record_bytes))?;
+        println!(
+            "disk ceiling: {:.0} MB/s written, {:.0} MB/s with the fdatasync (the same volume written plainly into a fresh file in {})",
+            disk / 1e6,
+            synced / 1e6,
+            disk_dir.display()
+        );
         let mbps = measured as f64 * record_bytes as f64 / elapsed;
         println!(
             "produced: {:.0} msg/s, {:.1} MB/s ({:.2} of the loopback ceiling, {:.2} of the disk write ceiling), {failed} failed",

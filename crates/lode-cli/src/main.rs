@@ -20,7 +20,7 @@ const USAGE: &str = "\
 lode: a Kafka-compatible replicated log
 
 usage:
-  lode dev [--port PORT] [--data-dir DIR] [--brokers N]
+  lode dev [--port PORT] [--data-dir DIR] [--brokers N] [--worker-threads N]
       a local cluster for Kafka clients in one process: N brokers (default 3, at most 9)
       on 127.0.0.1:PORT.. (default 9092..9094), controllers on PORT+100..; data in
       ./lode-data; topics replicated min(3, N) ways, min ISR 2 from 3 brokers up;
@@ -31,7 +31,7 @@ usage:
       message_bytes_max, frame_bytes_max, segment_bytes_max, page_cache_window_bytes,
       connections_max, voters,
       controller_listen, default_replication_factor, min_insync_replicas,
-      replica_lag_time_max_ms, session_timeout_ms); options:
+      replica_lag_time_max_ms, session_timeout_ms, worker_threads); options:
         --advertised HOST:PORT   address given to clients (default: the listen address)
         --fsync always|interval  sync policy (default always: group commit)
         --no-auto-create         do not create topics on metadata requests
@@ -45,6 +45,7 @@ usage:
         --replica-lag-time-max-ms MS  an ISR member behind for longer leaves the ISR
                                  (default 30000)
         --session-timeout-ms MS  a broker silent this long is fenced (default 9000)
+        --worker-threads N       the runtime's worker threads (default: one per core)
   lode topic create NAME [--partitions N] [--replication-factor R]
   lode topic list | describe NAME | delete NAME
   lode produce TOPIC [--acks 0|1|all] [--key-separator SEP] [--compression CODEC]
@@ -213,6 +214,7 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
         .unwrap_or("3")
         .parse()
         .context("--brokers takes a number from 1 to 9")?;
+    let workers = worker_threads(f.value("--worker-threads")?, None)?;
     f.finish()?;
     if !(1..=9).contains(&brokers) {
         bail!("--brokers takes a number from 1 to 9");
@@ -220,7 +222,7 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
     if brokers == 1 {
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = BrokerConfig::new(BrokerId(0), listen);
-        return serve(vec![(config, data.join("broker-0"))], true);
+        return serve(vec![(config, data.join("broker-0"))], true, workers);
     }
     // A combined-mode cluster in one process: Kafka listeners on PORT, PORT+1, ...;
     // controller listeners 100 ports above. The first 1, 3 or 5 brokers (the largest odd
@@ -258,7 +260,24 @@ fn dev(args: &[&str]) -> anyhow::Result<()> {
         config.default_min_insync_replicas = if brokers >= 3 { 2 } else { 1 };
         nodes.push((config, data.join(format!("broker-{i}"))));
     }
-    serve(nodes, true)
+    serve(nodes, true, workers)
+}
+
+/// The runtime's worker threads: the flag, else the file's key, else one per core.
+fn worker_threads(flag: Option<&str>, file: Option<usize>) -> anyhow::Result<Option<usize>> {
+    let n = match flag {
+        Some(v) => Some(
+            v.parse::<usize>()
+                .context("--worker-threads takes a number")?,
+        ),
+        None => file,
+    };
+    if let Some(n) = n {
+        if !(1..=1024).contains(&n) {
+            bail!("worker threads must be from 1 to 1024, not {n}");
+        }
+    }
+    Ok(n)
 }
 
 /// The broker's TOML configuration file; every key is optional, flags override it.
@@ -284,6 +303,7 @@ struct FileConfig {
     min_insync_replicas: Option<i32>,
     replica_lag_time_max_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 /// Parses `ID@HOST:PORT,ID@HOST:PORT,...` (Kafka's controller.quorum.voters).
@@ -462,15 +482,21 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
     {
         bail!("invalid limits: partitions >= 1, message_bytes_max >= 64, frame_bytes_max >= message_bytes_max");
     }
+    let workers = worker_threads(f.value("--worker-threads")?, file.worker_threads)?;
     f.finish()?;
-    serve(vec![(config, data)], false)
+    serve(vec![(config, data)], false, workers)
 }
 
-fn serve(nodes: Vec<(BrokerConfig, PathBuf)>, dev: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("runtime")?;
+fn serve(
+    nodes: Vec<(BrokerConfig, PathBuf)>,
+    dev: bool,
+    worker_threads: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build().context("runtime")?;
     rt.block_on(async {
         // Handlers first: a SIGTERM during start-up must not kill the process uncleanly
         // (the default action); it is kept and acted on once the brokers are up.
@@ -620,4 +646,19 @@ fn recover(dir: &str) -> anyhow::Result<()> {
         log.close().await.context("close")?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn worker_threads_come_from_the_flag_then_the_file_and_must_be_sane() {
+        assert_eq!(worker_threads(None, None).unwrap(), None);
+        assert_eq!(worker_threads(None, Some(3)).unwrap(), Some(3));
+        assert_eq!(worker_threads(Some("1"), Some(3)).unwrap(), Some(1));
+        assert!(worker_threads(Some("0"), None).is_err());
+        assert!(worker_threads(None, Some(0)).is_err());
+        assert!(worker_threads(Some("two"), None).is_err());
+    }
 }

@@ -169,20 +169,30 @@ impl RealFile {
         Ok(())
     }
 
+    /// Off the caller's thread where a runtime has a blocking pool: dropping pages takes
+    /// milliseconds for large ranges, and a runtime with one worker would stall meanwhile.
     pub(crate) fn evict(&self, pos: u64, len: u64) {
         #[cfg(target_os = "linux")]
         {
-            // Only a hint: an error (a file system without the advice) changes nothing.
-            if let Some(len) = std::num::NonZeroU64::new(len) {
-                if let Err(e) = rustix::fs::fadvise(
-                    &self.inner.file,
-                    pos,
-                    Some(len),
-                    rustix::fs::Advice::DontNeed,
-                ) {
+            let Some(len) = std::num::NonZeroU64::new(len) else {
+                return;
+            };
+            let inner = Arc::clone(&self.inner);
+            let advise = move || {
+                // Only a hint: an error (a file system without the advice) changes nothing.
+                if let Err(e) =
+                    rustix::fs::fadvise(&inner.file, pos, Some(len), rustix::fs::Advice::DontNeed)
+                {
                     tracing::debug!(error = %e, "page cache eviction refused");
                 }
+            };
+            #[cfg(not(madsim))]
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                // Not awaited: nothing waits for a hint.
+                drop(rt.spawn_blocking(advise));
+                return;
             }
+            advise();
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (pos, len);

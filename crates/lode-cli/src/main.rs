@@ -27,7 +27,8 @@ usage:
       --brokers 1 is a single broker without a metadata log; worker threads: half the
       cores unless given (the clients share the machine)
   lode broker [--config FILE] --node-id N --listen HOST:PORT --data-dir DIR [options]
-      one broker node; flags override the TOML file (keys: node_id, listen, advertised,
+      one broker node (addresses: IP:PORT or HOST:PORT, names resolved at start-up);
+      flags override the TOML file (keys: node_id, listen, advertised,
       data_dir, fsync, fsync_interval_ms, auto_create_topics, default_partitions,
       message_bytes_max, frame_bytes_max, segment_bytes_max, page_cache_window_bytes,
       connections_max, voters,
@@ -317,7 +318,27 @@ struct FileConfig {
     worker_threads: Option<usize>,
 }
 
-/// Parses `ID@HOST:PORT,ID@HOST:PORT,...` (Kafka's controller.quorum.voters).
+/// `HOST:PORT` as an address: an IP literal, or a host name resolved now, at start-up
+/// (IPv4 preferred).
+fn socket_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .with_context(|| format!("{s:?}: give HOST:PORT, with a host name that resolves"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{s:?} resolves to no address"))
+}
+
+/// Parses `ID@HOST:PORT,ID@HOST:PORT,...` (Kafka's controller.quorum.voters); host names
+/// are resolved at start-up.
 fn parse_voters(s: &str) -> anyhow::Result<std::collections::BTreeMap<BrokerId, SocketAddr>> {
     let mut out = std::collections::BTreeMap::new();
     for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
@@ -325,8 +346,7 @@ fn parse_voters(s: &str) -> anyhow::Result<std::collections::BTreeMap<BrokerId, 
             .split_once('@')
             .with_context(|| format!("voter {v:?}: give ID@HOST:PORT"))?;
         let id: i32 = id.parse().with_context(|| format!("voter id in {v:?}"))?;
-        let addr =
-            lode_client::parse_addr(addr).with_context(|| format!("voter address in {v:?}"))?;
+        let addr = socket_addr(addr).with_context(|| format!("voter address in {v:?}"))?;
         if out.insert(BrokerId(id), addr).is_some() {
             bail!("voter {id} given twice");
         }
@@ -360,9 +380,7 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
         .map(str::to_owned)
         .or(file.listen)
         .context("--listen is required")?;
-    let listen: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("listen address {listen:?}: give IP:PORT"))?;
+    let listen = socket_addr(&listen).context("listen address")?;
     let data = f
         .value("--data-dir")?
         .map(PathBuf::from)
@@ -425,10 +443,7 @@ fn broker(args: &[&str]) -> anyhow::Result<()> {
         .map(str::to_owned)
         .or(file.controller_listen)
     {
-        config.controller_listen = Some(
-            c.parse()
-                .with_context(|| format!("controller listen address {c:?}: give IP:PORT"))?,
-        );
+        config.controller_listen = Some(socket_addr(&c).context("controller listen address")?);
     }
     match f.value("--replication-factor")? {
         Some(n) => {
@@ -671,6 +686,26 @@ mod tests {
         assert!(worker_threads(Some("0"), None).is_err());
         assert!(worker_threads(None, Some(0)).is_err());
         assert!(worker_threads(Some("two"), None).is_err());
+    }
+
+    #[test]
+    fn addresses_take_ip_literals_and_host_names() {
+        use super::{parse_voters, socket_addr};
+        assert_eq!(
+            socket_addr("10.1.2.3:9092").unwrap(),
+            "10.1.2.3:9092".parse().unwrap()
+        );
+        // `localhost` comes from the hosts file, through the resolver.
+        let named = socket_addr("localhost:9093").unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 9093, "{named}");
+        for bad in ["localhost", "localhost:port", "10.1.2.3:70000", ""] {
+            assert!(socket_addr(bad).is_err(), "{bad:?} accepted");
+        }
+        let voters = parse_voters("1@localhost:9093, 2@10.1.2.3:9093").unwrap();
+        assert!(voters[&lode_proto::BrokerId(1)].ip().is_loopback());
+        assert_eq!(voters.len(), 2);
+        assert!(parse_voters("1@localhost:9093,1@10.1.2.3:9093").is_err());
+        assert!(parse_voters("1@nowhere").is_err());
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl Client {
                 let port = u16::try_from(resp.port).map_err(|_| {
                     ClientError::Protocol(format!("coordinator port {}", resp.port))
                 })?;
-                let addr = crate::parse_addr(&format!("{}:{port}", resp.host.as_str()))?;
+                let addr = crate::resolve_addr(&format!("{}:{port}", resp.host.as_str())).await?;
                 return self.conn(addr).await;
             }
             if !COORDINATOR_RETRIABLE.contains(&resp.error_code) || clock.now() >= deadline {

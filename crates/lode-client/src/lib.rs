@@ -58,8 +58,8 @@ pub enum ClientError {
     /// A topic or partition the cluster does not know.
     #[error("unknown topic or partition {0}")]
     UnknownPartition(String),
-    /// A bad bootstrap address.
-    #[error("bad address {0:?}: give IP:PORT or localhost:PORT")]
+    /// An address that is not `HOST:PORT`, or a name that does not resolve.
+    #[error("bad address {0}")]
     BadAddress(String),
     /// The operation did not finish in time.
     #[error("timed out")]
@@ -112,21 +112,21 @@ pub fn error_name(code: i16) -> &'static str {
     }
 }
 
-/// Parses `IP:PORT` or `localhost:PORT`.
+/// Resolves `HOST:PORT` (an IP literal, or a host name through the resolver: see
+/// [`lode_env::net::resolve`]).
 ///
 /// # Errors
-/// [`ClientError::BadAddress`].
-pub fn parse_addr(s: &str) -> Result<SocketAddr, ClientError> {
-    let bad = || ClientError::BadAddress(s.to_owned());
-    if let Ok(a) = s.parse() {
-        return Ok(a);
+/// [`ClientError::BadAddress`], saying why.
+pub async fn resolve_addr(s: &str) -> Result<SocketAddr, ClientError> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(ClientError::BadAddress(format!("{s:?}: give HOST:PORT")));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(ClientError::BadAddress(format!("{s:?}: give HOST:PORT")));
     }
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    match host {
-        "localhost" => Ok(([127, 0, 0, 1], port).into()),
-        _ => Err(bad()),
-    }
+    lode_env::net::resolve(s)
+        .await
+        .map_err(|e| ClientError::BadAddress(format!("{s:?}: {e}")))
 }
 
 /// One partition as the cluster describes it.
@@ -165,15 +165,16 @@ pub struct Client {
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
-    /// A client for the cluster reachable at `bootstrap` (comma-separated `IP:PORT`).
+    /// A client for the cluster reachable at `bootstrap` (comma-separated `HOST:PORT`;
+    /// names are resolved once, here).
     ///
     /// # Errors
     /// A bad address, or no bootstrap broker answering.
     pub async fn connect(bootstrap: &str, client_id: &str) -> Result<Arc<Client>, ClientError> {
-        let addrs = bootstrap
-            .split(',')
-            .map(|s| parse_addr(s.trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut addrs = Vec::new();
+        for s in bootstrap.split(',') {
+            addrs.push(resolve_addr(s.trim()).await?);
+        }
         let client = Arc::new(Client {
             bootstrap: addrs,
             client_id: client_id.to_owned(),
@@ -262,16 +263,20 @@ impl Client {
         let Some(resp): Option<MetadataResponse> = answered else {
             return Err(last);
         };
-        let mut brokers = self.brokers.lock().await;
-        // The response lists the live brokers: the map is replaced, not merged.
-        brokers.clear();
-        *self.controller.lock().await = (resp.controller_id.0 >= 0).then_some(resp.controller_id.0);
+        // Advertised names are resolved on every refresh, before the map is locked; a
+        // broker whose name does not resolve is left out until it does.
+        let mut live = BTreeMap::new();
         for b in &resp.brokers {
-            if let Ok(addr) = parse_addr(&format!("{}:{}", b.host.as_str(), b.port)) {
-                brokers.insert(b.node_id.0, addr);
+            match resolve_addr(&format!("{}:{}", b.host.as_str(), b.port)).await {
+                Ok(addr) => {
+                    live.insert(b.node_id.0, addr);
+                }
+                Err(e) => tracing::warn!(broker = b.node_id.0, error = %e, "broker left out"),
             }
         }
-        drop(brokers);
+        // The response lists the live brokers: the map is replaced, not merged.
+        *self.brokers.lock().await = live;
+        *self.controller.lock().await = (resp.controller_id.0 >= 0).then_some(resp.controller_id.0);
         let mut out = Vec::new();
         let mut cache = self.topics.lock().await;
         for t in resp.topics {

@@ -397,3 +397,54 @@ async fn group_members_split_commit_and_take_over() {
     );
     a.leave().await.unwrap();
 }
+
+/// A broker advertised by host name: the client resolves the bootstrap name, and the name
+/// the broker advertises in Metadata, through the resolver (`localhost` comes from the
+/// system's hosts file, not from a special case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_are_resolved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = BrokerConfig::new(BrokerId(0), "127.0.0.1:0".parse().unwrap());
+    config.advertised_host = "localhost".into();
+    let b = Broker::start(config, Env::host(tmp.path()).unwrap())
+        .await
+        .unwrap();
+    let port = b.local_addr.port();
+
+    let resolved = lode_client::resolve_addr(&format!("localhost:{port}"))
+        .await
+        .unwrap();
+    assert!(resolved.ip().is_loopback(), "{resolved}");
+    assert_eq!(resolved.port(), port);
+
+    let client = Client::connect(&format!("localhost:{port}"), "test")
+        .await
+        .unwrap();
+    client.create_topic("named", 1, 1).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let d = producer
+        .send(
+            "named",
+            Record {
+                value: Some(b"by name".to_vec()),
+                ..Record::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.await.unwrap(), Offset(0));
+    let mut consumer = Consumer::new(client);
+    consumer.assign("named", 0, Offset(0));
+    let got = read_all(&mut consumer, 1).await;
+    assert_eq!(got[0].value.as_deref(), Some(&b"by name"[..]));
+
+    for bad in ["localhost", "localhost:port", ":9092", "localhost:70000"] {
+        match Client::connect(bad, "test").await {
+            Err(ClientError::BadAddress(why)) => assert!(why.contains(bad), "{why}"),
+            Err(e) => panic!("{bad}: {e}"),
+            Ok(_) => panic!("{bad} accepted"),
+        }
+    }
+}

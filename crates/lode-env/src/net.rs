@@ -85,6 +85,32 @@ pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
     })
 }
 
+/// Resolves `HOST:PORT` to one address: an IP literal at once, without a lookup; a host
+/// name through the system's resolver (in the simulator, madsim's names of its nodes),
+/// preferring an IPv4 answer. Called whenever a connection is about to be made, so a name
+/// that moves to a new address is followed.
+///
+/// # Errors
+/// No port, a name that does not resolve, or one that resolves to no address.
+pub async fn resolve(host_port: &str) -> io::Result<SocketAddr> {
+    if let Ok(addr) = host_port.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut first = None;
+    for addr in tokio::net::lookup_host(host_port).await? {
+        if addr.is_ipv4() {
+            return Ok(addr);
+        }
+        first.get_or_insert(addr);
+    }
+    first.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host_port} resolves to no address"),
+        )
+    })
+}
+
 /// Connects to `addr`, with Nagle's algorithm off: the protocols on top batch for
 /// themselves and want each frame sent at once.
 ///

@@ -318,23 +318,15 @@ struct FileConfig {
     worker_threads: Option<usize>,
 }
 
-/// `HOST:PORT` as an address: an IP literal, or a host name resolved now, at start-up
-/// (IPv4 preferred).
+/// `HOST:PORT` as an address: an IP literal, or a host name resolved now, at start-up,
+/// before the runtime exists (so with the standard library's blocking lookup; the choice
+/// among the answers is `lode_env::net::pick`'s, as for the client).
 fn socket_addr(s: &str) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    let addrs: Vec<SocketAddr> = s
+    let addrs = s
         .to_socket_addrs()
-        .with_context(|| format!("{s:?}: give HOST:PORT, with a host name that resolves"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .with_context(|| format!("{s:?} resolves to no address"))
+        .with_context(|| format!("{s:?}: give HOST:PORT, with a host name that resolves"))?;
+    Ok(lode_env::net::pick(s, addrs)?)
 }
 
 /// Parses `ID@HOST:PORT,ID@HOST:PORT,...` (Kafka's controller.quorum.voters); host names

@@ -86,9 +86,9 @@ pub async fn listen(addr: SocketAddr) -> io::Result<Listener> {
 }
 
 /// Resolves `HOST:PORT` to one address: an IP literal at once, without a lookup; a host
-/// name through the system's resolver (in the simulator, madsim's names of its nodes),
-/// preferring an IPv4 answer. Called whenever a connection is about to be made, so a name
-/// that moves to a new address is followed.
+/// name through the system's resolver (in the simulator, madsim's names of its nodes).
+/// Each call looks the name up again, so a caller that resolves before it reconnects
+/// follows a name that moved.
 ///
 /// # Errors
 /// No port, a name that does not resolve, or one that resolves to no address.
@@ -96,8 +96,19 @@ pub async fn resolve(host_port: &str) -> io::Result<SocketAddr> {
     if let Ok(addr) = host_port.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    pick(host_port, tokio::net::lookup_host(host_port).await?)
+}
+
+/// The address to use of those a name resolved to: the first IPv4 one, else the first.
+///
+/// # Errors
+/// `NotFound` when there is none.
+pub fn pick(
+    host_port: &str,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+) -> io::Result<SocketAddr> {
     let mut first = None;
-    for addr in tokio::net::lookup_host(host_port).await? {
+    for addr in addrs {
         if addr.is_ipv4() {
             return Ok(addr);
         }

@@ -273,6 +273,69 @@ pub struct Params {
     /// The fault kinds this seed adds to crashes, power losses, stops, pauses and
     /// isolation, which every seed has.
     pub mix: Mix,
+    /// Each broker's disk speed.
+    pub disks: Vec<DiskSpeed>,
+}
+
+/// How slow one broker's disk is: per kind of operation, the most one takes (each draws
+/// uniformly from zero up to it), in simulated microseconds; zero takes no time. A power
+/// loss can then fall between a write and its sync, or during a sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskSpeed {
+    /// Reads.
+    pub read_us: u64,
+    /// Writes.
+    pub write_us: u64,
+    /// File and directory syncs.
+    pub sync_us: u64,
+    /// Creates, renames, removes, listings.
+    pub meta_us: u64,
+}
+
+impl DiskSpeed {
+    /// The disks of a seed, from their own stream: in half the seeds every disk takes
+    /// time, each its own (syncs up to 20 ms, and on one disk in four up to 200 ms: a slow
+    /// device); otherwise every operation is instant.
+    fn of(seed: u64, brokers: i32) -> Vec<DiskSpeed> {
+        let mut r = Rng::new(seed ^ 0x0d15_c5ed);
+        if !r.chance(50) {
+            return vec![DiskSpeed::default(); brokers as usize];
+        }
+        (0..brokers)
+            .map(|_| DiskSpeed {
+                read_us: r.below(2_000),
+                write_us: r.below(2_000),
+                sync_us: if r.chance(25) {
+                    20_000 + r.below(180_000)
+                } else {
+                    r.below(20_000)
+                },
+                meta_us: r.below(5_000),
+            })
+            .collect()
+    }
+
+    /// The simulated disk's latency setting.
+    #[must_use]
+    pub fn latency(self) -> lode_env::disk::Latency {
+        let upto = |us: u64| (us > 0).then(|| (Duration::ZERO, Duration::from_micros(us)));
+        lode_env::disk::Latency {
+            read: upto(self.read_us),
+            write: upto(self.write_us),
+            sync: upto(self.sync_us),
+            meta: upto(self.meta_us),
+        }
+    }
+}
+
+impl fmt::Display for DiskSpeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "r{}/w{}/s{}/m{}us",
+            self.read_us, self.write_us, self.sync_us, self.meta_us
+        )
+    }
 }
 
 /// Swarm testing: each seed enables its own subset of the further fault kinds and its own
@@ -296,6 +359,8 @@ pub struct Mix {
     /// it is full (ENOSPC). The broker halts and its supervisor restarts it, until the disk
     /// works again.
     pub disk: bool,
+    /// A broker's disk stalls for 0.2-3 s: every operation waits (a device reset).
+    pub stall: bool,
     /// The mean time between these faults, ms.
     pub interval_ms: u64,
 }
@@ -313,6 +378,7 @@ impl Mix {
             interval_ms: 1_000 + r.below(3_000),
             swizzle: r.chance(30),
             disk: r.chance(30),
+            stall: r.chance(25),
         }
     }
 
@@ -325,6 +391,7 @@ impl Mix {
             (self.wipe, "wipe"),
             (self.swizzle, "swizzle"),
             (self.disk, "disk"),
+            (self.stall, "stall"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -401,6 +468,7 @@ impl Params {
                 disk: planted == Some(Planted::IgnoreSyncFailure) || mix.disk,
                 ..mix
             },
+            disks: DiskSpeed::of(seed, brokers),
         }
     }
 
@@ -569,8 +637,11 @@ pub enum Fault {
     Loss(u32),
     /// The broker's disk is full: writes that would grow it fail with ENOSPC.
     DiskFull(Target),
-    /// The broker's disk works again: no injected errors, no capacity limit.
+    /// The broker's disk works again: no injected errors, no capacity limit (its latency
+    /// stays the seed's).
     DiskOk(Target),
+    /// The broker's disk stalls for this many ms: every operation waits until then.
+    DiskStall(Target, u64),
     /// Every link is restored.
     Heal,
 }
@@ -599,6 +670,7 @@ impl fmt::Display for Fault {
             Fault::Loss(percent) => write!(f, "loss {percent}"),
             Fault::DiskFull(n) => write!(f, "disk-full {n}"),
             Fault::DiskOk(n) => write!(f, "disk-ok {n}"),
+            Fault::DiskStall(n, ms) => write!(f, "disk-stall {n} {ms}"),
             Fault::Heal => write!(f, "heal"),
         }
     }
@@ -651,6 +723,7 @@ impl FromStr for Fault {
             Some("loss") => Fault::Loss(u32::try_from(number(1)?.clamp(0, 100)).unwrap_or(0)),
             Some("disk-full") => Fault::DiskFull(target(1)?),
             Some("disk-ok") => Fault::DiskOk(target(1)?),
+            Some("disk-stall") => Fault::DiskStall(target(1)?, number(2)?.max(0) as u64),
             Some("heal") => Fault::Heal,
             _ => return Err(format!("{s:?}: unknown fault")),
         };
@@ -728,7 +801,7 @@ impl Schedule {
     /// stay), from their own random stream.
     fn mixed(p: &Params) -> Vec<(u64, Fault)> {
         let m = &p.mix;
-        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle, m.disk]
+        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle, m.disk, m.stall]
             .iter()
             .enumerate()
             .filter_map(|(i, on)| on.then_some(i as u8))
@@ -798,6 +871,7 @@ impl Schedule {
                     )),
                     _ => Some((Fault::DiskFull(na), Some(Fault::DiskOk(na)))),
                 },
+                6 => Some((Fault::DiskStall(na, 200 + r.below(2_800)), None)),
                 _ => None,
             };
             if let Some((fault, undo)) = drawn {
@@ -954,6 +1028,7 @@ fn params_line(p: &Params) -> String {
             )
         })
         .collect();
+    let disks: Vec<String> = p.disks.iter().map(ToString::to_string).collect();
     Line::new(0, "params")
         .num("seed", p.seed as i64)
         .num("brokers", i64::from(p.brokers))
@@ -973,6 +1048,10 @@ fn params_line(p: &Params) -> String {
         .num("session_timeout_ms", p.session_timeout_ms as i64)
         .strs("mix", &p.mix.names())
         .num("mix_interval_ms", p.mix.interval_ms as i64)
+        .strs(
+            "disks",
+            &disks.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
         .str(
             "planted",
             &p.planted.map_or("none".into(), |b| b.to_string()),
@@ -1050,6 +1129,9 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     };
     log(params_line(&params));
     let cluster = Cluster::start(params.seed, SUBNET, params.brokers, broker_tweak(&params));
+    for (n, speed) in params.disks.iter().enumerate() {
+        cluster.set_disk_latency(n as i32, speed.latency());
+    }
     let client_node = cluster.client_node();
     let all = cluster.bootstrap(0..params.brokers);
 
@@ -1180,9 +1262,8 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     log(Line::new(now_ms(start), "heal-all").done());
     heal(&cluster);
     let healed = madsim::time::Instant::now();
-    for d in &cluster.disks {
-        d.set_faults(lode_env::disk::Faults::default());
-        d.set_capacity(None);
+    for n in 0..params.brokers {
+        cluster.disk_ok(n);
     }
     for n in std::mem::take(&mut down) {
         if n >= 0 {
@@ -1454,6 +1535,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::Uncut(a, b) => Fault::Uncut(n(a)?, n(b)?),
         Fault::DiskFull(t) => Fault::DiskFull(n(t)?),
         Fault::DiskOk(t) => Fault::DiskOk(n(t)?),
+        Fault::DiskStall(t, ms) => Fault::DiskStall(n(t)?, ms),
         Fault::Latency(lo, hi) => Fault::Latency(lo, hi),
         Fault::Loss(p) => Fault::Loss(p),
         Fault::Heal => Fault::Heal,
@@ -1477,7 +1559,8 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::Wipe(t)
         | Fault::Uncut(t, _)
         | Fault::DiskFull(t)
-        | Fault::DiskOk(t) => Some(t),
+        | Fault::DiskOk(t)
+        | Fault::DiskStall(t, _) => Some(t),
         Fault::Latency(..) | Fault::Loss(_) | Fault::Heal => None,
     };
     if let Some(Target::Node(b)) = first {
@@ -1600,7 +1683,7 @@ async fn apply(
                 let p = f64::from(percent) / 100.0;
                 // `sync-errors` fails syncs alone; `disk-errors` writes too.
                 let writes = matches!(fault, Fault::DiskErrors(..));
-                cluster.disks[n as usize].set_faults(lode_env::disk::Faults {
+                cluster.set_disk_faults(n, lode_env::disk::Faults {
                     write_eio: if writes { p } else { 0.0 },
                     sync_eio: p,
                     ..lode_env::disk::Faults::default()
@@ -1616,11 +1699,11 @@ async fn apply(
             None => return "skipped".into(),
         },
         Fault::DiskOk(t) => match node(t) {
-            Some(n) => {
-                let d = &cluster.disks[n as usize];
-                d.set_faults(lode_env::disk::Faults::default());
-                d.set_capacity(None);
-            }
+            Some(n) => cluster.disk_ok(n),
+            None => return "skipped".into(),
+        },
+        Fault::DiskStall(t, ms) => match node(t) {
+            Some(n) => cluster.disks[n as usize].stall(Duration::from_millis(ms)),
             None => return "skipped".into(),
         },
         Fault::Wipe(t) => match node(t) {

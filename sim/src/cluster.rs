@@ -11,6 +11,7 @@ use std::time::Duration;
 use lode_broker::{Broker, BrokerConfig};
 use lode_client::Client;
 use lode_env::clock::{Skew, SkewControl};
+use lode_env::disk::{Faults, Latency};
 use lode_env::{Clock, Env, SimDisk};
 use lode_proto::BrokerId;
 use madsim::runtime::{Handle, NodeHandle};
@@ -32,6 +33,9 @@ pub struct Cluster {
     /// Per node: bumped whenever the harness kills or restarts it, so the supervisor
     /// restarts only a process that halted by itself and was left alone since.
     generation: Vec<Arc<AtomicU64>>,
+    /// Per disk: its faults when nothing is injected (its speed, a swarm parameter), which
+    /// `disk_ok` returns it to.
+    baseline: std::sync::Mutex<Vec<Faults>>,
 }
 
 /// How long the supervisor waits before starting a halted broker again (systemd's
@@ -173,7 +177,39 @@ impl Cluster {
             stop_asked,
             stopped,
             generation,
+            baseline: std::sync::Mutex::new(vec![Faults::default(); n as usize]),
         }
+    }
+
+    /// Broker `i`'s disk takes `latency` per operation from now on, and again after every
+    /// `disk_ok`.
+    pub fn set_disk_latency(&self, i: i32, latency: Latency) {
+        let faults = Faults {
+            latency,
+            ..Faults::default()
+        };
+        self.baseline_lock()[i as usize] = faults;
+        self.disks[i as usize].set_faults(faults);
+    }
+
+    /// Broker `i`'s disk faults on top of its speed: `faults` with the baseline's latency.
+    pub fn set_disk_faults(&self, i: i32, faults: Faults) {
+        let latency = self.baseline_lock()[i as usize].latency;
+        self.disks[i as usize].set_faults(Faults { latency, ..faults });
+    }
+
+    /// Broker `i`'s disk works again: no injected errors, no capacity limit, its own speed.
+    pub fn disk_ok(&self, i: i32) {
+        let faults = self.baseline_lock()[i as usize];
+        let d = &self.disks[i as usize];
+        d.set_faults(faults);
+        d.set_capacity(None);
+    }
+
+    fn baseline_lock(&self) -> std::sync::MutexGuard<'_, Vec<Faults>> {
+        self.baseline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Marks broker `i` as killed or restarted by the harness: a halt it reported before

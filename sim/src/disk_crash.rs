@@ -220,7 +220,7 @@ pub fn run_with(seed: u64, plant: fn(&mut LogConfig)) -> anyhow::Result<Outcome>
         let disk = SimDisk::new("node-1", seed);
         let latency = Duration::from_micros(p.disk_latency_us_max);
         disk.set_faults(Faults {
-            latency: Some((Duration::ZERO, latency)),
+            latency: lode_env::disk::Latency::uniform(Duration::ZERO, latency),
             ..Faults::default()
         });
         let shared = Arc::new(Mutex::new(Shared::default()));

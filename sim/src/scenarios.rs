@@ -301,8 +301,9 @@ impl Scenario {
             duration_ms: self.duration_ms,
             session_timeout_ms: self.session_timeout_ms,
             planted,
-            // A scenario's faults are its schedule alone.
+            // A scenario's faults are its schedule alone, on instant disks.
             mix: crate::chaos::Mix::default(),
+            disks: vec![crate::chaos::DiskSpeed::default(); self.brokers as usize],
         }
     }
 

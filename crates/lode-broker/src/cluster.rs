@@ -67,8 +67,13 @@ pub(crate) struct Restart {
 pub(crate) async fn lifecycle(broker: Arc<Broker>, plane: Arc<ControlPlane>, restart: Restart) {
     let me = broker.config.node_id;
     let incarnation = lode_env::rng::seed_u64();
+    let mut first = true;
     loop {
         let epoch = register(&broker, &plane, incarnation, restart).await;
+        if std::mem::take(&mut first) {
+            // Before the epoch is stored: a clean stop from then on writes its own marker.
+            drop_clean_marker(&broker.root).await;
+        }
         broker.membership.epoch.store(epoch.0, Ordering::Release);
         crate::observe::emit(me, || crate::observe::Event::Registered { epoch: epoch.0 });
         tracing::info!(
@@ -304,20 +309,33 @@ pub(crate) async fn log_dir_id(broker_root: &lode_env::Dir) -> Result<u64, LogEr
     Ok(id)
 }
 
-/// Reads and removes the clean-shutdown marker.
-pub(crate) async fn take_clean_marker(broker_root: &lode_env::Dir) -> Option<BrokerEpoch> {
-    let epoch = match checkpoint::read(broker_root, CLEAN_SHUTDOWN_EPOCH).await {
-        Ok(Some(Ok(b))) if b.len() == 8 => Some(BrokerEpoch(i64::from_be_bytes(
-            b.try_into().unwrap_or([0; 8]),
-        ))),
+/// Reads the clean-shutdown marker. It stays until a registration is accepted
+/// ([`drop_clean_marker`]): a process that stops or crashes before it registers hosted
+/// nothing and wrote nothing, so the next one may still say the last registered process
+/// stopped cleanly (seed 208257: a restarted lone controller voter, stopped again before it
+/// had elected itself, lost the marker, and its next registration took it out of the ELR of
+/// an `fsync=interval` topic it alone held, which stayed offline for good).
+pub(crate) async fn read_clean_marker(broker_root: &lode_env::Dir) -> Option<BrokerEpoch> {
+    match checkpoint::read(broker_root, CLEAN_SHUTDOWN_EPOCH).await {
+        Ok(Some(Ok(b))) => <[u8; 8]>::try_from(b.as_slice())
+            .ok()
+            .map(|b| BrokerEpoch(i64::from_be_bytes(b))),
         _ => None,
-    };
-    // Removed durably before the broker runs: a crash from here on is an unclean one.
-    if matches!(
-        checkpoint::remove(broker_root, CLEAN_SHUTDOWN_EPOCH).await,
-        Ok(true)
-    ) {
-        let _ = broker_root.sync().await;
     }
-    epoch
+}
+
+/// Removes the clean-shutdown marker once a registration was accepted, before the broker
+/// hosts anything: a crash from here on is an unclean one. A marker left behind (the
+/// removal failed) is harmless: it names the previous broker epoch, which the controller
+/// no longer holds for this broker.
+async fn drop_clean_marker(broker_root: &lode_env::Dir) {
+    match checkpoint::remove(broker_root, CLEAN_SHUTDOWN_EPOCH).await {
+        Ok(true) => {
+            if let Err(e) = broker_root.sync().await {
+                tracing::warn!(error = %e, "clean-shutdown marker removal not synced");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "clean-shutdown marker not removed"),
+    }
 }

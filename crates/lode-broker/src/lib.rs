@@ -199,7 +199,7 @@ impl Broker {
                 .await
                 .map_err(|e| StartError::Storage(CreateError::Io(e)))?;
             let restart = cluster::Restart {
-                clean: cluster::take_clean_marker(&root).await,
+                clean: cluster::read_clean_marker(&root).await,
                 log_dir_id: cluster::log_dir_id(&root).await?,
             };
             let plane = control::ControlPlane::start(qc, cc, dir, env.clock.clone()).await?;

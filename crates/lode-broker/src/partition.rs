@@ -47,7 +47,23 @@ pub enum AppendError {
     NotLeader,
 }
 
-/// A partition replica on this broker (a leader, until replication arrives).
+/// Why a follower's append or truncation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The replica no longer follows that leader in that epoch: it leads now, follows
+    /// another leader or epoch, or has no leader. What a stale fetcher brings is dropped.
+    #[error("fenced: this replica does not follow broker {leader} in epoch {epoch}")]
+    Fenced {
+        /// The leader the fetch went to.
+        leader: BrokerId,
+        /// The epoch it was made in.
+        epoch: Epoch,
+    },
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
 /// How [`Partition::await_ack`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckOutcome {
@@ -84,8 +100,12 @@ pub struct Partition {
     /// committed. Otherwise the role comes from the metadata.
     standalone: bool,
     /// As leader in combined mode: the ISR replication state. `None` as follower (or
-    /// standalone).
+    /// standalone). Set, with `following`, only under the log's write lock: the role
+    /// fences every append and high-watermark change, whichever task makes it.
     replication: std::sync::Mutex<Option<LeaderReplication>>,
+    /// As follower: the leader followed and its epoch. Only a fetch made to that leader in
+    /// that epoch may append, truncate or move the high watermark.
+    following: std::sync::Mutex<Option<(BrokerId, Epoch)>>,
     /// This broker (for what the simulator observes).
     node: BrokerId,
     /// A planted bug (tests only).
@@ -205,6 +225,7 @@ impl Partition {
             epoch: AtomicI32::new(0),
             standalone,
             replication: std::sync::Mutex::new(None),
+            following: std::sync::Mutex::new(None),
             node,
             #[cfg(feature = "planted-bugs")]
             planted: options.planted,
@@ -402,9 +423,30 @@ impl Partition {
             .and_then(|r| r.on_leader_append(end))
     }
 
-    async fn set_committed(&self, hw: Offset) {
-        self.log.write().await.set_high_watermark(hw);
-        self.advance(hw);
+    /// As leader in `epoch`: the high watermark moves to `hw`, unless this replica no
+    /// longer leads in that epoch (the role may change while the caller awaits the lock).
+    async fn set_committed(&self, hw: Offset, epoch: Epoch) {
+        let mut log = self.log.write().await;
+        if self.still_leads(epoch) {
+            log.set_high_watermark(hw);
+            self.advance(hw);
+        }
+    }
+
+    fn following_lock(&self) -> std::sync::MutexGuard<'_, Option<(BrokerId, Epoch)>> {
+        self.following
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this replica follows `leader` in `epoch` (callers hold the log lock, under
+    /// which the role changes).
+    fn fenced(&self, leader: BrokerId, epoch: Epoch) -> Result<(), FollowError> {
+        if self.replication_lock().is_none() && *self.following_lock() == Some((leader, epoch)) {
+            Ok(())
+        } else {
+            Err(FollowError::Fenced { leader, epoch })
+        }
     }
 
     /// Leads with `epoch` (from the metadata). A new epoch starts a new replication state at
@@ -420,6 +462,10 @@ impl Partition {
         config: ReplicationConfig,
         now: lode_proto::Instant,
     ) {
+        // The role changes under the log's write lock: a follower append under way
+        // finishes first, and none starts after it (see `follow`).
+        let mut log = self.log.write().await;
+        *self.following_lock() = None;
         self.set_leader_epoch(epoch);
         let same = self
             .replication_lock()
@@ -431,21 +477,19 @@ impl Partition {
                 .as_mut()
                 .and_then(|r| r.on_isr_committed(isr, partition_epoch));
             if let Some(hw) = hw {
-                self.set_committed(hw).await;
+                log.set_high_watermark(hw);
+                self.advance(hw);
             }
             return;
         }
-        let (end, hw, producers) = {
-            let log = self.log.read().await;
-            let end = match self.fsync {
-                FsyncPolicy::Always => log.durable_offset(),
-                FsyncPolicy::Interval(_) => log.log_end_offset(),
-            };
-            // The producer state of the new leader comes from its log: a retry of a batch
-            // the old leader wrote is recognised.
-            (end, log.high_watermark(), rebuild_producers(&log).await)
+        let end = match self.fsync {
+            FsyncPolicy::Always => log.durable_offset(),
+            FsyncPolicy::Interval(_) => log.log_end_offset(),
         };
-        *self.producers_lock() = producers;
+        let hw = log.high_watermark();
+        // The producer state of the new leader comes from its log: a retry of a batch the
+        // old leader wrote is recognised.
+        *self.producers_lock() = rebuild_producers(&log).await;
         let rep = LeaderReplication::new(
             me,
             epoch,
@@ -472,12 +516,17 @@ impl Partition {
             .as_mut()
             .and_then(|r| r.on_leader_append(end));
         if let Some(hw) = hw {
-            self.set_committed(hw).await;
+            log.set_high_watermark(hw);
+            self.advance(hw);
         }
     }
 
-    /// Follows (from the metadata): no replication state here any more.
-    pub fn become_follower(&self) {
+    /// Follows `leader` in `epoch` (from the metadata; no leader: follows none): no
+    /// replication state here any more, and only fetches made to that leader in that
+    /// epoch change the log from now on.
+    pub async fn become_follower(&self, leader: Option<BrokerId>, epoch: Epoch) {
+        let _log = self.log.write().await;
+        *self.following_lock() = leader.map(|l| (l, epoch));
         if self.replication_lock().take().is_some() {
             tracing::info!(topic = %self.topic, partition = self.index, "follower");
             crate::observe::emit(self.node, || crate::observe::Event::Follower {
@@ -554,9 +603,11 @@ impl Partition {
         }
     }
 
-    /// As leader: serves a follower's fetch.
+    /// As leader in `leader_epoch` (the fetch's): serves a follower's fetch.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve_replica(
         &self,
+        leader_epoch: Epoch,
         from: BrokerId,
         broker_epoch: lode_core::metadata::BrokerEpoch,
         fetch_offset: Offset,
@@ -565,7 +616,7 @@ impl Partition {
         now: lode_proto::Instant,
     ) -> ServedFetch {
         use crate::control::ReplicaFetchReply as R;
-        if self.replication_lock().is_none() {
+        if !self.still_leads(leader_epoch) {
             return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None);
         }
         let (records, end) = {
@@ -598,8 +649,10 @@ impl Partition {
             }
         };
         let outcome = match self.replication_lock().as_mut() {
-            Some(r) => r.on_follower_fetch(from, broker_epoch, fetch_offset, end, now),
-            None => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
+            Some(r) if r.leader_epoch() == leader_epoch => {
+                r.on_follower_fetch(from, broker_epoch, fetch_offset, end, now)
+            }
+            _ => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
         };
         if outcome.stale {
             return (R::Error(crate::codes::STALE_BROKER_EPOCH), None);
@@ -613,7 +666,7 @@ impl Partition {
             });
         }
         if let Some(hw) = hw {
-            self.set_committed(hw).await;
+            self.set_committed(hw, leader_epoch).await;
         }
         (
             R::Records {
@@ -642,13 +695,22 @@ impl Partition {
         (log.log_end_offset(), epoch)
     }
 
-    /// As follower: appends what the leader sent, synced before the next fetch acknowledges
-    /// it, then takes the leader's high watermark (capped at this log's end).
+    /// As follower of `leader` in `epoch` (the fetch's): appends what the leader sent,
+    /// synced before the next fetch acknowledges it, then takes the leader's high watermark
+    /// (capped at this log's end).
     ///
     /// # Errors
-    /// The log's append and sync errors.
-    pub async fn follow(&self, records: &[u8], leader_hw: Offset) -> Result<(), LogError> {
+    /// [`FollowError::Fenced`] when this replica no longer follows `leader` in `epoch`
+    /// (nothing changes); the log's append and sync errors.
+    pub async fn follow(
+        &self,
+        leader: BrokerId,
+        epoch: Epoch,
+        records: &[u8],
+        leader_hw: Offset,
+    ) -> Result<(), FollowError> {
         let mut log = self.log.write().await;
+        self.fenced(leader, epoch)?;
         if !records.is_empty() {
             log.append_replica(records).await?;
             crate::observe::emit(self.node, || crate::observe::Event::Appended {
@@ -665,23 +727,26 @@ impl Partition {
         let hw = leader_hw.min(log.log_end_offset());
         if hw > log.high_watermark() {
             log.set_high_watermark(hw);
-            drop(log);
             self.advance(hw);
         }
         Ok(())
     }
 
-    /// As follower: truncates a diverging tail, to the smaller of the leader's end of
-    /// `epoch` and this log's own (never to a high watermark: KIP-101).
+    /// As follower of `leader` in `leader_epoch`: truncates a diverging tail, to the
+    /// smaller of the leader's end of `epoch` and this log's own (never to a high
+    /// watermark: KIP-101).
     ///
     /// # Errors
-    /// The log's truncation errors.
+    /// [`FollowError::Fenced`] as for [`Partition::follow`]; the log's truncation errors.
     pub async fn truncate_diverging(
         &self,
+        leader: BrokerId,
+        leader_epoch: Epoch,
         epoch: Epoch,
         end_offset: Offset,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), FollowError> {
         let mut log = self.log.write().await;
+        self.fenced(leader, leader_epoch)?;
         let end = log.log_end_offset();
         let own = if epoch == Epoch::NONE {
             Offset(0)
@@ -800,7 +865,6 @@ impl Partition {
                     if self.fsync == FsyncPolicy::Always {
                         if let Some(hw) = self.leader_end_moved(durable) {
                             log.set_high_watermark(hw);
-                            drop(log);
                             self.advance(hw);
                         }
                     }

@@ -22,6 +22,7 @@ use crate::codes;
 use crate::control::{
     ControlPlane, ControlReply, ControlRequest, IncomingFetch, ReplicaFetch, ReplicaFetchReply,
 };
+use crate::partition::FollowError;
 use crate::Broker;
 
 /// Kafka's FENCED_LEADER_EPOCH and UNKNOWN_LEADER_EPOCH.
@@ -121,6 +122,7 @@ async fn serve_one(
         );
     };
     p.serve_replica(
+        epoch,
         from,
         req.broker_epoch,
         req.fetch_offset,
@@ -298,7 +300,7 @@ pub(crate) async fn reconcile_roles(broker: &Arc<Broker>, plane: &Arc<ControlPla
             )
             .await;
         } else {
-            p.become_follower();
+            p.become_follower(leader, epoch).await;
             if let Some(l) = leader {
                 wanted.insert((topic, index), (l, epoch));
             }
@@ -365,25 +367,45 @@ async fn follow(
                 records,
             }) => {
                 // An empty answer already waited on the leader (long poll): fetch again.
-                if let Err(e) = p.follow(&records, high_watermark).await {
-                    tracing::warn!(topic, partition = index, error = %e, "follower append failed");
-                    broker.clock.sleep(Duration::from_secs(1)).await;
+                match p.follow(leader, epoch, &records, high_watermark).await {
+                    Ok(()) => {}
+                    Err(e @ FollowError::Fenced { .. }) => {
+                        tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, partition = index, error = %e, "follower append failed");
+                        broker.clock.sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-            Some(ReplicaFetchReply::Diverging { epoch, end_offset }) => {
+            Some(ReplicaFetchReply::Diverging {
+                epoch: diverging,
+                end_offset,
+            }) => {
                 tracing::debug!(
                     topic,
                     partition = index,
                     leader = leader.0,
                     fetch_offset = fetch_offset.0,
                     last_fetched_epoch = last_fetched_epoch.0,
-                    diverging_epoch = epoch.0,
+                    diverging_epoch = diverging.0,
                     end_offset = end_offset.0,
                     "replica fetch diverges"
                 );
-                if let Err(e) = p.truncate_diverging(epoch, end_offset).await {
-                    tracing::warn!(topic, partition = index, error = %e, "follower truncation failed");
-                    broker.clock.sleep(Duration::from_secs(1)).await;
+                match p
+                    .truncate_diverging(leader, epoch, diverging, end_offset)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e @ FollowError::Fenced { .. }) => {
+                        tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, partition = index, error = %e, "follower truncation failed");
+                        broker.clock.sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
             Some(ReplicaFetchReply::Error(code)) => {

@@ -21,7 +21,7 @@ pub mod sim;
 use std::io;
 use std::path::PathBuf;
 
-pub use sim::{CrashStats, Evictions, Faults, SimDisk};
+pub use sim::{CrashStats, Evictions, Faults, Latency, Op, SimDisk};
 
 /// `EIO`, as the kernel reports a failed read, write or sync.
 pub(crate) const EIO: i32 = 5;

@@ -47,8 +47,61 @@ pub struct Faults {
     pub write_eio: f64,
     /// A `sync_data` or directory sync fails with `EIO`; unsynced data is then undefined.
     pub sync_eio: f64,
-    /// Every operation first waits a uniform draw from this range (inclusive).
-    pub latency: Option<(Duration, Duration)>,
+    /// How long each kind of operation takes, in simulated time.
+    pub latency: Latency,
+}
+
+/// The kinds of disk operation, each with its own latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `read_at`.
+    Read,
+    /// `write_at`, `set_len`.
+    Write,
+    /// `sync_data` and a directory's sync.
+    Sync,
+    /// Namespace operations: create, open, rename, remove, list, sub-directories.
+    Meta,
+}
+
+/// Per kind of operation: a range (inclusive) from which each operation's wait is drawn
+/// uniformly before it takes effect; `None` takes no simulated time. A crash during the
+/// wait finds the operation not yet done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Reads.
+    pub read: Option<(Duration, Duration)>,
+    /// Writes and length changes.
+    pub write: Option<(Duration, Duration)>,
+    /// File and directory syncs.
+    pub sync: Option<(Duration, Duration)>,
+    /// Namespace operations.
+    pub meta: Option<(Duration, Duration)>,
+}
+
+impl Latency {
+    /// The same range for every kind.
+    #[must_use]
+    pub fn uniform(lo: Duration, hi: Duration) -> Latency {
+        let r = Some((lo, hi));
+        Latency {
+            read: r,
+            write: r,
+            sync: r,
+            meta: r,
+        }
+    }
+
+    /// The range of `op`.
+    #[must_use]
+    pub fn of(&self, op: Op) -> Option<(Duration, Duration)> {
+        match op {
+            Op::Read => self.read,
+            Op::Write => self.write,
+            Op::Sync => self.sync,
+            Op::Meta => self.meta,
+        }
+    }
 }
 
 /// What a crash did to one page; counted so tests can see every outcome happen.
@@ -153,6 +206,8 @@ struct State {
     stats: CrashStats,
     /// Page-cache evictions asked for, by path (there is no page cache to evict from).
     evictions: BTreeMap<String, Evictions>,
+    /// Until when every operation waits (a stalled disk), in madsim's time.
+    stalled_until: Option<tokio::time::Instant>,
 }
 
 /// What [`SimDisk::evictions`] reports of one file.
@@ -330,6 +385,7 @@ impl SimDisk {
             file_faults: BTreeMap::new(),
             capacity_bytes: None,
             stats: CrashStats::default(),
+            stalled_until: None,
             evictions: BTreeMap::new(),
         };
         SimDisk {
@@ -504,10 +560,21 @@ impl SimDisk {
         }
     }
 
-    async fn delay(&self, path: &str) {
+    /// Stalls the disk for `duration` from now: every operation, those under way included
+    /// once their own wait ends, waits until then (a controller reset, a saturated device).
+    pub fn stall(&self, duration: Duration) {
+        let mut s = self.lock();
+        tracing::warn!(target: "lode::fault", node = %s.node, ?duration, "disk stalls");
+        let until = tokio::time::Instant::now() + duration;
+        s.stalled_until = Some(s.stalled_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// The wait before an operation of kind `op` on `path`: its drawn latency, then what is
+    /// left of a stall.
+    async fn delay(&self, path: &str, op: Op) {
         let wait = {
             let mut s = self.lock();
-            match s.faults_for(path).latency {
+            match s.faults_for(path).latency.of(op) {
                 Some((lo, hi)) if hi > Duration::ZERO => {
                     let lo_ns = u64::try_from(lo.as_nanos()).unwrap_or(u64::MAX);
                     let hi_ns = u64::try_from(hi.as_nanos()).unwrap_or(u64::MAX).max(lo_ns);
@@ -518,6 +585,13 @@ impl SimDisk {
         };
         if let Some(d) = wait {
             tokio::time::sleep(d).await;
+        }
+        loop {
+            let until = self.lock().stalled_until;
+            match until {
+                Some(u) if u > tokio::time::Instant::now() => tokio::time::sleep_until(u).await,
+                _ => break,
+            }
         }
     }
 }
@@ -550,7 +624,7 @@ impl SimDir {
 
     pub(crate) async fn create(&self, name: &str) -> io::Result<SimFile> {
         let path = join(&self.path, name);
-        self.disk.delay(&path).await;
+        self.disk.delay(&path, Op::Meta).await;
         let mut s = self.disk.lock();
         self.check_dir_exists(&s)?;
         if self.entry(&s, name).is_some() {
@@ -579,7 +653,7 @@ impl SimDir {
 
     pub(crate) async fn open(&self, name: &str) -> io::Result<SimFile> {
         let path = join(&self.path, name);
-        self.disk.delay(&path).await;
+        self.disk.delay(&path, Op::Meta).await;
         let s = self.disk.lock();
         match self.entry(&s, name) {
             Some(Entry::File(ino)) => Ok(SimFile {
@@ -601,7 +675,7 @@ impl SimDir {
 
     pub(crate) async fn sub_dir(&self, name: &str) -> io::Result<SimDir> {
         let path = join(&self.path, name);
-        self.disk.delay(&path).await;
+        self.disk.delay(&path, Op::Meta).await;
         let mut s = self.disk.lock();
         self.check_dir_exists(&s)?;
         match self.entry(&s, name) {
@@ -628,7 +702,7 @@ impl SimDir {
 
     pub(crate) async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (join(&self.path, from), join(&self.path, to));
-        self.disk.delay(&from).await;
+        self.disk.delay(&from, Op::Meta).await;
         let mut s = self.disk.lock();
         match s.current.get(&from) {
             Some(Entry::File(_)) => {}
@@ -657,7 +731,7 @@ impl SimDir {
 
     pub(crate) async fn remove(&self, name: &str) -> io::Result<()> {
         let path = join(&self.path, name);
-        self.disk.delay(&path).await;
+        self.disk.delay(&path, Op::Meta).await;
         let mut s = self.disk.lock();
         match self.entry(&s, name) {
             None => {
@@ -682,7 +756,7 @@ impl SimDir {
     }
 
     pub(crate) async fn list(&self) -> io::Result<Vec<String>> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Meta).await;
         let s = self.disk.lock();
         self.check_dir_exists(&s)?;
         let names = s
@@ -695,7 +769,7 @@ impl SimDir {
     }
 
     pub(crate) async fn sync(&self) -> io::Result<()> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Sync).await;
         let mut guard = self.disk.lock();
         let s = &mut *guard;
         if s.roll(s.faults_for(&self.path).sync_eio) {
@@ -714,7 +788,7 @@ impl SimDir {
 
 impl SimFile {
     pub(crate) async fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Read).await;
         let mut guard = self.disk.lock();
         let s = &mut *guard;
         let faults = s.faults_for(&self.path);
@@ -741,7 +815,7 @@ impl SimFile {
     }
 
     pub(crate) async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Write).await;
         let mut guard = self.disk.lock();
         let s = &mut *guard;
         if s.roll(s.faults_for(&self.path).write_eio) {
@@ -800,7 +874,7 @@ impl SimFile {
     }
 
     pub(crate) async fn set_len(&self, len: u64) -> io::Result<()> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Write).await;
         let mut s = self.disk.lock();
         let inode = s.inode(self.ino, self.generation, &self.path)?;
         let old = inode.current.len() as u64;
@@ -817,7 +891,7 @@ impl SimFile {
     }
 
     pub(crate) async fn sync_data(&self) -> io::Result<()> {
-        self.disk.delay(&self.path).await;
+        self.disk.delay(&self.path, Op::Sync).await;
         let mut guard = self.disk.lock();
         let s = &mut *guard;
         let fail = s.roll(s.faults_for(&self.path).sync_eio);

@@ -347,12 +347,55 @@ async fn latency_is_injected_on_simulated_time() {
     let root = Dir::sim(&disk);
     let f = root.create("x").await.unwrap();
     disk.set_faults(Faults {
-        latency: Some((Duration::from_millis(20), Duration::from_millis(20))),
+        latency: Latency::uniform(Duration::from_millis(20), Duration::from_millis(20)),
         ..Faults::default()
     });
     let t = tokio::time::Instant::now();
     f.append(b"slow").await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn latency_is_per_kind_of_operation() {
+    let disk = SimDisk::new("n0", 5);
+    let root = Dir::sim(&disk);
+    let f = root.create("x").await.unwrap();
+    disk.set_faults(Faults {
+        latency: Latency {
+            sync: Some((Duration::from_millis(50), Duration::from_millis(50))),
+            ..Latency::default()
+        },
+        ..Faults::default()
+    });
+    let t = tokio::time::Instant::now();
+    f.append(b"fast").await.unwrap();
+    let mut buf = [0; 4];
+    f.read_at(0, &mut buf).await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(40), "writes and reads take no time");
+    f.sync_data().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(50), "the sync takes its latency");
+}
+
+#[tokio::test]
+async fn a_stalled_disk_holds_every_operation_until_the_stall_ends() {
+    let disk = SimDisk::new("n0", 5);
+    let root = Dir::sim(&disk);
+    let f = root.create("x").await.unwrap();
+    let t = tokio::time::Instant::now();
+    disk.stall(Duration::from_millis(300));
+    f.append(b"held").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // A crash during a stall finds the held write not done.
+    disk.stall(Duration::from_millis(300));
+    let (d, g) = (disk.clone(), f.clone());
+    let write = crate::task::spawn(async move { g.append(b"lost").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    d.crash();
+    let _ = write.await;
+    let reopened = root.open("x").await;
+    if let Ok(r) = reopened {
+        assert!(r.len().await.unwrap() <= 4, "the held write never reached the disk");
+    }
 }
 
 #[tokio::test]

@@ -423,16 +423,6 @@ impl Partition {
             .and_then(|r| r.on_leader_append(end))
     }
 
-    /// As leader in `epoch`: the high watermark moves to `hw`, unless this replica no
-    /// longer leads in that epoch (the role may change while the caller awaits the lock).
-    async fn set_committed(&self, hw: Offset, epoch: Epoch) {
-        let mut log = self.log.write().await;
-        if self.still_leads(epoch) {
-            log.set_high_watermark(hw);
-            self.advance(hw);
-        }
-    }
-
     fn following_lock(&self) -> std::sync::MutexGuard<'_, Option<(BrokerId, Epoch)>> {
         self.following
             .lock()
@@ -648,6 +638,10 @@ impl Partition {
                 Err(_) => return (R::Error(crate::codes::KAFKA_STORAGE_ERROR), None),
             }
         };
+        // The high watermark is decided and moved under the log's write lock, as every
+        // role and ISR change is made: a decision taken over an ISR that a committed
+        // shrink has since replaced must not be applied after it (strict min ISR).
+        let mut log = self.log.write().await;
         let outcome = match self.replication_lock().as_mut() {
             Some(r) if r.leader_epoch() == leader_epoch => {
                 r.on_follower_fetch(from, broker_epoch, fetch_offset, end, now)
@@ -658,15 +652,17 @@ impl Partition {
             return (R::Error(crate::codes::STALE_BROKER_EPOCH), None);
         }
         let (hw, proposal) = (outcome.high_watermark, outcome.proposal);
+        if let Some(hw) = hw {
+            log.set_high_watermark(hw);
+            self.advance(hw);
+        }
+        drop(log);
         if let Some(p) = &proposal {
             crate::observe::emit(self.node, || crate::observe::Event::IsrProposed {
                 topic: self.topic.clone(),
                 partition: self.index,
                 isr: p.isr.iter().copied().collect(),
             });
-        }
-        if let Some(hw) = hw {
-            self.set_committed(hw, leader_epoch).await;
         }
         (
             R::Records {

@@ -146,11 +146,16 @@ pub enum Planted {
     /// A log counts a failed sync as a good one (fsyncgate), so its broker acknowledges
     /// records the failed sync may have dropped.
     IgnoreSyncFailure,
+    /// A follower's fetcher changes the replica whatever its role and epoch now (a fetcher
+    /// of a deposed leader appending to a partition its broker leads).
+    UnfencedFollower,
+    /// A starting broker drops its clean-shutdown marker before it registers.
+    CleanMarkerDropped,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 10] = [
+    pub const ALL: [(&'static str, Planted); 12] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -164,6 +169,8 @@ impl Planted {
             Planted::ConsumerForgetsPartition,
         ),
         ("ignore-sync-failure", Planted::IgnoreSyncFailure),
+        ("unfenced-follower", Planted::UnfencedFollower),
+        ("clean-marker-dropped", Planted::CleanMarkerDropped),
     ];
 
     /// Its name.
@@ -191,6 +198,8 @@ impl Planted {
             Planted::ReadAboveHw => B::ReadAboveHighWatermark,
             Planted::CommitBeforeReplicated => B::CommitBeforeReplicated,
             Planted::IgnoreSyncFailure => B::Storage(lode_storage::PlantedBug::SyncFailureIgnored),
+            Planted::UnfencedFollower => B::UnfencedFollower,
+            Planted::CleanMarkerDropped => B::CleanMarkerDroppedAtStart,
             Planted::ConsumerForgetsPartition => return None,
         })
     }

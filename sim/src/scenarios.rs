@@ -33,10 +33,12 @@ pub struct Scenario {
     schedule: &'static str,
     /// The planted bug this scenario is made to catch, if any.
     pub catches: Option<Planted>,
+    /// Controller voters: brokers `0..voters` (every broker when 0).
+    voters: i32,
 }
 
 /// Every scenario.
-pub const ALL: [Scenario; 16] = [
+pub const ALL: [Scenario; 17] = [
     Scenario {
         name: "isr-of-one",
         about: "Jepsen 2013: both followers drop out until ISR = {leader}, then the leader is \
@@ -50,6 +52,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "1000 pause replica-1\n1000 pause replica-2\n5500 isolate replica-0\n\
                    7500 resume replica-1\n7500 resume replica-2\n8500 heal\n",
+        voters: 0,
         catches: Some(Planted::HwBelowMinIsr),
     },
     Scenario {
@@ -64,6 +67,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "2000 crash replica-1\n2300 restart replica-1\n3300 crash replica-0\n\
                    7000 restart replica-0\n",
+        voters: 0,
         catches: Some(Planted::TruncateToHw),
     },
     Scenario {
@@ -78,6 +82,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "2000 power-loss replica-1\n2100 power-loss replica-0\n3500 restart replica-1\n\
                    6500 restart replica-0\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -92,6 +97,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "2000 stop leader\n2250 restart last\n2300 stop leader\n2550 restart last\n\
                    2600 stop leader\n2850 restart last\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -108,6 +114,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "3000 pause replica-2\n4000 crash replica-0\n6500 resume replica-2\n\
                    9000 crash replica-1\n10500 restart replica-0\n11000 restart replica-1\n",
+        voters: 0,
         catches: Some(Planted::IsrWithoutEpochStart),
     },
     Scenario {
@@ -125,6 +132,7 @@ pub const ALL: [Scenario; 16] = [
                    4900 stop replica-1\n5200 wipe replica-1\n5200 cut replica-1 replica-0\n\
                    5300 restart replica-1\n8500 uncut replica-0 controller\n11500 stop replica-0\n\
                    12000 stop replica-2\n13500 restart replica-0\n13500 restart replica-2\n13500 heal\n",
+        voters: 0,
         catches: Some(Planted::StaleAlterPartition),
     },
     Scenario {
@@ -138,6 +146,7 @@ pub const ALL: [Scenario; 16] = [
         session_timeout_ms: 1_500,
         group_members: 0,
         schedule: "1000 cut replica-1 controller\n7000 heal\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -152,6 +161,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "1000 partition replica-1\n4500 partition replica-2\n8500 power-loss replica-0\n\
                    9000 heal\n10000 restart replica-0\n",
+        voters: 0,
         catches: Some(Planted::ElectOutsideIsr),
     },
     Scenario {
@@ -166,6 +176,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "4000 power-loss 0\n4000 power-loss 1\n4000 power-loss 2\n5000 restart 0\n\
                    5000 restart 1\n5000 restart 2\n",
+        voters: 0,
         catches: Some(Planted::AckBeforeSync),
     },
     Scenario {
@@ -179,6 +190,7 @@ pub const ALL: [Scenario; 16] = [
         session_timeout_ms: 1_500,
         group_members: 0,
         schedule: "3000 partition replica-0\n9000 heal\n",
+        voters: 0,
         catches: Some(Planted::ReadAboveHw),
     },
     Scenario {
@@ -193,6 +205,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "1000 pause replica-2\n4000 crash controller\n4500 restart last\n\
                    6000 resume replica-2\n6100 crash controller\n6600 restart last\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -207,6 +220,7 @@ pub const ALL: [Scenario; 16] = [
         group_members: 0,
         schedule: "5000 corrupt replica-1\n5100 crash replica-1\n5500 restart replica-1\n\
                    7000 crash replica-0\n9000 restart replica-0\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -222,6 +236,7 @@ pub const ALL: [Scenario; 16] = [
         schedule: "2000 cut-one-way replica-0 replica-1\n4000 cut-one-way replica-2 controller\n\
                    8000 heal\n9000 cut-one-way replica-1 leader\n9000 cut-one-way controller replica-2\n\
                    12000 heal\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -237,6 +252,7 @@ pub const ALL: [Scenario; 16] = [
         schedule: "1000 skew replica-0 0 100000\n1000 skew replica-1 -5000 -100000\n\
                    3000 skew replica-2 30000 50000\n6000 crash replica-0\n6500 restart replica-0\n\
                    8000 skew replica-0 -20000 -50000\n",
+        voters: 0,
         catches: None,
     },
     Scenario {
@@ -251,6 +267,7 @@ pub const ALL: [Scenario; 16] = [
         session_timeout_ms: 1_500,
         group_members: 2,
         schedule: "4000 partition coordinator\n10000 heal\n",
+        voters: 0,
         catches: Some(Planted::CommitBeforeReplicated),
     },
     Scenario {
@@ -268,7 +285,22 @@ pub const ALL: [Scenario; 16] = [
         schedule: "1000 pause replica-1\n1000 pause replica-2\n4000 sync-errors replica-0 100\n\
                    6000 disk-ok replica-0\n7000 crash replica-0\n7500 restart replica-0\n\
                    8500 resume replica-1\n8500 resume replica-2\n",
+        voters: 0,
         catches: Some(Planted::IgnoreSyncFailure),
+    },
+    Scenario {
+        name: "unregistered-stop",
+        about: "KIP-966's clean-shutdown marker (swarm seed 208257): the lone controller voter,                 isolated, fences the others and is left the only ISR member of an                 fsync=interval topic; it stops cleanly (ELR), restarts, and is stopped again                 before it has elected itself and registered; its next start must still count                 as clean, or the topic stays offline for good",
+        brokers: 3,
+        rf_min_isr: (3, 1),
+        fsync: Fsync::Interval,
+        duration_ms: 12_000,
+        session_timeout_ms: 1_500,
+        group_members: 0,
+        schedule: "1400 isolate controller\n2900 stop last\n6900 restart last\n\
+                   7000 stop last\n9600 restart last\n",
+        catches: Some(Planted::CleanMarkerDropped),
+        voters: 1,
     },
 ];
 
@@ -286,7 +318,10 @@ impl Scenario {
         Params {
             seed,
             brokers: self.brokers,
-            voters: (0..self.brokers).collect(),
+            voters: match self.voters {
+                0 => (0..self.brokers).collect(),
+                n => (0..n).collect(),
+            },
             topics: vec![crate::chaos::TopicSpec {
                 partitions: 1,
                 fsync: self.fsync,

@@ -61,6 +61,9 @@ pub(crate) struct Restart {
     pub clean: Option<BrokerEpoch>,
     /// The id of the log directory ([`log_dir_id`]).
     pub log_dir_id: u64,
+    /// Planted bug: the marker is removed at start, before the broker registers.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_drop_marker: bool,
 }
 
 /// Registers, then heartbeats until the broker stops.
@@ -68,6 +71,10 @@ pub(crate) async fn lifecycle(broker: Arc<Broker>, plane: Arc<ControlPlane>, res
     let me = broker.config.node_id;
     let incarnation = lode_env::rng::seed_u64();
     let mut first = true;
+    #[cfg(feature = "planted-bugs")]
+    if restart.planted_drop_marker {
+        drop_clean_marker(&broker.root).await;
+    }
     loop {
         let epoch = register(&broker, &plane, incarnation, restart).await;
         if std::mem::take(&mut first) {

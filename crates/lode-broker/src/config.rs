@@ -98,6 +98,13 @@ pub enum PlantedBug {
     CommitBeforeReplicated,
     /// A broken rule of a partition's log.
     Storage(lode_storage::PlantedBug),
+    /// A follower's fetcher appends, truncates and moves the high watermark whatever role
+    /// and epoch the replica has now (a fetcher of a deposed leader, still running after
+    /// its broker took the partition over).
+    UnfencedFollower,
+    /// A starting broker removes its clean-shutdown marker at once, so a process stopped
+    /// before it registered loses it (the next registration counts as unclean).
+    CleanMarkerDroppedAtStart,
 }
 
 /// The sync interval of `fsync=interval` topics when the broker's default is `always`.

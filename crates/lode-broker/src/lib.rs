@@ -200,6 +200,9 @@ impl Broker {
                 .map_err(|e| StartError::Storage(CreateError::Io(e)))?;
             let restart = cluster::Restart {
                 clean: cluster::read_clean_marker(&root).await,
+                #[cfg(feature = "planted-bugs")]
+                planted_drop_marker: config.planted
+                    == Some(PlantedBug::CleanMarkerDroppedAtStart),
                 log_dir_id: cluster::log_dir_id(&root).await?,
             };
             let plane = control::ControlPlane::start(qc, cc, dir, env.clock.clone()).await?;

@@ -432,6 +432,10 @@ impl Partition {
     /// Whether this replica follows `leader` in `epoch` (callers hold the log lock, under
     /// which the role changes).
     fn fenced(&self, leader: BrokerId, epoch: Epoch) -> Result<(), FollowError> {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted(crate::config::PlantedBug::UnfencedFollower) {
+            return Ok(());
+        }
         if self.replication_lock().is_none() && *self.following_lock() == Some((leader, epoch)) {
             Ok(())
         } else {

@@ -581,6 +581,8 @@ fn log_error_code(e: &LogError) -> i16 {
         LogError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
         LogError::BatchTooLarge { .. } => codes::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+        // The partition was deleted (or the broker is stopping) during the request.
+        LogError::Closed => codes::UNKNOWN_TOPIC_OR_PARTITION,
         _ => codes::KAFKA_STORAGE_ERROR,
     }
 }

@@ -869,6 +869,8 @@ impl Partition {
                         }
                     }
                 }
+                // Closed while the sync ran: nothing failed.
+                Err(LogError::Closed) => return,
                 Err(e) => {
                     tracing::error!(topic = %self.topic, partition = self.index, error = %e, "sync failed; partition offline until restart");
                     return;
@@ -885,6 +887,18 @@ impl Partition {
         if let Err(e) = log.shutdown().await {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "unclean close");
         }
+        self.hw.send_modify(|_| {});
+    }
+
+    /// Closes the partition for deletion: its log is closed under the log's lock, without
+    /// writing anything (the data is going). Once this returns no file in [`Partition::dir`]
+    /// is created or written again (the sync task stops; calls in flight finished under the
+    /// lock, later ones fail with [`LogError::Closed`]), so the directory can be renamed
+    /// away: `dir` names files by path, and the path is the next topic's of the same name.
+    pub async fn close_for_delete(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.flush.notify_one();
+        self.log.write().await.abandon();
         self.hw.send_modify(|_| {});
     }
 }

@@ -62,6 +62,10 @@ pub enum LogError {
     /// data is undefined) and refuses all work until it is reopened, which recovers it.
     #[error("log failed and must be reopened: {0}")]
     Failed(String),
+    /// The log was closed (the broker is stopping, or its partition was deleted): it
+    /// refuses all work. Not a storage fault: nothing failed.
+    #[error("log closed")]
+    Closed,
     /// The log's files say something impossible that recovery cannot repair.
     #[error("log directory {dir} is inconsistent: {reason}")]
     Inconsistent {

@@ -215,6 +215,8 @@ pub struct Log {
     pub(crate) epochs: LeaderEpochCache,
     pub(crate) dirty: BTreeSet<Offset>,
     pub(crate) failed: Option<String>,
+    /// Closed: every call fails with [`LogError::Closed`] and no file is written again.
+    pub(crate) closed: bool,
     /// How many truncations this log has done; see [`SyncJob`].
     pub(crate) truncations: u64,
 }
@@ -270,6 +272,9 @@ impl Log {
     }
 
     fn check_ok(&self) -> Result<(), LogError> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
         match &self.failed {
             Some(why) => Err(LogError::Failed(why.clone())),
             None => Ok(()),
@@ -1119,14 +1124,30 @@ impl Log {
     }
 
     /// [`Log::close`] for an owner that cannot give the log up (it sits behind a lock):
-    /// afterwards every call fails with [`LogError::Failed`] ("closed").
+    /// afterwards every call fails with [`LogError::Closed`].
     ///
     /// # Errors
     /// An IO error; the next open then recovers as after a crash.
     pub async fn shutdown(&mut self) -> Result<(), LogError> {
         let r = self.shutdown_inner().await;
-        self.failed = Some("log closed".into());
+        self.closed = true;
         r
+    }
+
+    /// Closes the log without writing anything, for a log whose directory is deleted next:
+    /// no sync, indexes, checkpoints or clean-shutdown marker. Every later call fails with
+    /// [`LogError::Closed`] and no file of the log is created or written again (a group
+    /// commit already under way may still sync its open files, which writes no name), so
+    /// the directory can be renamed away once this returns.
+    pub fn abandon(&mut self) {
+        self.closed = true;
+        self.dirty.clear();
+    }
+
+    /// Whether the log was closed ([`Log::shutdown`], [`Log::abandon`]).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     async fn shutdown_inner(&mut self) -> Result<(), LogError> {

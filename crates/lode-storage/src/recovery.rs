@@ -486,6 +486,7 @@ pub(crate) async fn open(
         epochs,
         dirty: BTreeSet::new(),
         failed: None,
+        closed: false,
         truncations: 0,
     };
     if log.segments.is_empty() {

@@ -335,3 +335,50 @@ fn what_is_synced_and_behind_the_window_is_evicted_from_the_page_cache() {
         assert_eq!(disk.evictions(first).bytes, 0);
     });
 }
+
+#[test]
+fn an_abandoned_log_writes_nothing_more_and_is_no_storage_fault() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 7);
+        let faults = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let config = LogConfig {
+            on_failure: Some(lode_storage::FailureHook::new({
+                let faults = std::sync::Arc::clone(&faults);
+                move |_, _| {
+                    faults.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })),
+            ..LogConfig::default()
+        };
+        let root = Dir::sim(&disk);
+        let mut log = fresh(&disk, config).await;
+        let mut b = common::client_batch(1, 3, 10, 0);
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        let job = log.sync_begin();
+        let before = root.list().await.unwrap();
+        log.abandon();
+        assert!(log.is_closed() && !log.is_failed());
+        // A group commit under way ends refused, without failing anything.
+        let r = job.run().await;
+        assert!(matches!(log.sync_finish(job, r), Err(LogError::Closed)));
+        let mut b = common::client_batch(2, 3, 10, 0);
+        assert!(matches!(
+            log.append_leader(&mut b, Epoch(1)).await,
+            Err(LogError::Closed)
+        ));
+        assert!(matches!(
+            log.read(Offset(0), 1 << 20, Offset(3)).await,
+            Err(LogError::Closed)
+        ));
+        assert!(matches!(log.roll().await, Err(LogError::Closed)));
+        assert!(matches!(log.checkpoint().await, Err(LogError::Closed)));
+        assert!(matches!(log.shutdown().await, Err(LogError::Closed)));
+        assert!(!LogError::Closed.is_storage_fault());
+        assert_eq!(faults.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            root.list().await.unwrap(),
+            before,
+            "no file made or removed"
+        );
+    });
+}

@@ -150,6 +150,24 @@ impl Dir {
         }
     }
 
+    /// Atomically renames subdirectory `from` to `to`, which must not exist, with all it
+    /// holds. Volatile until this directory is synced: a crash keeps the directory under
+    /// one name or the other, whole. Handles ([`Dir`], [`File`]) opened through the old
+    /// name keep their files, but a [`Dir`] opened as `from` names files by path: it
+    /// addresses whatever is called `from` later, so stop using it first.
+    ///
+    /// # Errors
+    /// `NotFound` if `from` is missing, `NotADirectory` if it is a file, `AlreadyExists` if
+    /// `to` exists, `InvalidInput` for a bad name, or an IO error.
+    pub async fn rename_dir(&self, from: &str, to: &str) -> io::Result<()> {
+        check_name(from)?;
+        check_name(to)?;
+        match &self.imp {
+            DirImp::Real(d) => d.rename_dir(from, to),
+            DirImp::Sim(d) => d.rename_dir(from, to).await,
+        }
+    }
+
     /// Removes a file or an empty subdirectory.
     ///
     /// # Errors
@@ -159,6 +177,21 @@ impl Dir {
         match &self.imp {
             DirImp::Real(d) => d.remove(name),
             DirImp::Sim(d) => d.remove(name).await,
+        }
+    }
+
+    /// Removes subdirectory `name` and everything in it. Volatile until this directory is
+    /// synced; a crash before then (or a failure part way) may leave the directory with
+    /// some of its contents gone.
+    ///
+    /// # Errors
+    /// `NotFound` if missing, `NotADirectory` if it is a file, `InvalidInput` for a bad
+    /// name, or an IO error (some contents may be removed already).
+    pub async fn remove_all(&self, name: &str) -> io::Result<()> {
+        check_name(name)?;
+        match &self.imp {
+            DirImp::Real(d) => d.remove_all(name).await,
+            DirImp::Sim(d) => d.remove_all(name).await,
         }
     }
 

@@ -108,6 +108,40 @@ impl RealDir {
         fs::rename(self.path.join(from), self.path.join(to))
     }
 
+    /// The rename is one system call (atomic); the checks before it are not, which is
+    /// enough for names that only their maker chooses.
+    pub(crate) fn rename_dir(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (self.path.join(from), self.path.join(to));
+        if !fs::symlink_metadata(&from)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", from.display()),
+            ));
+        }
+        if fs::symlink_metadata(&to).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", to.display()),
+            ));
+        }
+        fs::rename(&from, &to)
+    }
+
+    /// On the blocking pool: unlinking large segment files can take a while.
+    pub(crate) async fn remove_all(&self, name: &str) -> io::Result<()> {
+        let path = self.path.join(name);
+        blocking(move || {
+            if !fs::symlink_metadata(&path)?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", path.display()),
+                ));
+            }
+            fs::remove_dir_all(&path)
+        })
+        .await
+    }
+
     pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
         let path = self.path.join(name);
         if fs::symlink_metadata(&path)?.is_dir() {

@@ -14,7 +14,9 @@
 //!   between). Bytes past the old durable length that were never written read as zeros.
 //! - Directory changes (create, rename, remove) form one ordered journal of pending
 //!   operations. `Dir::sync` makes those of that directory durable; on a crash a random
-//!   prefix of the rest survives, as an ordered metadata journal would keep it.
+//!   prefix of the rest survives, as an ordered metadata journal would keep it. A
+//!   directory's entries go with it: renaming or removing one moves or removes what it
+//!   holds, and making that durable makes the earlier pending changes inside it durable too.
 //! - A failed `sync_data` resolves the file's unsynced pages as a crash would, at once:
 //!   what was written since the last good sync may be gone or torn (fsyncgate).
 //!
@@ -159,6 +161,23 @@ impl MetaOp {
             MetaOp::Rename { from, to } => parent(from) == dir || parent(to) == dir,
         }
     }
+
+    /// Whether the operation names something inside `prefix` (a directory's path and `/`).
+    fn within(&self, prefix: &str) -> bool {
+        match self {
+            MetaOp::Create { path, .. } | MetaOp::Remove { path } => path.starts_with(prefix),
+            MetaOp::Rename { from, to } => from.starts_with(prefix) || to.starts_with(prefix),
+        }
+    }
+
+    /// The path whose subtree (if it is a directory) the operation moves or removes.
+    fn subtree(&self) -> Option<&str> {
+        match self {
+            MetaOp::Create { .. } => None,
+            MetaOp::Remove { path } => Some(path),
+            MetaOp::Rename { from, .. } => Some(from),
+        }
+    }
 }
 
 fn parent(path: &str) -> &str {
@@ -173,6 +192,25 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// Takes `path`'s descendants out of `ns`, with their paths below `path/`.
+fn take_subtree(ns: &mut BTreeMap<String, Entry>, path: &str) -> Vec<(String, Entry)> {
+    let prefix = format!("{path}/");
+    let inner: Vec<String> = ns
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    inner
+        .into_iter()
+        .filter_map(|k| {
+            let e = ns.remove(&k)?;
+            Some((k[prefix.len()..].to_owned(), e))
+        })
+        .collect()
+}
+
+/// A directory's entries go with it: removing one removes what it holds (as a real file
+/// system cannot keep entries of a directory that is gone), renaming one moves them.
 fn apply(ns: &mut BTreeMap<String, Entry>, op: &MetaOp) {
     match op {
         MetaOp::Create { path, entry } => {
@@ -180,10 +218,15 @@ fn apply(ns: &mut BTreeMap<String, Entry>, op: &MetaOp) {
         }
         MetaOp::Remove { path } => {
             ns.remove(path);
+            take_subtree(ns, path);
         }
         MetaOp::Rename { from, to } => {
+            let inner = take_subtree(ns, from);
             if let Some(e) = ns.remove(from) {
                 ns.insert(to.clone(), e);
+            }
+            for (rel, e) in inner {
+                ns.insert(join(to, &rel), e);
             }
         }
     }
@@ -729,6 +772,73 @@ impl SimDir {
         Ok(())
     }
 
+    pub(crate) async fn rename_dir(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (join(&self.path, from), join(&self.path, to));
+        self.disk.delay(&from).await;
+        let mut s = self.disk.lock();
+        self.check_dir_exists(&s)?;
+        match s.current.get(&from) {
+            Some(Entry::Dir) => {}
+            Some(Entry::File(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{from} is not a directory"),
+                ))
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{from} not found"),
+                ))
+            }
+        }
+        if s.current.contains_key(&to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} exists"),
+            ));
+        }
+        self.meta(&mut s, MetaOp::Rename { from, to });
+        Ok(())
+    }
+
+    /// One removal per entry, innermost first, then the directory's own: a crash keeps a
+    /// prefix of them, as it would of a real recursive removal.
+    pub(crate) async fn remove_all(&self, name: &str) -> io::Result<()> {
+        let path = join(&self.path, name);
+        self.disk.delay(&path).await;
+        let mut s = self.disk.lock();
+        self.check_dir_exists(&s)?;
+        match self.entry(&s, name) {
+            Some(Entry::Dir) => {}
+            Some(Entry::File(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{path} is not a directory"),
+                ))
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{path} not found"),
+                ))
+            }
+        }
+        let prefix = format!("{path}/");
+        let inner: Vec<String> = s
+            .current
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Reverse order puts every entry before the directory that holds it.
+        for p in inner.into_iter().rev() {
+            self.meta(&mut s, MetaOp::Remove { path: p });
+        }
+        self.meta(&mut s, MetaOp::Remove { path });
+        Ok(())
+    }
+
     pub(crate) async fn remove(&self, name: &str) -> io::Result<()> {
         let path = join(&self.path, name);
         self.disk.delay(&path, Op::Meta).await;
@@ -776,12 +886,27 @@ impl SimDir {
             fault_event(&s.node, &self.path, "dir sync EIO");
             return Err(eio(&format!("sync of directory /{}", self.path)));
         }
-        let (mine, rest): (Vec<MetaOp>, Vec<MetaOp>) =
-            s.pending.drain(..).partition(|op| op.touches(&self.path));
-        for op in &mine {
-            apply(&mut s.durable, op);
+        // This directory's operations, and the earlier ones inside a directory that one of
+        // them moves or removes: those go with it (a rename made durable without the
+        // creations before it inside the directory would leave them at the old path).
+        let pending = std::mem::take(&mut s.pending);
+        let mut commit: Vec<bool> = pending.iter().map(|op| op.touches(&self.path)).collect();
+        for i in (0..pending.len()).rev() {
+            let Some(moved) = pending[i].subtree().filter(|_| commit[i]) else {
+                continue;
+            };
+            let prefix = format!("{moved}/");
+            for j in 0..i {
+                commit[j] = commit[j] || pending[j].within(&prefix);
+            }
         }
-        s.pending = rest;
+        for (op, commit) in pending.into_iter().zip(commit) {
+            if commit {
+                apply(&mut s.durable, &op);
+            } else {
+                s.pending.push(op);
+            }
+        }
         Ok(())
     }
 }

@@ -77,6 +77,72 @@ async fn exercise(dir: Dir) {
     );
     dir.sync().await.unwrap();
     assert_eq!(sub.list().await.unwrap(), vec!["x".to_owned()]);
+
+    // A directory renames whole, never onto a name in use, and is removed whole.
+    let p1 = dir.sub_dir("p-1").await.unwrap();
+    p1.create("y").await.unwrap().append(b"Y").await.unwrap();
+    let inner = p1.sub_dir("inner").await.unwrap();
+    inner.create("z").await.unwrap();
+    dir.create("f").await.unwrap();
+    let kind = |r: io::Result<()>| r.unwrap_err().kind();
+    assert_eq!(
+        kind(dir.rename_dir("p-1", "p-0").await),
+        io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(dir.rename_dir("p-1", "f").await),
+        io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(dir.rename_dir("gone", "q").await),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(dir.rename_dir("f", "q").await),
+        io::ErrorKind::NotADirectory
+    );
+    assert_eq!(
+        kind(dir.rename_dir("p-1", "../q").await),
+        io::ErrorKind::InvalidInput
+    );
+    dir.rename_dir("p-1", "p-1.aside").await.unwrap();
+    assert_eq!(
+        dir.list().await.unwrap(),
+        vec!["f".to_owned(), "p-0".to_owned(), "p-1.aside".to_owned()]
+    );
+    let aside = dir.sub_dir("p-1.aside").await.unwrap();
+    assert_eq!(
+        aside.list().await.unwrap(),
+        vec!["inner".to_owned(), "y".to_owned()]
+    );
+    assert_eq!(read_all(&aside.open("y").await.unwrap()).await, b"Y");
+    assert_eq!(
+        aside.sub_dir("inner").await.unwrap().list().await.unwrap(),
+        vec!["z".to_owned()]
+    );
+    assert_eq!(
+        kind(dir.remove_all("f").await),
+        io::ErrorKind::NotADirectory
+    );
+    dir.remove_all("p-1.aside").await.unwrap();
+    assert_eq!(
+        kind(dir.remove_all("p-1.aside").await),
+        io::ErrorKind::NotFound
+    );
+    dir.sync().await.unwrap();
+    assert_eq!(
+        dir.list().await.unwrap(),
+        vec!["f".to_owned(), "p-0".to_owned()]
+    );
+    // The name is free again, and a directory made under it is new and empty.
+    assert!(dir
+        .sub_dir("p-1")
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -214,6 +280,95 @@ async fn unsynced_names_may_be_lost_synced_ones_never() {
         }
     }
     assert!(lost > 0 && kept > 0, "lost {lost} kept {kept}");
+}
+
+#[tokio::test]
+async fn a_renamed_directory_goes_whole_with_what_it_holds() {
+    let (mut renamed, mut stayed) = (0, 0);
+    for seed in 0..200 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let d = root.sub_dir("t-0").await.unwrap();
+        root.sync().await.unwrap();
+        let a = d.create("a").await.unwrap();
+        a.append(b"A").await.unwrap();
+        a.sync_data().await.unwrap();
+        d.sync().await.unwrap();
+        let b = d.create("b").await.unwrap();
+        b.append(b"B").await.unwrap();
+        b.sync_data().await.unwrap(); // data synced, name not
+        root.rename_dir("t-0", "t-0.aside").await.unwrap();
+        let synced = seed % 2 == 0;
+        if synced {
+            root.sync().await.unwrap();
+        }
+        disk.crash();
+        let names = root.list().await.unwrap();
+        if names == ["t-0.aside"] {
+            renamed += 1;
+            let inside = root.sub_dir("t-0.aside").await.unwrap().list().await;
+            // The rename carries the creation before it inside the directory.
+            assert_eq!(inside.unwrap(), ["a", "b"], "seed {seed}");
+            // Nothing of the old directory is left under its old name.
+            let again = root.sub_dir("t-0").await.unwrap();
+            assert!(again.list().await.unwrap().is_empty(), "seed {seed}");
+        } else {
+            assert!(!synced, "seed {seed}: a synced rename was lost: {names:?}");
+            assert_eq!(names, ["t-0"], "seed {seed}");
+            stayed += 1;
+            let inside = root.sub_dir("t-0").await.unwrap().list().await.unwrap();
+            assert!(inside == ["a"] || inside == ["a", "b"], "seed {seed}");
+        }
+    }
+    assert!(
+        renamed > 100 && stayed > 0,
+        "renamed {renamed} stayed {stayed}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_directory_never_comes_back_in_part() {
+    let (mut whole, mut partial, mut gone) = (0, 0, 0);
+    for seed in 0..200 {
+        let disk = SimDisk::new("n0", seed);
+        let root = Dir::sim(&disk);
+        let d = root.sub_dir("t-0").await.unwrap();
+        for name in ["a", "b", "c"] {
+            let f = d.create(name).await.unwrap();
+            f.append(name.as_bytes()).await.unwrap();
+            f.sync_data().await.unwrap();
+        }
+        d.sync().await.unwrap();
+        root.sync().await.unwrap();
+        root.remove_all("t-0").await.unwrap();
+        assert!(root.list().await.unwrap().is_empty());
+        let synced = seed % 2 == 0;
+        if synced {
+            root.sync().await.unwrap();
+        }
+        disk.crash();
+        if root.list().await.unwrap().is_empty() {
+            gone += 1;
+            // Made again, the directory is new: nothing of the old one shows up in it.
+            let again = root.sub_dir("t-0").await.unwrap();
+            assert!(again.list().await.unwrap().is_empty(), "seed {seed}");
+            continue;
+        }
+        assert!(!synced, "seed {seed}: a synced removal was lost");
+        let left = root.sub_dir("t-0").await.unwrap().list().await.unwrap();
+        // Removed in reverse name order: what a crash keeps is a prefix.
+        let all = ["a", "b", "c"].map(String::from);
+        assert!(all.starts_with(&left), "seed {seed}: {left:?}");
+        if left.len() == 3 {
+            whole += 1;
+        } else {
+            partial += 1;
+        }
+    }
+    assert!(
+        gone > 100 && whole > 0 && partial > 0,
+        "gone {gone} whole {whole} partial {partial}"
+    );
 }
 
 #[tokio::test]

@@ -151,11 +151,13 @@ pub enum Planted {
     UnfencedFollower,
     /// A starting broker drops its clean-shutdown marker before it registers.
     CleanMarkerDropped,
+    /// A deleted topic's partitions are removed in place while still open.
+    DeleteInPlace,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 12] = [
+    pub const ALL: [(&'static str, Planted); 13] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -171,6 +173,7 @@ impl Planted {
         ("ignore-sync-failure", Planted::IgnoreSyncFailure),
         ("unfenced-follower", Planted::UnfencedFollower),
         ("clean-marker-dropped", Planted::CleanMarkerDropped),
+        ("delete-in-place", Planted::DeleteInPlace),
     ];
 
     /// Its name.
@@ -200,6 +203,7 @@ impl Planted {
             Planted::IgnoreSyncFailure => B::Storage(lode_storage::PlantedBug::SyncFailureIgnored),
             Planted::UnfencedFollower => B::UnfencedFollower,
             Planted::CleanMarkerDropped => B::CleanMarkerDroppedAtStart,
+            Planted::DeleteInPlace => B::DeleteInPlace,
             Planted::ConsumerForgetsPartition => return None,
         })
     }
@@ -284,6 +288,9 @@ pub struct Params {
     pub mix: Mix,
     /// Each broker's disk speed.
     pub disks: Vec<DiskSpeed>,
+    /// A client deletes and creates a topic of one name again and again (see
+    /// [`crate::churn`]).
+    pub churn: bool,
 }
 
 /// How slow one broker's disk is: per kind of operation, the most one takes (each draws
@@ -478,6 +485,8 @@ impl Params {
                 ..mix
             },
             disks: DiskSpeed::of(seed, brokers),
+            // From its own stream, so the rest of a seed stays what it was.
+            churn: planted == Some(Planted::DeleteInPlace) || Rng::new(seed ^ 0x00c4_0a11).chance(35),
         }
     }
 
@@ -1061,6 +1070,7 @@ fn params_line(p: &Params) -> String {
             "disks",
             &disks.iter().map(String::as_str).collect::<Vec<_>>(),
         )
+        .str("churn", if p.churn { "yes" } else { "no" })
         .str(
             "planted",
             &p.planted.map_or("none".into(), |b| b.to_string()),
@@ -1223,6 +1233,15 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         }));
     }
 
+    let churned: Arc<Mutex<crate::churn::Findings>> = Arc::default();
+    if params.churn {
+        let (all, p, f) = (all.clone(), params.clone(), Arc::clone(&churned));
+        let log = log.clone();
+        members.push(client_node.spawn(async move {
+            crate::churn::churn(&all, &p, (start, workload_start), &f, &log).await;
+        }));
+    }
+
     // The nemesis.
     let mut down = BTreeSet::new();
     let mut happened = Happened::default();
@@ -1246,6 +1265,10 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             )
             .str("result", &done)
             .done());
+        checker
+            .borrow_mut()
+            .disk_faulted
+            .extend(happened.disk_faulted.iter().copied());
         if happened.power_loss {
             let mut c = checker.borrow_mut();
             for (i, t) in params.topics.iter().enumerate() {
@@ -1438,6 +1461,18 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             .num("stints", h.stints.len() as i64)
             .done());
     }
+    {
+        let mut c = churned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        violations.append(&mut c.violations);
+        permitted.append(&mut c.permitted);
+        if params.churn {
+            log(Line::new(now_ms(start), "churn-history")
+                .num("generations", i64::from(c.generations))
+                .done());
+        }
+    }
     for v in &violations {
         log(Line::new(now_ms(start), "violation")
             .str("checker", "history")
@@ -1486,6 +1521,9 @@ struct Happened {
     power_loss: bool,
     unclean_restart: bool,
     corruption: bool,
+    /// Brokers whose disks had errors, corruption, a full disk or a replacement injected:
+    /// only they may halt on a storage fault.
+    disk_faulted: BTreeSet<i32>,
 }
 
 /// Resolves a fault's targets to broker numbers (from the model, read now), updating
@@ -1680,6 +1718,7 @@ async fn apply(
                 match cluster.disks[n as usize].corrupt(&path) {
                     Some(pos) => {
                         happened.corruption = true;
+                        happened.disk_faulted.insert(n);
                         return format!("flipped a bit at byte {pos} of {path}");
                     }
                     None => return format!("skipped: no {path}"),
@@ -1698,6 +1737,7 @@ async fn apply(
                     ..lode_env::disk::Faults::default()
                 });
                 if percent > 0 {
+                    happened.disk_faulted.insert(n);
                     // A failed sync resolves the file's unsynced pages as a crash would:
                     // under fsync=interval that replica may lose what it had not synced,
                     // as in a power loss of that one broker.
@@ -1720,6 +1760,7 @@ async fn apply(
             Some(n) if up(n, down) || down.contains(&n) => {
                 let removed = cluster.wipe(n);
                 happened.unclean_restart = true;
+                happened.disk_faulted.insert(n);
                 down.insert(n);
                 return format!("removed {removed} files and directories");
             }
@@ -1742,6 +1783,7 @@ async fn apply(
             Some(n) => {
                 // The broker halts when a write fails: an unclean restart.
                 happened.unclean_restart = true;
+                happened.disk_faulted.insert(n);
                 let used = cluster.disks[n as usize].set_full();
                 return format!("full at {used} bytes");
             }

@@ -12,6 +12,8 @@
 #[cfg(madsim)]
 pub mod chaos;
 #[cfg(madsim)]
+pub mod churn;
+#[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
 pub mod disk_crash;

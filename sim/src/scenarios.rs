@@ -339,6 +339,7 @@ impl Scenario {
             // A scenario's faults are its schedule alone, on instant disks.
             mix: crate::chaos::Mix::default(),
             disks: vec![crate::chaos::DiskSpeed::default(); self.brokers as usize],
+            churn: false,
         }
     }
 

@@ -105,6 +105,10 @@ pub enum PlantedBug {
     /// A starting broker removes its clean-shutdown marker at once, so a process stopped
     /// before it registered loses it (the next registration counts as unclean).
     CleanMarkerDroppedAtStart,
+    /// A deleted topic's partitions are removed in place, still open (lode before topic
+    /// ids in deletion): their own tasks and a creation of the same name meet in one
+    /// directory.
+    DeleteInPlace,
 }
 
 /// The sync interval of `fsync=interval` topics when the broker's default is `always`.

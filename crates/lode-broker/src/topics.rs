@@ -487,6 +487,14 @@ impl Topics {
         };
         // No await between taking the topic out and handing it to the task.
         let (root, name) = (self.root.clone(), name.to_owned());
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted == Some(crate::config::PlantedBug::DeleteInPlace) {
+            drop(dirs);
+            for p in &topic.partitions {
+                root.remove_all(&format!("{name}-{}", p.index)).await?;
+            }
+            return Ok(true);
+        }
         let task = lode_env::task::spawn(async move {
             let _dirs = dirs;
             for p in &topic.partitions {

@@ -50,7 +50,7 @@ mod no_committed_truncation;
 mod one_writer_per_epoch;
 mod strict_min_isr;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lode_broker::observe::{BatchId, Event, PartitionView};
 use lode_proto::{Epoch, Offset};
@@ -506,6 +506,9 @@ pub struct Checker {
     pub permitted: Vec<String>,
     /// The topics whose loss the run allows once it does, with the reason.
     pub loss_allowed: BTreeMap<String, String>,
+    /// Brokers whose disks had a fault injected (errors, corruption, full, replaced):
+    /// only they may halt on a storage fault.
+    pub disk_faulted: BTreeSet<i32>,
     found: BTreeMap<&'static str, usize>,
 }
 
@@ -519,6 +522,7 @@ impl Checker {
             violations: Vec::new(),
             permitted: Vec::new(),
             loss_allowed: BTreeMap::new(),
+            disk_faulted: BTreeSet::new(),
             found: BTreeMap::new(),
         }
     }
@@ -527,6 +531,27 @@ impl Checker {
     /// lines of what broke.
     pub fn take(&mut self, t_ms: u64, node: i32, event: &Event) -> Vec<String> {
         let mut lines = Vec::new();
+        if key_of(event).is_some_and(|(t, _)| t == crate::churn::TOPIC) {
+            // The churn topic is checked by its client (`crate::churn`): deletions would
+            // look like lost committed batches here.
+            return lines;
+        }
+        if let Event::Halted { reason } = event {
+            // From the outside: the broker's disk is what the harness made it. A halt on
+            // a disk with nothing injected is a broker's own doing (a race between its
+            // tasks, an impossible state), not the disk's.
+            if !self.disk_faulted.contains(&node) {
+                let why = format!("broker {node} halted with no disk fault injected: {reason}");
+                self.violations
+                    .push(format!("invariant halt-without-fault at {t_ms} ms: {why}"));
+                lines.push(
+                    crate::trace::Line::new(t_ms, "violation")
+                        .str("invariant", "halt-without-fault")
+                        .str("evidence", &why)
+                        .done(),
+                );
+            }
+        }
         for inv in &mut self.invariants {
             let Err(why) = inv.check(&self.model, node, event) else {
                 continue;

@@ -774,7 +774,7 @@ impl SimDir {
 
     pub(crate) async fn rename_dir(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (join(&self.path, from), join(&self.path, to));
-        self.disk.delay(&from).await;
+        self.disk.delay(&from, Op::Meta).await;
         let mut s = self.disk.lock();
         self.check_dir_exists(&s)?;
         match s.current.get(&from) {
@@ -806,7 +806,7 @@ impl SimDir {
     /// prefix of them, as it would of a real recursive removal.
     pub(crate) async fn remove_all(&self, name: &str) -> io::Result<()> {
         let path = join(&self.path, name);
-        self.disk.delay(&path).await;
+        self.disk.delay(&path, Op::Meta).await;
         let mut s = self.disk.lock();
         self.check_dir_exists(&s)?;
         match self.entry(&s, name) {

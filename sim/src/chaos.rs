@@ -153,11 +153,13 @@ pub enum Planted {
     CleanMarkerDropped,
     /// A deleted topic's partitions are removed in place while still open.
     DeleteInPlace,
+    /// A leader applies a high watermark decided on a fetch after an ISR shrink came in.
+    HwAppliedLate,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 13] = [
+    pub const ALL: [(&'static str, Planted); 14] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -174,6 +176,7 @@ impl Planted {
         ("unfenced-follower", Planted::UnfencedFollower),
         ("clean-marker-dropped", Planted::CleanMarkerDropped),
         ("delete-in-place", Planted::DeleteInPlace),
+        ("hw-applied-late", Planted::HwAppliedLate),
     ];
 
     /// Its name.
@@ -204,6 +207,7 @@ impl Planted {
             Planted::UnfencedFollower => B::UnfencedFollower,
             Planted::CleanMarkerDropped => B::CleanMarkerDroppedAtStart,
             Planted::DeleteInPlace => B::DeleteInPlace,
+            Planted::HwAppliedLate => B::HighWatermarkAppliedLate,
             Planted::ConsumerForgetsPartition => return None,
         })
     }

@@ -11,8 +11,9 @@ usage:
       one chaos run: parameters, schedule, verdict; the schedule file has one fault per
       line, AT_MS FAULT (crash B, power-loss B, stop B, restart B, pause B, resume B,
       isolate B, partition B, cut B B, cut-one-way B B, skew B OFFSET_MS DRIFT_PPM,
-      corrupt B, disk-errors B PERCENT, disk-full B, disk-ok B, wipe B, uncut B B, latency MIN_MS
-      MAX_MS, loss PERCENT, heal; B is a broker number, leader, follower,
+      corrupt B, disk-errors B PERCENT, sync-errors B PERCENT, disk-full B, disk-ok B,
+      disk-stall B MS, wipe B, uncut B B, latency MIN_MS MAX_MS, loss PERCENT, heal; B is
+      a broker number, leader, follower,
       other-follower, replica-K, controller or last), as printed by a run
   lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME] [--first-failure]
       a run per seed, one process each, J at a time (default: the cores); a progress
@@ -26,7 +27,8 @@ usage:
       a partition log on the simulated disk, killed mid-IO, recovered and checked
 planted bugs (built with --features planted-bugs): truncate-to-hw, hw-below-min-isr,
   isr-without-epoch-start, stale-alter-partition, ack-before-sync, elect-outside-isr,
-  read-above-hw, commit-before-replicated, consumer-forgets-partition, ignore-sync-failure";
+  read-above-hw, commit-before-replicated, consumer-forgets-partition, ignore-sync-failure,
+  unfenced-follower, clean-marker-dropped, delete-in-place, hw-applied-late";
 
 /// Log lines carry simulated time (ms since the run began, as the trace's `t_ms`), so a
 /// broker's log reads against the trace. Outside a run, none.

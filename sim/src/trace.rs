@@ -180,7 +180,10 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
             topic,
             partition,
             isr,
-        } => tp("isr-proposed", topic, *partition).nums("isr", isr.iter().map(|b| i64::from(b.0))),
+            added,
+        } => tp("isr-proposed", topic, *partition)
+            .nums("isr", isr.iter().map(|b| i64::from(b.0)))
+            .num("added", added.map_or(-1, |b| i64::from(b.0))),
         Event::Acked {
             topic,
             partition,

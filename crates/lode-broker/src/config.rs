@@ -105,6 +105,10 @@ pub enum PlantedBug {
     /// A starting broker removes its clean-shutdown marker at once, so a process stopped
     /// before it registered loses it (the next registration counts as unclean).
     CleanMarkerDroppedAtStart,
+    /// A leader applies a high watermark decided on a follower's fetch after letting the
+    /// log lock go and taking it again: an ISR shrink committed in between no longer
+    /// stops it (strict min ISR).
+    HighWatermarkAppliedLate,
     /// A deleted topic's partitions are removed in place, still open (lode before topic
     /// ids in deletion): their own tasks and a creation of the same name meet in one
     /// directory.

@@ -109,6 +109,11 @@ impl ControlReply {
 pub struct ReplicaFetch {
     /// The topic.
     pub topic: String,
+    /// The id of the follower's topic of that name (Kafka's Fetch v13, KIP-516): a leader
+    /// that holds another topic of the name (deleted and created again, and one of the
+    /// two brokers not yet caught up) refuses the fetch instead of serving the other
+    /// topic's batches.
+    pub topic_id: u128,
     /// The partition.
     pub partition: i32,
     /// The leader epoch the follower follows.

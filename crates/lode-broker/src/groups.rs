@@ -161,9 +161,13 @@ fn error_code(e: GroupError) -> i16 {
     }
 }
 
-/// Whether this broker leads `index` of the offsets topic in the metadata it applied.
-fn leads(broker: &Broker, index: i32) -> bool {
-    crate::handlers::leads(broker, OFFSETS_TOPIC, index)
+/// Whether this broker leads `index` of the offsets topic, the incarnation it holds, in the
+/// metadata it applied.
+async fn leads(broker: &Broker, index: i32) -> bool {
+    match broker.topics.hosted(OFFSETS_TOPIC, index).await {
+        Some((id, _)) => crate::handlers::leads(broker, OFFSETS_TOPIC, id, index),
+        None => false,
+    }
 }
 
 /// How many partitions the offsets topic has (`None` before it exists): from the cluster
@@ -194,10 +198,10 @@ async fn shard(broker: &Arc<Broker>, group: &str) -> Result<Arc<Shard>, i16> {
 /// The shard of offsets partition `index`, loading it if this broker just became its
 /// leader.
 async fn shard_of_partition(broker: &Arc<Broker>, index: i32) -> Result<Arc<Shard>, i16> {
-    let Some(p) = broker.topics.partition(OFFSETS_TOPIC, index).await else {
+    let Some((id, p)) = broker.topics.hosted(OFFSETS_TOPIC, index).await else {
         return Err(codes::NOT_COORDINATOR);
     };
-    if !leads(broker, index) {
+    if !crate::handlers::leads(broker, OFFSETS_TOPIC, id, index) {
         return Err(codes::NOT_COORDINATOR);
     }
     let Some(epoch) = p.leading_epoch() else {
@@ -344,7 +348,7 @@ async fn tick_loop(broker: Arc<Broker>) {
             .map(|(i, s)| (*i, Arc::clone(s)))
             .collect();
         for (index, s) in shards {
-            if !s.partition.still_leads(s.epoch) || !leads(&broker, index) {
+            if !s.partition.still_leads(s.epoch) || !leads(&broker, index).await {
                 let mut all = broker.groups.shards.lock().await;
                 if all.get(&index).is_some_and(|x| Arc::ptr_eq(x, &s)) {
                     all.remove(&index);
@@ -810,9 +814,7 @@ pub async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGr
     // Load every offsets partition this broker leads, so that groups are listed even
     // before their members came back after a failover.
     for index in 0..offsets_partitions(broker).await.unwrap_or(0) {
-        if leads(broker, index) {
-            let _ = shard_of_partition(broker, index).await;
-        }
+        let _ = shard_of_partition(broker, index).await;
     }
     let states: Vec<String> = req.states_filter.iter().map(ToString::to_string).collect();
     for s in loaded(broker).await {

@@ -563,13 +563,16 @@ async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> Delete
 }
 
 /// In combined mode, whether this broker leads `topic`/`index` (always true otherwise).
-pub(crate) fn leads(broker: &Broker, topic: &str, index: i32) -> bool {
+pub(crate) fn leads(broker: &Broker, topic: &str, local_id: uuid::Uuid, index: i32) -> bool {
     let Some(plane) = &broker.control else {
         return true;
     };
     let me = broker.config.node_id;
     plane.read(|s| {
         s.topic_id(topic)
+            // Another id: the local topic is a deleted one of the same name, not yet
+            // removed here (its data is not the new topic's; swarm seed 470 read it).
+            .filter(|id| id.0 == local_id.as_u128())
             .and_then(|id| s.partition(id, lode_proto::PartitionId(index)))
             .is_some_and(|p| p.leader == Some(me))
     })
@@ -610,10 +613,12 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
             } else if req.transactional_id.is_some() {
                 codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
             } else {
-                match broker.topics.partition(&name, pd.index).await {
-                    Some(_) if !leads(broker, &name, pd.index) => codes::NOT_LEADER_OR_FOLLOWER,
+                match broker.topics.hosted(&name, pd.index).await {
+                    Some((id, _)) if !leads(broker, &name, id, pd.index) => {
+                        codes::NOT_LEADER_OR_FOLLOWER
+                    }
                     None => codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => {
+                    Some((_, p)) => {
                         let records = pd.records.unwrap_or_default();
                         match check_single_batch(&records, broker.config.message_bytes_max) {
                             Err(code) => code,
@@ -750,12 +755,12 @@ async fn fetch_once(
             pd.high_watermark = -1;
             pd.last_stable_offset = -1;
             pd.log_start_offset = -1;
-            match broker.topics.partition(&name, fp.partition).await {
-                Some(_) if !leads(broker, &name, fp.partition) => {
+            match broker.topics.hosted(&name, fp.partition).await {
+                Some((id, _)) if !leads(broker, &name, id, fp.partition) => {
                     pd.error_code = codes::NOT_LEADER_OR_FOLLOWER;
                 }
                 None => pd.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(p) => {
+                Some((_, p)) => {
                     let hw = p.high_watermark();
                     pd.high_watermark = hw.0;
                     pd.last_stable_offset = hw.0;

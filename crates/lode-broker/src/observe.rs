@@ -155,6 +155,8 @@ pub enum Event {
         partition: i32,
         /// The proposed ISR.
         isr: Vec<BrokerId>,
+        /// The member it adds to the ISR the leader holds (`None`: a shrink).
+        added: Option<BrokerId>,
     },
     /// The node stopped leading.
     Follower {

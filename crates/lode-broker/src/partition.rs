@@ -656,6 +656,13 @@ impl Partition {
             return (R::Error(crate::codes::STALE_BROKER_EPOCH), None);
         }
         let (hw, proposal) = (outcome.high_watermark, outcome.proposal);
+        #[cfg(feature = "planted-bugs")]
+        if self.planted(crate::config::PlantedBug::HighWatermarkAppliedLate) {
+            // The decision is applied after the lock was let go and taken again, when a
+            // committed ISR shrink may have come in between.
+            drop(log);
+            log = self.log.write().await;
+        }
         if let Some(hw) = hw {
             log.set_high_watermark(hw);
             self.advance(hw);
@@ -666,6 +673,7 @@ impl Partition {
                 topic: self.topic.clone(),
                 partition: self.index,
                 isr: p.isr.iter().copied().collect(),
+                added: p.added.map(|(b, _)| b),
             });
         }
         (

@@ -25,9 +25,10 @@ use crate::control::{
 use crate::partition::FollowError;
 use crate::Broker;
 
-/// Kafka's FENCED_LEADER_EPOCH and UNKNOWN_LEADER_EPOCH.
+/// Kafka's FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH and INCONSISTENT_TOPIC_ID.
 const FENCED_LEADER_EPOCH: i16 = 74;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
+const INCONSISTENT_TOPIC_ID: i16 = 103;
 /// Bytes a follower asks for per fetch.
 const FETCH_BYTES_MAX: u32 = 1 << 20;
 /// How long a leader holds a fetch that is caught up before answering it empty.
@@ -89,11 +90,12 @@ async fn serve_one(
     let me = broker.config.node_id;
     let current = plane.read(|s| {
         let registered = s.broker(from).map(|b| b.epoch);
-        s.topic_id(&req.topic)
-            .and_then(|id| s.partition(id, PartitionId(req.partition)))
-            .map(|p| (p.leader, p.leader_epoch, registered))
+        s.topic_id(&req.topic).and_then(|id| {
+            s.partition(id, PartitionId(req.partition))
+                .map(|p| (id.0, p.leader, p.leader_epoch, registered))
+        })
     });
-    let Some((leader, epoch, registered)) = current else {
+    let Some((topic_id, leader, epoch, registered)) = current else {
         return (
             ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
             None,
@@ -115,12 +117,17 @@ async fn serve_one(
             None,
         );
     }
-    let Some(p) = broker.topics.partition(&req.topic, req.partition).await else {
+    let Some((local_id, p)) = broker.topics.hosted(&req.topic, req.partition).await else {
         return (
             ReplicaFetchReply::Error(codes::UNKNOWN_TOPIC_OR_PARTITION),
             None,
         );
     };
+    if local_id.as_u128() != req.topic_id || topic_id != req.topic_id {
+        // Another topic of the same name here or in the follower (one side is behind on
+        // a deletion): its batches are not the follower's topic's.
+        return (ReplicaFetchReply::Error(INCONSISTENT_TOPIC_ID), None);
+    }
     p.serve_replica(
         epoch,
         from,
@@ -340,7 +347,7 @@ async fn follow(
     epoch: Epoch,
 ) {
     loop {
-        let Some(p) = broker.topics.partition(&topic, index).await else {
+        let Some((topic_id, p)) = broker.topics.hosted(&topic, index).await else {
             return;
         };
         let Some(broker_epoch) = broker.membership.epoch() else {
@@ -351,6 +358,7 @@ async fn follow(
         let (fetch_offset, last_fetched_epoch) = p.replica_position().await;
         let req = ReplicaFetch {
             topic: topic.clone(),
+            topic_id: topic_id.as_u128(),
             partition: index,
             leader_epoch: epoch,
             fetch_offset,

@@ -324,11 +324,19 @@ impl Topics {
 
     /// Partition `index` of topic `name`.
     pub async fn partition(&self, name: &str, index: i32) -> Option<Arc<Partition>> {
+        self.hosted(name, index).await.map(|(_, p)| p)
+    }
+
+    /// Partition `index` of topic `name`, with the topic's id (which incarnation of the
+    /// name this broker holds: a deleted topic's may still be here under the new one's
+    /// name until reconciliation removes it).
+    pub async fn hosted(&self, name: &str, index: i32) -> Option<(uuid::Uuid, Arc<Partition>)> {
         let t = self.get(name).await?;
         usize::try_from(index)
             .ok()
             .and_then(|i| t.partitions.get(i))
             .cloned()
+            .map(|p| (t.id, p))
     }
 
     /// Every topic, by name.

@@ -295,6 +295,13 @@ pub struct Params {
     /// A client deletes and creates a topic of one name again and again (see
     /// [`crate::churn`]).
     pub churn: bool,
+    /// The brokers' segment size (`None`: the default, 1 GiB): small ones make logs of
+    /// many segments, so rolls, indexes, recovery over several segments and reads across
+    /// segment ends run.
+    pub segment_bytes_max: Option<u64>,
+    /// Bytes of key the producers send with each value (0: none): with small segments, a
+    /// partition's log grows past tens of segments and several MiB.
+    pub key_bytes: usize,
 }
 
 /// How slow one broker's disk is: per kind of operation, the most one takes (each draws
@@ -490,7 +497,20 @@ impl Params {
             },
             disks: DiskSpeed::of(seed, brokers),
             // From its own stream, so the rest of a seed stays what it was.
-            churn: planted == Some(Planted::DeleteInPlace) || Rng::new(seed ^ 0x00c4_0a11).chance(35),
+            churn: planted == Some(Planted::DeleteInPlace)
+                || Rng::new(seed ^ 0x00c4_0a11).chance(35),
+            segment_bytes_max: {
+                let mut r = Rng::new(seed ^ 0x0005_e9e5);
+                r.chance(40).then(|| 4_096 + r.below(252_000))
+            },
+            key_bytes: {
+                let mut r = Rng::new(seed ^ 0x0000_b165);
+                if r.chance(25) {
+                    512 + r.below(15_872) as usize
+                } else {
+                    0
+                }
+            },
         }
     }
 
@@ -1022,6 +1042,9 @@ pub struct Report {
     pub trace: Vec<String>,
     /// Simulated seconds the run took.
     pub simulated_s: f64,
+    /// How often each probe, counted event and applied fault kind fired (see
+    /// [`coverage_names`]).
+    pub coverage: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -1075,6 +1098,11 @@ fn params_line(p: &Params) -> String {
             &disks.iter().map(String::as_str).collect::<Vec<_>>(),
         )
         .str("churn", if p.churn { "yes" } else { "no" })
+        .num(
+            "segment_bytes_max",
+            p.segment_bytes_max.map_or(-1, |b| b as i64),
+        )
+        .num("key_bytes", p.key_bytes as i64)
         .str(
             "planted",
             &p.planted.map_or("none".into(), |b| b.to_string()),
@@ -1091,8 +1119,12 @@ fn broker_tweak(p: &Params) -> impl Fn(&mut BrokerConfig) + Clone + Send + Sync 
     let session_timeout = Duration::from_millis(p.session_timeout_ms);
     let min_isr = p.min_isr;
     let voters = p.voters.clone();
+    let segment_bytes_max = p.segment_bytes_max;
     move |c: &mut BrokerConfig| {
         c.voters.retain(|id, _| voters.contains(&id.0));
+        if let Some(b) = segment_bytes_max {
+            c.segment_bytes_max = b;
+        }
         c.replica_lag_time_max = Duration::from_secs(3);
         c.session_timeout = session_timeout;
         // The offsets topic: as durable as the run's topic, few partitions, short
@@ -1138,9 +1170,26 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             .clamp(1, i32::from(params.replication_factor)) as usize,
         unclean_election: false,
     })));
+    // Coverage: broker probes, some broker events, and the faults that applied.
+    let coverage: Rc<RefCell<BTreeMap<String, u64>>> = Rc::default();
     let _observing = {
         let (checker, trace) = (Rc::clone(&checker), Arc::clone(&trace));
+        let coverage = Rc::clone(&coverage);
         lode_broker::observe::install(Rc::new(move |node: BrokerId, e: Event| {
+            let counted = match &e {
+                Event::Probe { name } => Some(format!("probe:{name}")),
+                Event::Halted { .. } => Some("event:halted".to_owned()),
+                Event::Truncated { .. } => Some("event:truncated".to_owned()),
+                Event::Leader { .. } => Some("event:leader".to_owned()),
+                _ => None,
+            };
+            if let Some(name) = counted {
+                *coverage.borrow_mut().entry(name).or_default() += 1;
+            }
+            if matches!(e, Event::Probe { .. }) {
+                // Counted, not traced: a probe is no state change.
+                return;
+            }
             let t = now_ms(start);
             let broken = checker.borrow_mut().take(t, node.0, &e);
             let mut trace = trace
@@ -1200,6 +1249,7 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
             simulated_s: start.elapsed().as_secs_f64(),
+            coverage: coverage.borrow().clone(),
         };
     }
     let workload_start = madsim::time::Instant::now();
@@ -1261,6 +1311,14 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
             Some(r) => apply(&cluster, r, &mut down, &mut happened).await,
             None => "skipped: nobody has the role".into(),
         };
+        if !done.starts_with("skipped") {
+            let kind = fault.to_string();
+            let kind = kind.split_whitespace().next().unwrap_or("?");
+            *coverage
+                .borrow_mut()
+                .entry(format!("fault:{kind}"))
+                .or_default() += 1;
+        }
         log(Line::new(now_ms(start), "fault")
             .str("fault", &fault.to_string())
             .str(
@@ -1516,7 +1574,53 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         permitted,
         trace,
         simulated_s: start.elapsed().as_secs_f64(),
+        coverage: coverage.take(),
     }
+}
+
+/// Everything the coverage table counts, so that a sweep lists what it never reached:
+/// every fault kind, every broker probe, and the broker events counted.
+#[must_use]
+pub fn coverage_names() -> Vec<String> {
+    let faults = [
+        "crash",
+        "power-loss",
+        "stop",
+        "restart",
+        "pause",
+        "resume",
+        "isolate",
+        "unisolate",
+        "partition",
+        "cut",
+        "cut-one-way",
+        "skew",
+        "corrupt",
+        "disk-errors",
+        "sync-errors",
+        "disk-full",
+        "disk-ok",
+        "disk-stall",
+        "wipe",
+        "uncut",
+        "latency",
+        "loss",
+        "heal",
+    ];
+    faults
+        .iter()
+        .map(|f| format!("fault:{f}"))
+        .chain(
+            lode_broker::observe::PROBES
+                .iter()
+                .map(|p| format!("probe:{p}")),
+        )
+        .chain(
+            ["halted", "truncated", "leader"]
+                .iter()
+                .map(|e| format!("event:{e}")),
+        )
+        .collect()
 }
 
 /// Which kinds of fault the run saw (what the guarantees then allow).
@@ -1735,11 +1839,14 @@ async fn apply(
                 let p = f64::from(percent) / 100.0;
                 // `sync-errors` fails syncs alone; `disk-errors` writes too.
                 let writes = matches!(fault, Fault::DiskErrors(..));
-                cluster.set_disk_faults(n, lode_env::disk::Faults {
-                    write_eio: if writes { p } else { 0.0 },
-                    sync_eio: p,
-                    ..lode_env::disk::Faults::default()
-                });
+                cluster.set_disk_faults(
+                    n,
+                    lode_env::disk::Faults {
+                        write_eio: if writes { p } else { 0.0 },
+                        sync_eio: p,
+                        ..lode_env::disk::Faults::default()
+                    },
+                );
                 if percent > 0 {
                     happened.disk_faulted.insert(n);
                     // A failed sync resolves the file's unsynced pages as a crash would:
@@ -1849,6 +1956,7 @@ async fn produce(
         let invoked_ms = now_ms(start);
         let record = Record {
             value: Some(value.clone().into_bytes()),
+            key: (p.key_bytes > 0).then(|| vec![b'k'; p.key_bytes]),
             partition: Some(tp.partition),
             ..Record::default()
         };

@@ -168,6 +168,12 @@ fn run_one(
     for p in &report.permitted {
         println!("permitted loss: {p}");
     }
+    let coverage: Vec<String> = report
+        .coverage
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("coverage: {}", coverage.join(" "));
     println!("trace hash {:016x}", report.trace_hash());
     if report.violations.is_empty() {
         println!("verdict: ok");
@@ -216,6 +222,12 @@ fn explore(
     let mut failed = Vec::new();
     let mut simulated_s = 0.0;
     let mut done = 0_u64;
+    // Per coverage name: seeds that reached it, and hits in all.
+    let mut coverage: std::collections::BTreeMap<String, (u64, u64)> =
+        lode_sim::chaos::coverage_names()
+            .into_iter()
+            .map(|n| (n, (0, 0)))
+            .collect();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             let tx = tx.clone();
@@ -249,6 +261,13 @@ fn explore(
                 Err(e) => (false, Vec::new(), e.to_string().into_bytes()),
             };
             let text = String::from_utf8_lossy(&stdout);
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("coverage: ")) {
+                for (name, n) in line.split_whitespace().filter_map(|w| w.split_once('=')) {
+                    let e = coverage.entry(name.to_owned()).or_default();
+                    e.0 += 1;
+                    e.1 += n.parse::<u64>().unwrap_or(0);
+                }
+            }
             simulated_s += text
                 .lines()
                 .find_map(|l| {
@@ -310,6 +329,21 @@ fn explore(
         simulated_s / wall_s.max(1e-9),
         done as f64 * 3600.0 / wall_s.max(1e-9)
     );
+    println!();
+    println!("coverage (seeds that reached it, of {done}; hits in all):");
+    println!("| what | seeds | hits |");
+    println!("|---|---|---|");
+    for (name, (seeds, hits)) in &coverage {
+        println!("| {name} | {seeds} | {hits} |");
+    }
+    let never: Vec<&str> = coverage
+        .iter()
+        .filter(|(_, (seeds, _))| *seeds == 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !never.is_empty() {
+        println!("never reached: {}", never.join(", "));
+    }
     if !failed.is_empty() {
         println!("failing seeds: {failed:?}");
     }

@@ -340,6 +340,8 @@ impl Scenario {
             mix: crate::chaos::Mix::default(),
             disks: vec![crate::chaos::DiskSpeed::default(); self.brokers as usize],
             churn: false,
+            segment_bytes_max: None,
+            key_bytes: 0,
         }
     }
 

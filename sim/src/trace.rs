@@ -120,6 +120,9 @@ pub fn event(t_ms: u64, node: i32, e: &Event) -> String {
     };
     match e {
         Event::Started => Line::new(t_ms, "started").num("node", i64::from(node)),
+        Event::Probe { name } => Line::new(t_ms, "probe")
+            .num("node", i64::from(node))
+            .str("name", name),
         Event::Halted { reason } => Line::new(t_ms, "halted")
             .num("node", i64::from(node))
             .str("reason", reason),

@@ -243,6 +243,7 @@ pub(crate) async fn reconcile(broker: &Arc<Broker>, plane: &Arc<ControlPlane>) {
         let local = broker.topics.get(name).await;
         if local.as_ref().is_some_and(|t| t.id.as_u128() != *id) {
             // Deleted and created again while this broker was away: the old data goes.
+            crate::observe::probe(me, "topic-recreated-while-away");
             tracing::info!(
                 topic = name,
                 "local topic has another id than the metadata's; removed"

@@ -659,6 +659,7 @@ pub async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Of
         req.generation_id_or_member_epoch,
     );
     if let Err(e) = checked {
+        crate::observe::probe(broker.config.node_id, "offset-commit-refused");
         answer_all(&mut resp, error_code(e));
         return resp;
     }

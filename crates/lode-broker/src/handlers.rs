@@ -675,7 +675,10 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest) -> ProduceResponse {
     for (topic, index, p, last, epoch) in waits {
         let code = match p.await_ack(last, epoch, timeout, &broker.clock).await {
             AckOutcome::Committed => codes::NONE,
-            AckOutcome::NotLeader => codes::NOT_LEADER_OR_FOLLOWER,
+            AckOutcome::NotLeader => {
+                crate::observe::probe(broker.config.node_id, "deposed-leader-ack-failed");
+                codes::NOT_LEADER_OR_FOLLOWER
+            }
             AckOutcome::TimedOut => codes::REQUEST_TIMED_OUT,
             AckOutcome::NotEnoughReplicasAfterAppend => codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         };

@@ -201,8 +201,7 @@ impl Broker {
             let restart = cluster::Restart {
                 clean: cluster::read_clean_marker(&root).await,
                 #[cfg(feature = "planted-bugs")]
-                planted_drop_marker: config.planted
-                    == Some(PlantedBug::CleanMarkerDroppedAtStart),
+                planted_drop_marker: config.planted == Some(PlantedBug::CleanMarkerDroppedAtStart),
                 log_dir_id: cluster::log_dir_id(&root).await?,
             };
             let plane = control::ControlPlane::start(qc, cc, dir, env.clock.clone()).await?;
@@ -348,6 +347,11 @@ impl Broker {
             cluster::controlled_shutdown(self, plane).await;
         }
         self.topics.close().await;
+        if self.control.is_some() && self.membership.epoch().is_none() {
+            // Never registered: the clean-shutdown marker of the last registered process
+            // stays for the next one (see `cluster::read_clean_marker`).
+            crate::observe::probe(self.config.node_id, "clean-marker-kept-unregistered");
+        }
         if let Some(epoch) = self.membership.epoch() {
             // KIP-966: the next registration says this shutdown was clean.
             if let Err(e) = checkpoint::write(

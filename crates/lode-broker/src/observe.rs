@@ -67,6 +67,12 @@ pub struct PartitionView {
 /// A state change on one node.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// A branch worth knowing a sweep reached (FoundationDB's `CODE_PROBE`): counted by
+    /// the simulator's coverage table, not checked. Names are listed in [`PROBES`].
+    Probe {
+        /// Which branch.
+        name: &'static str,
+    },
     /// The node (re)starts: it holds no state but its disk's.
     Started,
     /// The node halts on a storage fault (or failed to start): its process ends without
@@ -243,6 +249,32 @@ pub fn enabled() -> bool {
 #[inline(always)]
 pub fn enabled() -> bool {
     false
+}
+
+/// Every probe the broker has, so a sweep can list those it never reached.
+pub const PROBES: &[&str] = &[
+    "replica-fetch-diverging",
+    "follower-truncated",
+    "replica-fetch-fenced-epoch",
+    "replica-fetch-stale-broker-epoch",
+    "replica-fetch-inconsistent-topic-id",
+    "fetcher-fenced-by-role",
+    "isr-shrink-proposed",
+    "isr-expand-proposed",
+    "isr-proposal-outcome-unknown",
+    "isr-proposal-refused",
+    "offset-commit-refused",
+    "topic-recreated-while-away",
+    "leftover-directory-set-aside",
+    "clean-marker-kept-unregistered",
+    "deposed-leader-ack-failed",
+];
+
+/// Counts the branch `name` (one of [`PROBES`]) as reached, if an observer listens.
+#[inline(always)]
+pub fn probe(node: BrokerId, name: &'static str) {
+    debug_assert!(PROBES.contains(&name), "unlisted probe {name}");
+    emit(node, || Event::Probe { name });
 }
 
 /// Reports the event `make` builds, if an observer listens.

@@ -577,7 +577,11 @@ impl Partition {
 
     /// As leader: a time step (ISR shrink).
     pub fn tick(&self, now: lode_proto::Instant) -> Option<IsrProposal> {
-        self.replication_lock().as_mut().and_then(|r| r.tick(now))
+        let proposal = self.replication_lock().as_mut().and_then(|r| r.tick(now));
+        if proposal.is_some() {
+            crate::observe::probe(self.node, "isr-shrink-proposed");
+        }
+        proposal
     }
 
     /// As leader: whether `proposal` still waits for the controller's answer.
@@ -622,9 +626,11 @@ impl Partition {
                 fetch_offset,
                 last_fetched_epoch,
             ) {
+                crate::observe::probe(self.node, "replica-fetch-diverging");
                 return (R::Diverging { epoch, end_offset }, None);
             }
             if fetch_offset > end {
+                crate::observe::probe(self.node, "replica-fetch-diverging");
                 let epoch = log.epochs().latest().map_or(Epoch::NONE, |e| e.epoch);
                 return (
                     R::Diverging {
@@ -653,6 +659,7 @@ impl Partition {
             _ => return (R::Error(crate::codes::NOT_LEADER_OR_FOLLOWER), None),
         };
         if outcome.stale {
+            crate::observe::probe(self.node, "replica-fetch-stale-broker-epoch");
             return (R::Error(crate::codes::STALE_BROKER_EPOCH), None);
         }
         let (hw, proposal) = (outcome.high_watermark, outcome.proposal);
@@ -669,6 +676,7 @@ impl Partition {
         }
         drop(log);
         if let Some(p) = &proposal {
+            crate::observe::probe(self.node, "isr-expand-proposed");
             crate::observe::emit(self.node, || crate::observe::Event::IsrProposed {
                 topic: self.topic.clone(),
                 partition: self.index,
@@ -765,6 +773,7 @@ impl Partition {
         };
         let to = end_offset.min(own).min(end).max(log.log_start_offset());
         if to < end {
+            crate::observe::probe(self.node, "follower-truncated");
             tracing::info!(topic = %self.topic, partition = self.index, from = end.0, to = to.0, "diverging tail truncated");
             log.truncate_to(to).await?;
             crate::observe::emit(self.node, || crate::observe::Event::Truncated {

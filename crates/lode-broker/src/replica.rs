@@ -103,7 +103,11 @@ async fn serve_one(
     };
     if registered.is_some_and(|r| req.broker_epoch < r) {
         // From an earlier process of the follower, delivered late.
+        crate::observe::probe(me, "replica-fetch-stale-broker-epoch");
         return (ReplicaFetchReply::Error(codes::STALE_BROKER_EPOCH), None);
+    }
+    if req.leader_epoch != epoch {
+        crate::observe::probe(me, "replica-fetch-fenced-epoch");
     }
     if req.leader_epoch < epoch {
         return (ReplicaFetchReply::Error(FENCED_LEADER_EPOCH), None);
@@ -126,6 +130,7 @@ async fn serve_one(
     if local_id.as_u128() != req.topic_id || topic_id != req.topic_id {
         // Another topic of the same name here or in the follower (one side is behind on
         // a deletion): its batches are not the follower's topic's.
+        crate::observe::probe(me, "replica-fetch-inconsistent-topic-id");
         return (ReplicaFetchReply::Error(INCONSISTENT_TOPIC_ID), None);
     }
     p.serve_replica(
@@ -220,6 +225,7 @@ async fn propose(
                             message,
                             "ISR change refused"
                         );
+                        crate::observe::probe(me, "isr-proposal-refused");
                         if NOT_APPLIED.contains(&code) {
                             Answer::NotApplied
                         } else {
@@ -240,6 +246,7 @@ async fn propose(
             }
             // Unknown outcome: again, while it is still what this leader waits for.
             Answer::Unknown if p.awaits(&proposal) => {
+                crate::observe::probe(me, "isr-proposal-outcome-unknown");
                 broker.clock.sleep(Duration::from_millis(500)).await;
             }
             Answer::Unknown => return,
@@ -378,6 +385,7 @@ async fn follow(
                 match p.follow(leader, epoch, &records, high_watermark).await {
                     Ok(()) => {}
                     Err(e @ FollowError::Fenced { .. }) => {
+                        crate::observe::probe(broker.config.node_id, "fetcher-fenced-by-role");
                         tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
                         return;
                     }
@@ -407,6 +415,7 @@ async fn follow(
                 {
                     Ok(()) => {}
                     Err(e @ FollowError::Fenced { .. }) => {
+                        crate::observe::probe(broker.config.node_id, "fetcher-fenced-by-role");
                         tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
                         return;
                     }

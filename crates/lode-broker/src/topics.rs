@@ -417,6 +417,7 @@ impl Topics {
             let (found, _) = read_partition_metadata(&dir).await?;
             if found != Some(id) {
                 tracing::warn!(topic = name, partition = index, found = ?found, "partition directory of another topic id; removed");
+                crate::observe::probe(self.config.node_id, "leftover-directory-set-aside");
                 set_aside(&self.root, &[(name, index)]).await?;
                 dir = self.root.sub_dir(&dir_name).await?;
             }

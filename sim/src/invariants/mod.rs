@@ -271,7 +271,8 @@ pub fn key_of(event: &Event) -> Option<(String, i32)> {
         | Event::Started
         | Event::Halted { .. }
         | Event::Registered { .. }
-        | Event::QuorumRole { .. } => None,
+        | Event::QuorumRole { .. }
+        | Event::Probe { .. } => None,
     }
 }
 
@@ -420,7 +421,8 @@ impl Model {
             | Event::Started
             | Event::Halted { .. }
             | Event::Registered { .. }
-            | Event::QuorumRole { .. } => {}
+            | Event::QuorumRole { .. }
+            | Event::Probe { .. } => {}
         }
         if r.lost.is_some_and(|(end, _)| r.log_end() >= end) {
             r.lost = None;

@@ -526,9 +526,15 @@ async fn latency_is_per_kind_of_operation() {
     f.append(b"fast").await.unwrap();
     let mut buf = [0; 4];
     f.read_at(0, &mut buf).await.unwrap();
-    assert!(t.elapsed() < Duration::from_millis(40), "writes and reads take no time");
+    assert!(
+        t.elapsed() < Duration::from_millis(40),
+        "writes and reads take no time"
+    );
     f.sync_data().await.unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(50), "the sync takes its latency");
+    assert!(
+        t.elapsed() >= Duration::from_millis(50),
+        "the sync takes its latency"
+    );
 }
 
 #[tokio::test]
@@ -549,7 +555,10 @@ async fn a_stalled_disk_holds_every_operation_until_the_stall_ends() {
     let _ = write.await;
     let reopened = root.open("x").await;
     if let Ok(r) = reopened {
-        assert!(r.len().await.unwrap() <= 4, "the held write never reached the disk");
+        assert!(
+            r.len().await.unwrap() <= 4,
+            "the held write never reached the disk"
+        );
     }
 }
 

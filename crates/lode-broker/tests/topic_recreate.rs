@@ -60,7 +60,7 @@ fn envs(name: &str) -> Vec<(&'static str, Env, Option<std::path::PathBuf>)> {
     std::fs::create_dir_all(&dir).unwrap();
     let disk = SimDisk::new("n0", 7);
     disk.set_faults(Faults {
-        latency: Some((Duration::ZERO, Duration::from_micros(300))),
+        latency: lode_env::disk::Latency::uniform(Duration::ZERO, Duration::from_micros(300)),
         ..Faults::default()
     });
     vec![

@@ -449,8 +449,12 @@ impl Params {
             _ => 3,
         };
         let mut min_isr = 1 + i32::from(r.chance(70));
-        if planted == Some(Planted::HwBelowMinIsr) {
-            // Only a min ISR above one can be broken.
+        if matches!(
+            planted,
+            Some(Planted::HwBelowMinIsr | Planted::StaleAlterPartition)
+        ) {
+            // Only a min ISR above one can be broken (and only then does the swarm wipe a
+            // disk, which a stale AlterPartition needs to show).
             min_isr = 2;
         }
         let producers = 1 + r.below(3) as u32;
@@ -493,6 +497,10 @@ impl Params {
             mix: Mix {
                 // Only a failing disk shows the bug.
                 disk: planted == Some(Planted::IgnoreSyncFailure) || mix.disk,
+                // A stale AlterPartition shows when it re-admits a replica whose disk was
+                // replaced meanwhile, held on a cut link.
+                wipe: (planted == Some(Planted::StaleAlterPartition) && min_isr >= 2) || mix.wipe,
+                cuts: planted == Some(Planted::StaleAlterPartition) || mix.cuts,
                 ..mix
             },
             disks: DiskSpeed::of(seed, brokers),
@@ -1535,6 +1543,24 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
                 .done());
         }
     }
+    // The files themselves: every broker loses power at once, and a fresh reader recovers
+    // and checks each partition log on each disk.
+    cluster.stop();
+    let on_disk = {
+        let topics: Vec<(String, bool)> = params
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (topic_name(i), t.fsync == Fsync::Always))
+            .collect();
+        let model = checker.borrow().model.clone();
+        crate::invariants::on_disk::check(&cluster.disks, &topics, &model).await
+    };
+    log(Line::new(now_ms(start), "on-disk")
+        .num("logs", on_disk.logs as i64)
+        .num("committed_found", on_disk.committed_found as i64)
+        .done());
+    violations.extend(on_disk.violations);
     for v in &violations {
         log(Line::new(now_ms(start), "violation")
             .str("checker", "history")
@@ -1549,7 +1575,6 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
         violations = all;
         permitted.extend(c.permitted.iter().cloned());
     }
-    cluster.stop();
     let trace = trace
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

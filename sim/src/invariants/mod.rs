@@ -47,6 +47,7 @@ mod log_matching;
 mod lost_data_out;
 mod metadata_prefix;
 mod no_committed_truncation;
+pub mod on_disk;
 mod one_writer_per_epoch;
 mod strict_min_isr;
 

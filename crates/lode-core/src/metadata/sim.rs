@@ -533,7 +533,7 @@ fn correct_controller_passes_thousands_of_schedules() {
     {
         run(&config, seed, true).unwrap();
     }
-    let n = env_u64("LODE_METADATA_SCHEDULES", 5_000);
+    let n = env_u64("LODE_METADATA_SCHEDULES", 10_000);
     let first = env_u64("LODE_METADATA_SEED", 0);
     if let Some((_, err)) = schedules_until_violation(&config, first, n) {
         panic!("{err}");

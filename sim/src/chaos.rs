@@ -388,6 +388,9 @@ pub struct Mix {
     pub disk: bool,
     /// A broker's disk stalls for 0.2-3 s: every operation waits (a device reset).
     pub stall: bool,
+    /// Controller churn: the active controller is killed and started again 0.3-2 s later,
+    /// over and over, while metadata changes are in flight.
+    pub controller: bool,
     /// The mean time between these faults, ms.
     pub interval_ms: u64,
 }
@@ -406,6 +409,7 @@ impl Mix {
             swizzle: r.chance(30),
             disk: r.chance(30),
             stall: r.chance(25),
+            controller: r.chance(25),
         }
     }
 
@@ -419,6 +423,7 @@ impl Mix {
             (self.swizzle, "swizzle"),
             (self.disk, "disk"),
             (self.stall, "stall"),
+            (self.controller, "controller"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -692,6 +697,10 @@ pub enum Fault {
     DiskOk(Target),
     /// The broker's disk stalls for this many ms: every operation waits until then.
     DiskStall(Target, u64),
+    /// kill -9 of the broker, started again this many ms later (controller churn:
+    /// `bounce controller MS` fails the active controller over while requests are in
+    /// flight).
+    Bounce(Target, u64),
     /// Every link is restored.
     Heal,
 }
@@ -721,6 +730,7 @@ impl fmt::Display for Fault {
             Fault::DiskFull(n) => write!(f, "disk-full {n}"),
             Fault::DiskOk(n) => write!(f, "disk-ok {n}"),
             Fault::DiskStall(n, ms) => write!(f, "disk-stall {n} {ms}"),
+            Fault::Bounce(n, ms) => write!(f, "bounce {n} {ms}"),
             Fault::Heal => write!(f, "heal"),
         }
     }
@@ -774,6 +784,7 @@ impl FromStr for Fault {
             Some("disk-full") => Fault::DiskFull(target(1)?),
             Some("disk-ok") => Fault::DiskOk(target(1)?),
             Some("disk-stall") => Fault::DiskStall(target(1)?, number(2)?.max(0) as u64),
+            Some("bounce") => Fault::Bounce(target(1)?, number(2)?.max(0) as u64),
             Some("heal") => Fault::Heal,
             _ => return Err(format!("{s:?}: unknown fault")),
         };
@@ -851,11 +862,20 @@ impl Schedule {
     /// stay), from their own random stream.
     fn mixed(p: &Params) -> Vec<(u64, Fault)> {
         let m = &p.mix;
-        let kinds: Vec<u8> = [m.cuts, m.slow, m.clocks, m.wipe, m.swizzle, m.disk, m.stall]
-            .iter()
-            .enumerate()
-            .filter_map(|(i, on)| on.then_some(i as u8))
-            .collect();
+        let kinds: Vec<u8> = [
+            m.cuts,
+            m.slow,
+            m.clocks,
+            m.wipe,
+            m.swizzle,
+            m.disk,
+            m.stall,
+            m.controller,
+        ]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, on)| on.then_some(i as u8))
+        .collect();
         let mut out = Vec::new();
         if kinds.is_empty() {
             return out;
@@ -922,6 +942,10 @@ impl Schedule {
                     _ => Some((Fault::DiskFull(na), Some(Fault::DiskOk(na)))),
                 },
                 6 => Some((Fault::DiskStall(na, 200 + r.below(2_800)), None)),
+                7 => Some((
+                    Fault::Bounce(Target::Controller, 300 + r.below(1_700)),
+                    None,
+                )),
                 _ => None,
             };
             if let Some((fault, undo)) = drawn {
@@ -1310,6 +1334,14 @@ pub async fn scenario(params: Params, schedule: Schedule) -> Report {
     let mut last = None;
     for (at, fault) in &schedule.0 {
         let at = Duration::from_millis(*at);
+        bounce_back(
+            &cluster,
+            &mut down,
+            &mut happened,
+            workload_start + at,
+            &(start, &log),
+        )
+        .await;
         let elapsed = workload_start.elapsed();
         if at > elapsed {
             madsim::time::sleep(at - elapsed).await;
@@ -1626,6 +1658,7 @@ pub fn coverage_names() -> Vec<String> {
         "disk-full",
         "disk-ok",
         "disk-stall",
+        "bounce",
         "wipe",
         "uncut",
         "latency",
@@ -1648,6 +1681,36 @@ pub fn coverage_names() -> Vec<String> {
         .collect()
 }
 
+/// Starts the bounced brokers due before `until` again, each at its time (unless the
+/// nemesis started it meanwhile).
+async fn bounce_back(
+    cluster: &Cluster,
+    down: &mut BTreeSet<i32>,
+    happened: &mut Happened,
+    until: madsim::time::Instant,
+    (start, log): &(madsim::time::Instant, &(impl Fn(String) + Send + Sync)),
+) {
+    happened.bounces.sort_unstable();
+    while let Some(&(at, n)) = happened.bounces.first() {
+        if at > until {
+            return;
+        }
+        happened.bounces.remove(0);
+        madsim::time::sleep_until(at).await;
+        let result = if down.remove(&n) {
+            cluster.restart(n);
+            "done"
+        } else {
+            "skipped"
+        };
+        log(Line::new(now_ms(*start), "fault")
+            .str("fault", &format!("restart {n}"))
+            .str("resolved", "bounced back")
+            .str("result", result)
+            .done());
+    }
+}
+
 /// Which kinds of fault the run saw (what the guarantees then allow).
 #[derive(Debug, Default)]
 struct Happened {
@@ -1657,6 +1720,8 @@ struct Happened {
     /// Brokers whose disks had errors, corruption, a full disk or a replacement injected:
     /// only they may halt on a storage fault.
     disk_faulted: BTreeSet<i32>,
+    /// Bounced brokers and when they start again.
+    bounces: Vec<(madsim::time::Instant, i32)>,
 }
 
 /// Resolves a fault's targets to broker numbers (from the model, read now), updating
@@ -1716,6 +1781,7 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         Fault::DiskFull(t) => Fault::DiskFull(n(t)?),
         Fault::DiskOk(t) => Fault::DiskOk(n(t)?),
         Fault::DiskStall(t, ms) => Fault::DiskStall(n(t)?, ms),
+        Fault::Bounce(t, ms) => Fault::Bounce(n(t)?, ms),
         Fault::Latency(lo, hi) => Fault::Latency(lo, hi),
         Fault::Loss(p) => Fault::Loss(p),
         Fault::Heal => Fault::Heal,
@@ -1740,7 +1806,8 @@ fn resolve(fault: &Fault, model: &Model, last: &mut Option<i32>) -> Option<Fault
         | Fault::Uncut(t, _)
         | Fault::DiskFull(t)
         | Fault::DiskOk(t)
-        | Fault::DiskStall(t, _) => Some(t),
+        | Fault::DiskStall(t, _)
+        | Fault::Bounce(t, _) => Some(t),
         Fault::Latency(..) | Fault::Loss(_) | Fault::Heal => None,
     };
     if let Some(Target::Node(b)) = first {
@@ -1890,6 +1957,17 @@ async fn apply(
         Fault::DiskStall(t, ms) => match node(t) {
             Some(n) => cluster.disks[n as usize].stall(Duration::from_millis(ms)),
             None => return "skipped".into(),
+        },
+        Fault::Bounce(t, ms) => match node(t) {
+            Some(n) if up(n, down) => {
+                cluster.crash(n);
+                happened.unclean_restart = true;
+                down.insert(n);
+                happened
+                    .bounces
+                    .push((madsim::time::Instant::now() + Duration::from_millis(ms), n));
+            }
+            _ => return "skipped".into(),
         },
         Fault::Wipe(t) => match node(t) {
             // A running broker dies with its disk; a stopped one gets its disk replaced.

@@ -12,7 +12,7 @@ usage:
       line, AT_MS FAULT (crash B, power-loss B, stop B, restart B, pause B, resume B,
       isolate B, partition B, cut B B, cut-one-way B B, skew B OFFSET_MS DRIFT_PPM,
       corrupt B, disk-errors B PERCENT, sync-errors B PERCENT, disk-full B, disk-ok B,
-      disk-stall B MS, wipe B, uncut B B, latency MIN_MS MAX_MS, loss PERCENT, heal; B is
+      disk-stall B MS, bounce B MS, wipe B, uncut B B, latency MIN_MS MAX_MS, loss PERCENT, heal; B is
       a broker number, leader, follower,
       other-follower, replica-K, controller or last), as printed by a run
   lode-sim explore --seeds A..B [--jobs J] [--scenario NAME] [--planted NAME] [--first-failure]

@@ -42,6 +42,11 @@ pub enum CommitOutcome {
 pub struct Commit {
     /// Member number.
     pub member: u32,
+    /// The generation it committed in, and the coordinator that generation is of (the
+    /// nonce the coordinator puts in its member ids: generations are numbered per
+    /// coordinator, and a later coordinator may number again from one when the record of
+    /// a generation was lost).
+    pub generation: (String, i32),
     /// (partition, next offset) committed.
     pub offsets: Vec<(i32, i64)>,
     /// Simulated milliseconds since the workload started.
@@ -85,6 +90,9 @@ pub struct Stint {
 pub struct GroupHistory {
     /// Every commit.
     pub commits: Vec<Commit>,
+    /// Every join answered: (coordinator, generation, simulated ms since the workload
+    /// started); see [`Commit::generation`].
+    pub joins: Vec<(String, i32, u64)>,
     /// Every successful committed-offset read.
     pub fetches: Vec<Fetch>,
     /// Every stint.
@@ -194,6 +202,11 @@ async fn stint<L: Fn(String) + Send + Sync>(
         }
     };
     let partitions: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+    let generation = m.generation();
+    let coordinator = coordinator_of(m.member_id());
+    with(history, |h| {
+        h.joins.push((coordinator, generation, now_ms(start)))
+    });
     log(Line::new(now_ms(trace_start), "group-join")
         .num("member", i64::from(id))
         .str("member_id", m.member_id())
@@ -266,6 +279,16 @@ async fn stint<L: Fn(String) + Send + Sync>(
     // silently; the coordinator notices after the session timeout) or a clean leave.
     let walk_out = start.elapsed() + Duration::from_millis(3_000 + rng.below(12_000));
     let crash = rng.below(2) == 0;
+    // A zombie in one stint of five: the member stops (a GC pause, a cut to the
+    // coordinator) for longer than its session, then comes back as if nothing happened and
+    // commits with its old generation, which the coordinator must refuse once the group
+    // has moved on without it.
+    let mut zombie = (rng.below(5) == 0).then(|| {
+        (
+            start.elapsed() + Duration::from_millis(500 + rng.below(5_000)),
+            Duration::from_millis(SESSION_MS + 500 + rng.below(2_000)),
+        )
+    });
     let mut last_commit = start.elapsed();
     let mut last_heartbeat = start.elapsed();
     loop {
@@ -291,6 +314,19 @@ async fn stint<L: Fn(String) + Send + Sync>(
             }
         } else {
             madsim::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some((at, pause)) = zombie {
+            if start.elapsed() >= at {
+                zombie = None;
+                log(Line::new(now_ms(trace_start), "group-member-pause")
+                    .num("member", i64::from(id))
+                    .num("ms", i64::try_from(pause.as_millis()).unwrap_or(i64::MAX))
+                    .done());
+                madsim::time::sleep(pause).await;
+                if let Err(GroupError::Rejoin(_)) = commit(rec, m, &positions(&consumer)).await {
+                    return End::Rejoin;
+                }
+            }
         }
         match (start.elapsed() >= walk_out, crash) {
             (true, true) => {
@@ -329,6 +365,16 @@ async fn stint<L: Fn(String) + Send + Sync>(
     }
 }
 
+/// The coordinator a member id is from: the nonce it puts in the ids it hands out
+/// (`{client}-{nonce}-{n}`).
+fn coordinator_of(member_id: &str) -> String {
+    member_id
+        .rsplitn(3, '-')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Commits `offsets` and records it.
 async fn commit<L: Fn(String) + Send + Sync>(
     rec: &Recorder<'_, L>,
@@ -341,6 +387,7 @@ async fn commit<L: Fn(String) + Send + Sync>(
         return Ok(());
     }
     let invoked_ms = now_ms(start);
+    let generation = (coordinator_of(m.member_id()), m.generation());
     let r = match madsim::time::timeout(Duration::from_secs(10), m.commit(offsets)).await {
         Ok(r) => r,
         Err(_) => Err(GroupError::Client(lode_client::ClientError::Timeout)),
@@ -366,6 +413,7 @@ async fn commit<L: Fn(String) + Send + Sync>(
     with(history, |h| {
         h.commits.push(Commit {
             member: id,
+            generation,
             offsets,
             invoked_ms,
             completed_ms: now_ms(start),

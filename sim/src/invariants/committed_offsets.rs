@@ -14,6 +14,12 @@
 //!   reads the first record at or after `c` that the final log holds (duplicates are
 //!   allowed, skips not), and from there skips nothing and never goes back within its
 //!   stint.
+//! - **zombie-commit**: a commit acknowledged although a later generation of the same
+//!   coordinator had already formed before it was sent: some member's join of a higher
+//!   generation was answered before the commit was invoked (generations are compared per
+//!   coordinator: a later one may number them again; its members' ids differ). The coordinator must have fenced it
+//!   (ILLEGAL_GENERATION): a member of the old generation no longer owns what it commits
+//!   (a paused or cut-off member coming back, Kafka's zombie consumer).
 //!
 //! Where the run allows loss of the topic's records (fsync=interval after a power loss),
 //! what resume-skip finds is permitted; committed offsets themselves live in an
@@ -34,6 +40,7 @@ pub fn check(
     loss_allowed: bool,
 ) -> (Vec<String>, Vec<String>) {
     let mut violations = lost_commits(h);
+    violations.extend(zombie_commits(h));
     violations.truncate(LISTED_MAX);
     let (skips, mut permitted) = (resume_skips(h, final_log), Vec::new());
     if loss_allowed {
@@ -47,6 +54,25 @@ pub fn check(
         violations.extend(skips.into_iter().take(LISTED_MAX));
     }
     (violations, permitted)
+}
+
+fn zombie_commits(h: &GroupHistory) -> Vec<String> {
+    h.commits
+        .iter()
+        .filter(|c| c.outcome == CommitOutcome::Ok)
+        .filter_map(|c| {
+            let (coordinator, generation) = &c.generation;
+            let (_, later, at) = h
+                .joins
+                .iter()
+                .filter(|(k, g, at)| k == coordinator && g > generation && *at < c.invoked_ms)
+                .min_by_key(|(_, _, at)| *at)?;
+            Some(format!(
+                "zombie-commit: member {} committed {:?} in generation {generation} of coordinator {coordinator} (invoked at {} ms, acknowledged), but generation {later} had formed at {at} ms",
+                c.member, c.offsets, c.invoked_ms
+            ))
+        })
+        .collect()
 }
 
 fn lost_commits(h: &GroupHistory) -> Vec<String> {
@@ -160,6 +186,7 @@ mod tests {
     fn commit(offset: i64, invoked_ms: u64, completed_ms: u64, outcome: CommitOutcome) -> Commit {
         Commit {
             member: 0,
+            generation: ("c".into(), 1),
             offsets: vec![(0, offset)],
             invoked_ms,
             completed_ms,
@@ -180,8 +207,34 @@ mod tests {
         lost_commits(&GroupHistory {
             commits,
             fetches,
-            stints: Vec::new(),
+            ..GroupHistory::default()
         })
+    }
+
+    #[test]
+    fn a_commit_acknowledged_after_a_later_generation_formed_is_a_zombie() {
+        let h = |invoked_ms, outcome| GroupHistory {
+            commits: vec![Commit {
+                invoked_ms,
+                ..commit(10, invoked_ms, invoked_ms + 5, outcome)
+            }],
+            // A later coordinator numbering from one again is no later generation.
+            joins: vec![
+                ("c".into(), 1, 0),
+                ("d".into(), 5, 10),
+                ("c".into(), 2, 100),
+            ],
+            ..GroupHistory::default()
+        };
+        assert!(
+            zombie_commits(&h(50, CommitOutcome::Ok)).is_empty(),
+            "before"
+        );
+        assert_eq!(zombie_commits(&h(150, CommitOutcome::Ok)).len(), 1, "after");
+        assert!(
+            zombie_commits(&h(150, CommitOutcome::Fail)).is_empty(),
+            "fenced, as it must be"
+        );
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub enum RaftBug {
     GrantTwoVotes,
     /// Advance the high watermark over entries of earlier epochs by counting replicas.
     CommitEarlierEpoch,
+    /// Record a follower's progress from its fetch but move the high watermark only when
+    /// the leader appends (a liveness bug: an idle leader never commits).
+    HighWatermarkOnlyOnAppend,
 }
 
 /// Settings.
@@ -887,6 +890,17 @@ impl RaftNode {
         false
     }
 
+    #[cfg(feature = "planted-bugs")]
+    fn planted_high_watermark_only_on_append(&self) -> bool {
+        self.config.planted(RaftBug::HighWatermarkOnlyOnAppend)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[allow(clippy::unused_self)]
+    fn planted_high_watermark_only_on_append(&self) -> bool {
+        false
+    }
+
     fn on_vote_response(
         &mut self,
         now: Instant,
@@ -986,7 +1000,9 @@ impl RaftNode {
                     last_fetch: now,
                 },
             );
-            self.advance_high_watermark(out);
+            if !self.planted_high_watermark_only_on_append() {
+                self.advance_high_watermark(out);
+            }
         }
         let nothing_new = fetch_offset == self.end_offset()
             && self.sent_high_watermark.get(&from) == Some(&self.high_watermark);

@@ -63,7 +63,7 @@ step "planted bugs: the swarm finds each within its stated seed budget"
   for spec in truncate-to-hw:10 hw-below-min-isr:10 isr-without-epoch-start:60 \
     stale-alter-partition:2000 ack-before-sync:10 elect-outside-isr:40 read-above-hw:5 \
     commit-before-replicated:5 consumer-forgets-partition:20 ignore-sync-failure:200 \
-    hw-applied-late:3000 delete-in-place:60; do
+    hw-applied-late:3000 delete-in-place:60 commit-any-generation:60; do
     bug=${spec%%:*}
     budget=${spec#*:}
     if out=$(../release/lode-sim explore --planted "$bug" --seeds "0..$budget" --jobs 2 --first-failure 2>/dev/null); then

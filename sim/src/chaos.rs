@@ -155,11 +155,13 @@ pub enum Planted {
     DeleteInPlace,
     /// A leader applies a high watermark decided on a fetch after an ISR shrink came in.
     HwAppliedLate,
+    /// A group coordinator accepts commits from any member and generation.
+    CommitAnyGeneration,
 }
 
 impl Planted {
     /// Every planted bug, with its name.
-    pub const ALL: [(&'static str, Planted); 14] = [
+    pub const ALL: [(&'static str, Planted); 15] = [
         ("truncate-to-hw", Planted::TruncateToHw),
         ("hw-below-min-isr", Planted::HwBelowMinIsr),
         ("isr-without-epoch-start", Planted::IsrWithoutEpochStart),
@@ -177,6 +179,7 @@ impl Planted {
         ("clean-marker-dropped", Planted::CleanMarkerDropped),
         ("delete-in-place", Planted::DeleteInPlace),
         ("hw-applied-late", Planted::HwAppliedLate),
+        ("commit-any-generation", Planted::CommitAnyGeneration),
     ];
 
     /// Its name.
@@ -208,6 +211,7 @@ impl Planted {
             Planted::CleanMarkerDropped => B::CleanMarkerDroppedAtStart,
             Planted::DeleteInPlace => B::DeleteInPlace,
             Planted::HwAppliedLate => B::HighWatermarkAppliedLate,
+            Planted::CommitAnyGeneration => B::CommitFromAnyGeneration,
             Planted::ConsumerForgetsPartition => return None,
         })
     }
@@ -479,7 +483,9 @@ impl Params {
             .collect();
         let consumers = 1 + r.below(2) as u32;
         let group_members = match planted {
-            Some(Planted::CommitBeforeReplicated) => 2 + r.below(2) as u32,
+            Some(Planted::CommitBeforeReplicated | Planted::CommitAnyGeneration) => {
+                2 + r.below(2) as u32
+            }
             _ => r.below(4) as u32,
         };
         let min_isr = min_isr.min(i32::from(replication_factor));

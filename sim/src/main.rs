@@ -28,7 +28,8 @@ usage:
 planted bugs (built with --features planted-bugs): truncate-to-hw, hw-below-min-isr,
   isr-without-epoch-start, stale-alter-partition, ack-before-sync, elect-outside-isr,
   read-above-hw, commit-before-replicated, consumer-forgets-partition, ignore-sync-failure,
-  unfenced-follower, clean-marker-dropped, delete-in-place, hw-applied-late";
+  unfenced-follower, clean-marker-dropped, delete-in-place, hw-applied-late,
+  commit-any-generation";
 
 /// Log lines carry simulated time (ms since the run began, as the trace's `t_ms`), so a
 /// broker's log reads against the trace. Outside a run, none.

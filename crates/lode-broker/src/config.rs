@@ -105,6 +105,9 @@ pub enum PlantedBug {
     /// A starting broker removes its clean-shutdown marker at once, so a process stopped
     /// before it registered loses it (the next registration counts as unclean).
     CleanMarkerDroppedAtStart,
+    /// A group coordinator accepts an offset commit whatever its member and generation (a
+    /// zombie member's commit is not fenced).
+    CommitFromAnyGeneration,
     /// A leader applies a high watermark decided on a follower's fetch after letting the
     /// log lock go and taking it again: an ISR shrink committed in between no longer
     /// stops it (strict min ISR).

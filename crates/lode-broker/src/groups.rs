@@ -658,6 +658,11 @@ pub async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Of
         &req.member_id,
         req.generation_id_or_member_epoch,
     );
+    #[cfg(feature = "planted-bugs")]
+    let checked = match broker.config.planted {
+        Some(crate::config::PlantedBug::CommitFromAnyGeneration) => Ok(()),
+        _ => checked,
+    };
     if let Err(e) = checked {
         crate::observe::probe(broker.config.node_id, "offset-commit-refused");
         answer_all(&mut resp, error_code(e));

@@ -578,7 +578,7 @@ fn safety_and_liveness_hold_over_many_schedules() {
     let n = std::env::var("LODE_RAFT_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000_u64);
+        .unwrap_or(10_000_u64);
     let first = std::env::var("LODE_RAFT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -732,6 +732,11 @@ impl Log {
             p.extend_from_slice(&e.epoch.0.to_be_bytes());
             p.extend_from_slice(&e.start_offset.0.to_be_bytes());
         }
+        // The recovery point the two checkpoints were written for: a crash between the
+        // two writes leaves them for different points, and recovery then rebuilds the
+        // epochs from the batches instead of pairing a stale cache with a newer recovery
+        // point (swarm seed 2119: the cache lost the start of epoch 0).
+        p.extend_from_slice(&self.recovery_point.0.to_be_bytes());
         checkpoint::write(&self.dir, EPOCH_CHECKPOINT, &p).await
     }
 

@@ -213,7 +213,7 @@ async fn read_log_checkpoint(
 async fn read_epoch_checkpoint(
     dir: &Dir,
     report: &mut RecoveryReport,
-) -> Result<Option<LeaderEpochCache>, LogError> {
+) -> Result<Option<(LeaderEpochCache, Option<Offset>)>, LogError> {
     read_checkpoint(
         dir,
         EPOCH_CHECKPOINT,
@@ -228,7 +228,13 @@ async fn read_epoch_checkpoint(
                     start_offset: Offset(r.i64()?),
                 });
             }
-            LeaderEpochCache::from_entries(entries)
+            // Files of earlier versions end here: written for an unknown recovery point.
+            let recovery_point = if r.is_empty() {
+                None
+            } else {
+                Some(Offset(r.i64()?))
+            };
+            Some((LeaderEpochCache::from_entries(entries)?, recovery_point))
         },
     )
     .await
@@ -318,7 +324,18 @@ pub(crate) async fn open(
     let first_base = bases.first().copied();
     let ckpt_start = log_ckpt.as_ref().map_or(Offset(0), |c| c.log_start);
     let (mut epochs, mut scan_from) = match (&log_ckpt, epoch_ckpt) {
-        (Some(c), Some(e)) => (e, c.recovery_point),
+        (Some(c), Some((e, at))) if at == Some(c.recovery_point) => (e, c.recovery_point),
+        (Some(_), Some(_)) => {
+            // Written for another recovery point (a crash between the two checkpoint
+            // writes) or by an earlier version: the batches say which epochs there are.
+            if !bases.is_empty() {
+                report.fallbacks.push(
+                    "leader-epoch checkpoint not written with the log checkpoint: scanning the whole log"
+                        .into(),
+                );
+            }
+            (LeaderEpochCache::new(), Offset(0))
+        }
         (None, Some(_)) if bases.is_empty() => (LeaderEpochCache::new(), Offset(0)),
         (Some(_), None) | (None, _) => {
             if !bases.is_empty() && log_ckpt.is_some() {

@@ -382,3 +382,53 @@ fn an_abandoned_log_writes_nothing_more_and_is_no_storage_fault() {
         );
     });
 }
+
+/// The log and leader-epoch checkpoints are two files, written one after the other. A
+/// crash between the two writes leaves a new recovery point beside an old epoch cache;
+/// recovery must then take the epochs from the batches, not pair the stale cache with the
+/// newer recovery point (the simulator's on-disk check found a replica whose cache had
+/// lost the start of an epoch this way, swarm seed 2119).
+#[test]
+fn an_epoch_checkpoint_older_than_the_log_checkpoint_is_not_trusted() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 7);
+        let mut log = fresh(&disk, LogConfig::default()).await;
+        let mut b = common::client_batch(1, 5, 10, 0);
+        log.append_leader(&mut b, Epoch(0)).await.unwrap();
+        log.sync().await.unwrap();
+        log.checkpoint().await.unwrap();
+        let dir = Dir::sim(&disk);
+        let name = "leader-epoch.checkpoint";
+        let old = lode_storage::checkpoint::read(&dir, name)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let mut b = common::client_batch(2, 5, 10, 0);
+        log.append_leader(&mut b, Epoch(1)).await.unwrap();
+        log.sync().await.unwrap();
+        log.checkpoint().await.unwrap();
+        // As if the crash came after the log checkpoint's write and before the epochs'.
+        lode_storage::checkpoint::write(&dir, name, &old)
+            .await
+            .unwrap();
+        drop(log);
+        disk.crash();
+        let (log, report) = Log::open(Dir::sim(&disk), Clock::system(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), Offset(10));
+        log.verify().await.unwrap();
+        assert_eq!(
+            log.epochs().end_offset_for(Epoch(0), log.log_end_offset()),
+            Some((Epoch(0), Offset(5)))
+        );
+        assert!(
+            report
+                .fallbacks
+                .iter()
+                .any(|f| f.contains("leader-epoch checkpoint")),
+            "{report:?}"
+        );
+    });
+}

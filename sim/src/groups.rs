@@ -368,11 +368,7 @@ async fn stint<L: Fn(String) + Send + Sync>(
 /// The coordinator a member id is from: the nonce it puts in the ids it hands out
 /// (`{client}-{nonce}-{n}`).
 fn coordinator_of(member_id: &str) -> String {
-    member_id
-        .rsplitn(3, '-')
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned()
+    member_id.rsplit('-').nth(1).unwrap_or_default().to_owned()
 }
 
 /// Commits `offsets` and records it.

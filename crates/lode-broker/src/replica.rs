@@ -382,17 +382,9 @@ async fn follow(
                 records,
             }) => {
                 // An empty answer already waited on the leader (long poll): fetch again.
-                match p.follow(leader, epoch, &records, high_watermark).await {
-                    Ok(()) => {}
-                    Err(e @ FollowError::Fenced { .. }) => {
-                        crate::observe::probe(broker.config.node_id, "fetcher-fenced-by-role");
-                        tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic, partition = index, error = %e, "follower append failed");
-                        broker.clock.sleep(Duration::from_secs(1)).await;
-                    }
+                let done = p.follow(leader, epoch, &records, high_watermark).await;
+                if !followed(&broker, &topic, index, done, "follower append failed").await {
+                    return;
                 }
             }
             Some(ReplicaFetchReply::Diverging {
@@ -409,20 +401,11 @@ async fn follow(
                     end_offset = end_offset.0,
                     "replica fetch diverges"
                 );
-                match p
+                let done = p
                     .truncate_diverging(leader, epoch, diverging, end_offset)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e @ FollowError::Fenced { .. }) => {
-                        crate::observe::probe(broker.config.node_id, "fetcher-fenced-by-role");
-                        tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic, partition = index, error = %e, "follower truncation failed");
-                        broker.clock.sleep(Duration::from_secs(1)).await;
-                    }
+                    .await;
+                if !followed(&broker, &topic, index, done, "follower truncation failed").await {
+                    return;
                 }
             }
             Some(ReplicaFetchReply::Error(code)) => {
@@ -430,6 +413,30 @@ async fn follow(
                 broker.clock.sleep(Duration::from_millis(200)).await;
             }
             None => broker.clock.sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Handles how a follower append or truncation went: false when the fetcher must stop (the
+/// replica no longer follows this leader in this epoch); a log error waits a second.
+async fn followed(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    done: Result<(), FollowError>,
+    what: &str,
+) -> bool {
+    match done {
+        Ok(()) => true,
+        Err(e @ FollowError::Fenced { .. }) => {
+            crate::observe::probe(broker.config.node_id, "fetcher-fenced-by-role");
+            tracing::debug!(topic, partition = index, error = %e, "fetcher stops");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(topic, partition = index, error = %e, "{what}");
+            broker.clock.sleep(Duration::from_secs(1)).await;
+            true
         }
     }
 }

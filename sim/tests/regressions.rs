@@ -9,7 +9,7 @@
 use lode_sim::chaos::{self, Params, Schedule};
 
 /// Seed, schedule, and what it found.
-const SEEDS: [(u64, &str, &str); 6] = [
+const SEEDS: [(u64, &str, &str); 7] = [
     (
         208_257,
         include_str!("../regressions/seed-208257.txt"),
@@ -37,6 +37,12 @@ const SEEDS: [(u64, &str, &str); 6] = [
         947,
         include_str!("../regressions/seed-947.txt"),
         "as seed 232",
+    ),
+    (
+        1800,
+        include_str!("../regressions/seed-1800.txt"),
+        "small segments: a new leader rebuilt its idempotent producers from its last segment \
+         only and appended a retried batch a second time (duplicate)",
     ),
     (
         426,

@@ -346,6 +346,21 @@ impl Log {
         self.segments.keys().copied().collect()
     }
 
+    /// Where the log's last `bytes` begin, to a segment's start: the base of the latest
+    /// segment from which the segments to the end hold at least `bytes` (the log start if
+    /// the whole log holds fewer).
+    #[must_use]
+    pub fn tail_start(&self, bytes: u64) -> Offset {
+        let mut held = 0_u64;
+        for seg in self.segments.values().rev() {
+            held = held.saturating_add(seg.size);
+            if held >= bytes {
+                return seg.base.max(self.log_start);
+            }
+        }
+        self.log_start
+    }
+
     /// Whether an earlier failure requires reopening.
     #[must_use]
     pub fn is_failed(&self) -> bool {

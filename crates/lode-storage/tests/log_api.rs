@@ -432,3 +432,28 @@ fn an_epoch_checkpoint_older_than_the_log_checkpoint_is_not_trusted() {
         );
     });
 }
+
+/// `tail_start` finds where the last bytes of a log of many segments begin, to a segment
+/// start (a broker rebuilds its idempotent producers from there; reading only the last
+/// segment missed a retried batch written just before a roll).
+#[test]
+fn the_tail_spans_segments() {
+    rt().block_on(async {
+        let disk = SimDisk::new("n", 9);
+        let config = LogConfig {
+            segment_bytes_max: 1_024,
+            ..LogConfig::default()
+        };
+        let mut log = fresh(&disk, config).await;
+        for tag in 0..20 {
+            let mut b = common::client_batch(tag, 3, 100, 0);
+            log.append_leader(&mut b, Epoch(0)).await.unwrap();
+        }
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 3, "{bases:?}");
+        assert_eq!(log.tail_start(1), *bases.last().unwrap());
+        assert_eq!(log.tail_start(u64::MAX), Offset(0));
+        let two_back = log.tail_start(1_500);
+        assert!(two_back < *bases.last().unwrap() && bases.contains(&two_back));
+    });
+}
